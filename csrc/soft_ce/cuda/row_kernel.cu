@@ -1,0 +1,370 @@
+// CUDA row kernel: one block per row (grid-stride over rows). Pass 1 reads the row once with 16-byte
+// loads where alignment allows and keeps an online softmax state (max, sum of exp, sum of exp^2,
+// argmax; Milakov & Gimelshein, arXiv:1805.02867) plus the target dot products; a block reduction merges
+// the threads' states. Pass 2 runs only where needed (gradient, or class statistics of a correctly
+// classified row) and reads the row in reverse order, so the part pass 1 read last is still in L2.
+// No host synchronisation: invalid rows trap on the device with a message.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+#include "../../common/launch.h"
+
+namespace psl {
+namespace {
+
+template <typename acc_t> __device__ __forceinline__ acc_t fast_exp(acc_t x) { return exp(x); }
+template <> __device__ __forceinline__ float fast_exp<float>(float x) { return __expf(x); }
+template <typename acc_t> __device__ __forceinline__ acc_t neg_inf() { return -INFINITY; }
+
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Vec {
+  scalar_t v[VEC];
+};
+
+// One thread's (and, merged, one block's) view of a row after pass 1.
+template <typename acc_t>
+struct RowState {
+  acc_t max, sum, sum_sq;       // online softmax of the logits
+  int64_t argmax;
+  acc_t shifted_sum;            // sum (x - x_y)
+  acc_t table_dot, table_mass;  // sum T (x - x_y), sum T
+  acc_t dense_max, dense_sum;   // online softmax of dense / temperature (dense logits)
+  acc_t dense_dot, dense_mass;  // sum D (x - x_y), sum D  (for dense logits: unnormalised, over dense_max)
+
+  __device__ void init() {
+    max = neg_inf<acc_t>(); sum = 0; sum_sq = 0; argmax = 0;
+    shifted_sum = 0; table_dot = 0; table_mass = 0;
+    dense_max = neg_inf<acc_t>(); dense_sum = 0; dense_dot = 0; dense_mass = 0;
+  }
+
+  // exp(from - to), 0 when `from` is -inf (nothing accumulated yet).
+  static __device__ __forceinline__ acc_t rescale(acc_t from, acc_t to) {
+    return from == neg_inf<acc_t>() ? acc_t(0) : fast_exp(from - to);
+  }
+
+  __device__ void merge(const RowState& o, bool dense_logits) {
+    if (o.max > max || (o.max == max && o.argmax < argmax)) argmax = o.argmax;
+    const acc_t m = max > o.max ? max : o.max;
+    if (m != neg_inf<acc_t>()) {
+      const acc_t a = rescale(max, m), b = rescale(o.max, m);
+      sum = sum * a + o.sum * b;
+      sum_sq = sum_sq * a * a + o.sum_sq * b * b;
+      max = m;
+    } else {
+      sum += o.sum;  // NaN propagates
+      sum_sq += o.sum_sq;
+    }
+    shifted_sum += o.shifted_sum;
+    table_dot += o.table_dot;
+    table_mass += o.table_mass;
+    if (dense_logits) {
+      const acc_t dm = dense_max > o.dense_max ? dense_max : o.dense_max;
+      if (dm != neg_inf<acc_t>()) {
+        const acc_t a = rescale(dense_max, dm), b = rescale(o.dense_max, dm);
+        dense_sum = dense_sum * a + o.dense_sum * b;
+        dense_dot = dense_dot * a + o.dense_dot * b;
+        dense_max = dm;
+      }
+    } else {
+      dense_dot += o.dense_dot;
+      dense_mass += o.dense_mass;
+    }
+  }
+
+  __device__ RowState shfl_xor(int lane_mask) const {
+    RowState o;
+    o.max = __shfl_xor_sync(0xffffffff, max, lane_mask);
+    o.sum = __shfl_xor_sync(0xffffffff, sum, lane_mask);
+    o.sum_sq = __shfl_xor_sync(0xffffffff, sum_sq, lane_mask);
+    o.argmax = __shfl_xor_sync(0xffffffff, argmax, lane_mask);
+    o.shifted_sum = __shfl_xor_sync(0xffffffff, shifted_sum, lane_mask);
+    o.table_dot = __shfl_xor_sync(0xffffffff, table_dot, lane_mask);
+    o.table_mass = __shfl_xor_sync(0xffffffff, table_mass, lane_mask);
+    o.dense_max = __shfl_xor_sync(0xffffffff, dense_max, lane_mask);
+    o.dense_sum = __shfl_xor_sync(0xffffffff, dense_sum, lane_mask);
+    o.dense_dot = __shfl_xor_sync(0xffffffff, dense_dot, lane_mask);
+    o.dense_mass = __shfl_xor_sync(0xffffffff, dense_mass, lane_mask);
+    return o;
+  }
+};
+
+// Merges every thread's state; the result is valid in all threads. `shared` holds one state per warp.
+template <typename acc_t>
+__device__ RowState<acc_t> block_reduce(RowState<acc_t> s, RowState<acc_t>* shared, bool dense_logits) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int mask = 16; mask > 0; mask >>= 1) s.merge(s.shfl_xor(mask), dense_logits);
+  if (lane == 0) shared[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    if (lane < warps) {
+      s = shared[lane];
+    } else {
+      s.init();
+    }
+    for (int mask = 16; mask > 0; mask >>= 1) s.merge(s.shfl_xor(mask), dense_logits);
+    if (lane == 0) shared[0] = s;
+  }
+  __syncthreads();
+  s = shared[0];
+  __syncthreads();  // shared is reused by the next row
+  return s;
+}
+
+// Pass 1 over VEC consecutive logits starting at class c0.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ void accumulate(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
+                                           const RowTarget<opmath_t<scalar_t>>& t,
+                                           const Vec<scalar_t, VEC>& xv, const scalar_t* dense_row,
+                                           int64_t c0, opmath_t<scalar_t> x_y) {
+  using acc_t = opmath_t<scalar_t>;
+  acc_t x[VEC];
+  acc_t local_max = neg_inf<acc_t>();
+  int local_arg = 0;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    x[k] = static_cast<acc_t>(xv.v[k]);
+    if (x[k] > local_max) { local_max = x[k]; local_arg = k; }
+  }
+  if (local_max > st.max) {
+    const acc_t a = RowState<acc_t>::rescale(st.max, local_max);
+    st.sum *= a;
+    st.sum_sq *= a * a;
+    st.max = local_max;
+    st.argmax = c0 + local_arg;
+  }
+  const acc_t m = st.max == neg_inf<acc_t>() ? acc_t(0) : st.max;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const acc_t e = fast_exp(x[k] - m);
+    st.sum += e;
+    st.sum_sq += e * e;
+    st.shifted_sum += x[k] - x_y;
+  }
+  if (t.table_y) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const acc_t w = t.table_at(c0 + k);
+      st.table_dot += w * (x[k] - x_y);
+      st.table_mass += w;
+    }
+  }
+  if (dense_row) {
+    acc_t d[VEC];
+    const Vec<scalar_t, VEC> dv = *reinterpret_cast<const Vec<scalar_t, VEC>*>(dense_row + c0);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) d[k] = static_cast<acc_t>(dv.v[k]);
+    if (job.dense_logits) {
+      acc_t dmax = neg_inf<acc_t>();
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        d[k] *= job.inv_temperature;
+        dmax = d[k] > dmax ? d[k] : dmax;
+      }
+      if (dmax > st.dense_max) {
+        const acc_t a = RowState<acc_t>::rescale(st.dense_max, dmax);
+        st.dense_sum *= a;
+        st.dense_dot *= a;
+        st.dense_max = dmax;
+      }
+      const acc_t dm = st.dense_max == neg_inf<acc_t>() ? acc_t(0) : st.dense_max;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const acc_t e = fast_exp(d[k] - dm);
+        st.dense_sum += e;
+        st.dense_dot += e * (x[k] - x_y);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        st.dense_dot += d[k] * (x[k] - x_y);
+        st.dense_mass += d[k];
+      }
+    }
+  }
+}
+
+template <typename acc_t>
+struct RowShared {
+  acc_t lse, mass, dense_lse, factor;
+  bool second_pass, correct;
+};
+
+template <typename scalar_t, int VEC>
+__global__ void row_kernel(RowJob<scalar_t> job) {
+  using acc_t = opmath_t<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  __shared__ RowState<acc_t> reduce_buf[32];
+  __shared__ RowShared<acc_t> shared;
+  const int64_t C = job.classes;
+  const int64_t n_vec = C / VEC;
+
+  for (int64_t row = blockIdx.x; row < job.rows; row += gridDim.x) {
+    const scalar_t* x_row = job.logits + row * C;
+    const scalar_t* dense_row = job.dense ? job.dense + row * C : nullptr;
+    if (row_ignored(job, row)) {
+      if (job.loss && threadIdx.x == 0) job.loss[row] = 0;
+      if (job.grad) {
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) job.grad[row * C + c] = scalar_t(0);
+      }
+      continue;
+    }
+    RowTarget<acc_t> t;
+    const int code = make_row_target(job, row, t);
+    if (code != kRowOk) {
+      if (threadIdx.x == 0) printf("pysoftlabel: row %lld: %s\n", (long long)row, row_error_message(code));
+      __trap();
+    }
+    const acc_t x_y = static_cast<acc_t>(x_row[t.y]);
+
+    RowState<acc_t> st;
+    st.init();
+    const V* xv = reinterpret_cast<const V*>(x_row);
+    constexpr int UNROLL = 4;
+    int64_t v = threadIdx.x;
+    for (; v + (UNROLL - 1) * blockDim.x < n_vec; v += UNROLL * blockDim.x) {
+      V buf[UNROLL];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) buf[u] = xv[v + u * blockDim.x];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) accumulate<scalar_t, VEC>(st, job, t, buf[u], dense_row, (v + u * blockDim.x) * VEC, x_y);
+    }
+    for (; v < n_vec; v += blockDim.x) accumulate<scalar_t, VEC>(st, job, t, xv[v], dense_row, v * VEC, x_y);
+    st = block_reduce(st, reduce_buf, job.dense_logits);
+
+    if (threadIdx.x == 0) {
+      RowSums<acc_t> sums;
+      sums.shifted_sum = st.shifted_sum;
+      sums.table_dot = st.table_dot;
+      sums.table_mass = st.table_mass;
+      acc_t dense_lse = 0;
+      if (job.dense_logits) {
+        sums.dense_dot = st.dense_dot / st.dense_sum;
+        sums.dense_mass = 1;
+        dense_lse = st.dense_max + log(st.dense_sum);
+      } else {
+        sums.dense_dot = st.dense_dot;
+        sums.dense_mass = st.dense_mass;
+      }
+      const acc_t lse = st.max + log(st.sum);
+      const acc_t x_y2 = static_cast<acc_t>(x_row[t.y2]);
+      if (job.loss) job.loss[row] = row_loss(t, sums, C, lse, x_y, x_y2);
+      const bool finite = isfinite(lse);
+      const bool correct = finite && st.argmax == t.y;
+      if (job.calib_bins) {
+        if (!finite) {
+          atomicAdd(job.calib_sums + 2, 1.0);
+        } else {
+          const acc_t confidence = acc_t(1) / st.sum;
+          const int64_t b = confidence_bin(confidence, job.n_bins);
+          atomicAdd(job.calib_bins + b * 3 + 0, 1.0);
+          atomicAdd(job.calib_bins + b * 3 + 1, static_cast<double>(confidence));
+          if (correct) atomicAdd(job.calib_bins + b * 3 + 2, 1.0);
+          atomicAdd(job.calib_sums + 0, static_cast<double>(lse - x_y));
+          const acc_t p_y = fast_exp(x_y - lse);
+          atomicAdd(job.calib_sums + 1, static_cast<double>(brier_score(st.sum_sq / (st.sum * st.sum), p_y)));
+        }
+      }
+      if (job.class_sum && correct) atomicAdd(job.class_count + t.y, 1.0f);
+      shared.lse = lse;
+      shared.mass = target_mass(t, sums, C);
+      shared.dense_lse = dense_lse;
+      shared.factor = job.wants_grad() ? row_grad_factor(job, row) : acc_t(0);
+      shared.correct = correct;
+    }
+    __syncthreads();
+    const bool add_stats = job.class_sum != nullptr && shared.correct;
+    if (job.wants_grad() || add_stats) {
+      const acc_t lse = shared.lse, mass = shared.mass, dense_lse = shared.dense_lse, f = shared.factor;
+      float* stats_row = add_stats ? job.class_sum + t.y * C : nullptr;
+      V* gv = job.grad ? reinterpret_cast<V*>(job.grad + row * C) : nullptr;
+      // Reverse order: the end of the row, read last in pass 1, is the likeliest still in L2.
+      const int64_t last = n_vec - 1 - ((n_vec - 1 - threadIdx.x) % blockDim.x);
+      for (int64_t w = n_vec > threadIdx.x ? last : -1; w >= 0; w -= blockDim.x) {
+        const V xv_w = xv[w];
+        V dv;
+        if (dense_row) dv = *reinterpret_cast<const V*>(dense_row + w * VEC);
+        V out;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const int64_t c = w * VEC + k;
+          const acc_t p = fast_exp(static_cast<acc_t>(xv_w.v[k]) - lse);
+          if (stats_row) atomicAdd(stats_row + c, static_cast<float>(p));
+          if (gv) {
+            acc_t target = t.at(c);
+            if (dense_row) {
+              const acc_t d = static_cast<acc_t>(dv.v[k]);
+              target += t.dense_weight * (job.dense_logits ? fast_exp(d * job.inv_temperature - dense_lse) : d);
+            }
+            out.v[k] = static_cast<scalar_t>(grad_element(p, mass, target, f));
+          }
+        }
+        if (gv) gv[w] = out;
+      }
+    }
+    __syncthreads();  // `shared` is rewritten for the next row
+  }
+}
+
+template <typename scalar_t>
+__global__ void scale_rows_kernel(scalar_t* grad, int64_t rows, int64_t classes,
+                                  const opmath_t<scalar_t>* factor, bool per_row) {
+  using acc_t = opmath_t<scalar_t>;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const acc_t f = factor[per_row ? row : 0];
+    if (f == acc_t(1)) continue;  // the common case (loss.backward()): no memory traffic at all
+    scalar_t* dst = grad + row * classes;
+    for (int64_t c = threadIdx.x; c < classes; c += blockDim.x)
+      dst[c] = static_cast<scalar_t>(static_cast<acc_t>(dst[c]) * f);
+  }
+}
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+int threads_for(int64_t n_vec) {
+  // About eight vectors per thread, a whole number of warps, at most 1024.
+  int threads = 32;
+  while (threads < 1024 && threads * 8 < n_vec) threads *= 2;
+  return threads;
+}
+
+template <typename scalar_t, int VEC>
+cudaError_t launch(const RowJob<scalar_t>& job, cudaStream_t stream) {
+  const int threads = threads_for(job.classes / VEC);
+  const int64_t blocks = job.rows < (int64_t(1) << 30) ? job.rows : (int64_t(1) << 30);
+  row_kernel<scalar_t, VEC><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(job);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+template <typename scalar_t>
+cudaError_t run_rows_cuda(const RowJob<scalar_t>& job, cudaStream_t stream) {
+  if (job.rows == 0) return cudaSuccess;
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const bool vectorisable = job.classes % kVec == 0 && aligned(job.logits, 16) &&
+                            (!job.dense || aligned(job.dense, 16)) && (!job.grad || aligned(job.grad, 16));
+  return vectorisable ? launch<scalar_t, kVec>(job, stream) : launch<scalar_t, 1>(job, stream);
+}
+
+template <typename scalar_t>
+cudaError_t scale_rows_cuda(scalar_t* grad, int64_t rows, int64_t classes, const opmath_t<scalar_t>* factor,
+                            bool per_row, cudaStream_t stream) {
+  if (rows == 0 || classes == 0) return cudaSuccess;
+  const int64_t blocks = rows < 65536 * 16 ? rows : 65536 * 16;
+  scale_rows_kernel<scalar_t><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(grad, rows, classes, factor, per_row);
+  return cudaGetLastError();
+}
+
+#define PSL_INSTANTIATE(T)                                                                     \
+  template cudaError_t run_rows_cuda<T>(const RowJob<T>&, cudaStream_t);                       \
+  template cudaError_t scale_rows_cuda<T>(T*, int64_t, int64_t, const opmath_t<T>*, bool, cudaStream_t);
+PSL_INSTANTIATE(float)
+PSL_INSTANTIATE(double)
+PSL_INSTANTIATE(c10::Half)
+PSL_INSTANTIATE(c10::BFloat16)
+#undef PSL_INSTANTIATE
+
+}  // namespace psl

@@ -1,0 +1,158 @@
+"""CalibrationStats: a mergeable O(M) accumulator of confidence-calibration statistics."""
+import torch
+from torch import Tensor
+
+from ..ops.calibration import calibration_update
+
+__all__ = ["CalibrationStats", "calibration_stats"]
+
+
+class CalibrationStats:
+    r"""Expected calibration error and friends, accumulated over batches (and ranks) in O(M) state.
+
+    Each row has confidence :math:`\hat p_i = \max_c \mathrm{softmax}(x_i)_c` and is correct when its
+    argmax equals its label. With M equal-width bins, bin b holding confidences in (b/M, (b+1)/M]
+    (Guo et al. 2017, "On Calibration of Modern Neural Networks", arXiv:1706.04599):
+
+    .. math::
+        \mathrm{ECE} = \sum_b \frac{|B_b|}{N} \left| \mathrm{acc}(B_b) - \mathrm{conf}(B_b) \right|,
+        \qquad \mathrm{MCE} = \max_{b : |B_b| > 0} \left| \mathrm{acc}(B_b) - \mathrm{conf}(B_b) \right|
+
+    reported as fractions, beside the mean NLL, the mean multiclass Brier score
+    :math:`\sum_c (p_{ic} - [c = y_i])^2` and top-1 accuracy.
+
+    State: ``bins`` [M, 3] float64 (count, confidence sum, correct count) and ``sums`` [3] float64
+    (NLL sum, Brier sum, rows with non-finite logits). Accumulators merge with ``+`` and ``all_reduce()``.
+
+    Args:
+        n_bins (int): M. Default: 15.
+        device (torch.device or str, optional): where the state lives. Default: CPU.
+    """
+
+    def __init__(self, n_bins: int = 15, device=None):
+        if int(n_bins) < 1:
+            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+        device = torch.device("cpu") if device is None else torch.device(device)
+        self.bins = torch.zeros(int(n_bins), 3, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    @property
+    def n_bins(self):
+        return self.bins.shape[0]
+
+    @property
+    def device(self):
+        return self.bins.device
+
+    def buffers(self):
+        """(bins, sums): the tensors the fused loss accumulates into."""
+        return self.bins, self.sums
+
+    def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100, backend: str = "auto"):
+        """Adds a batch of logits [N, C] and labels [N]. Returns self."""
+        if logits.dim() != 2:
+            raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+        if labels.shape != (logits.shape[0],):
+            raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got {tuple(labels.shape)}")
+        if logits.device != self.device or labels.device != self.device:
+            raise ValueError(f"logits and labels must be on {self.device}, got {logits.device} and {labels.device}")
+        calibration_update(logits.detach(), labels, self.bins, self.sums, ignore_index, backend)
+        if self.device.type == "cpu":
+            self._check_finite()  # free on the CPU; on CUDA it waits until a value is read
+        return self
+
+    def _check_finite(self):
+        bad = int(self.sums[2].item())
+        if bad:
+            raise ValueError(f"logits: {bad} row(s) had non-finite values (NaN or inf); they were not counted")
+
+    def _read(self):
+        self._check_finite()
+        return self.bins.cpu(), self.sums.cpu()
+
+    @property
+    def count(self) -> int:
+        return int(self._read()[0][:, 0].sum().item())
+
+    @property
+    def accuracy(self) -> float:
+        bins, _ = self._read()
+        return float(bins[:, 2].sum() / bins[:, 0].sum()) if bins[:, 0].sum() > 0 else float("nan")
+
+    def _gaps(self):
+        bins, _ = self._read()
+        count = bins[:, 0]
+        nonempty = count > 0
+        gap = (bins[:, 2] - bins[:, 1]).abs() / count.clamp(min=1)
+        return count, nonempty, gap
+
+    @property
+    def ece(self) -> float:
+        count, _, gap = self._gaps()
+        total = count.sum()
+        return float((count * gap).sum() / total) if total > 0 else float("nan")
+
+    @property
+    def mce(self) -> float:
+        _, nonempty, gap = self._gaps()
+        return float(gap[nonempty].max()) if nonempty.any() else float("nan")
+
+    @property
+    def nll(self) -> float:
+        bins, sums = self._read()
+        n = bins[:, 0].sum()
+        return float(sums[0] / n) if n > 0 else float("nan")
+
+    @property
+    def brier(self) -> float:
+        bins, sums = self._read()
+        n = bins[:, 0].sum()
+        return float(sums[1] / n) if n > 0 else float("nan")
+
+    def reliability(self):
+        """Per bin: (lower edge, upper edge, count, mean confidence, accuracy) as a [M, 5] CPU tensor."""
+        bins, _ = self._read()
+        edges = torch.linspace(0, 1, self.n_bins + 1, dtype=torch.float64)
+        count = bins[:, 0]
+        safe = count.clamp(min=1)
+        return torch.stack([edges[:-1], edges[1:], count, bins[:, 1] / safe, bins[:, 2] / safe], dim=1)
+
+    def summary(self) -> dict:
+        """ece, mce, nll, brier, accuracy, count as plain floats."""
+        return {"ece": self.ece, "mce": self.mce, "nll": self.nll, "brier": self.brier,
+                "accuracy": self.accuracy, "count": self.count}
+
+    def __add__(self, other):
+        if not isinstance(other, CalibrationStats) or other.n_bins != self.n_bins:
+            raise ValueError("can only add CalibrationStats with the same n_bins")
+        out = CalibrationStats(self.n_bins, self.device)
+        out.bins = self.bins + other.bins.to(self.device)
+        out.sums = self.sums + other.sums.to(self.device)
+        return out
+
+    def reset(self):
+        self.bins.zero_()
+        self.sums.zero_()
+        return self
+
+    def all_reduce(self, group=None):
+        """Sums the state over the ranks of a torch.distributed group (no-op without one)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.bins, group=group)
+            torch.distributed.all_reduce(self.sums, group=group)
+        return self
+
+    def state_dict(self):
+        return {"bins": self.bins.clone(), "sums": self.sums.clone()}
+
+    def load_state_dict(self, state):
+        if state["bins"].shape != self.bins.shape:
+            raise ValueError(f"state has {state['bins'].shape[0]} bins, this accumulator {self.n_bins}")
+        self.bins.copy_(state["bins"])
+        self.sums.copy_(state["sums"])
+
+
+def calibration_stats(logits: Tensor, labels: Tensor, n_bins: int = 15, ignore_index: int = -100,
+                      backend: str = "auto") -> CalibrationStats:
+    """A new :class:`CalibrationStats` on ``logits.device``, updated once with ``logits`` and ``labels``."""
+    return CalibrationStats(n_bins, logits.device).update(logits, labels, ignore_index, backend)

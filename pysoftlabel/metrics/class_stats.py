@@ -1,0 +1,74 @@
+"""ClassStats: Online Label Smoothing's per-class statistics, mergeable across DDP ranks."""
+import torch
+from torch import Tensor
+
+from ..ops.class_stats import class_stats_update
+
+__all__ = ["ClassStats"]
+
+
+class ClassStats:
+    """Per class c: the sum of the softmax vectors of training rows of class c that the model classified
+    correctly, and their count (Zhang et al. 2021, "Delving Deep into Label Smoothing", arXiv:2011.12562).
+
+    ``table()`` is the OLS soft-label table: row c = sum_c / count_c, the uniform row 1/C where
+    count_c = 0. State: ``sum`` [C, C] and ``count`` [C], float32, on ``device``.
+
+    Args:
+        num_classes (int): C.
+        device (torch.device or str, optional): where the state lives (the logits' device). Default: CPU.
+    """
+
+    def __init__(self, num_classes: int, device=None):
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        device = torch.device("cpu") if device is None else torch.device(device)
+        self.sum = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float32, device=device)
+        self.count = torch.zeros(self.num_classes, dtype=torch.float32, device=device)
+
+    @property
+    def device(self):
+        return self.sum.device
+
+    def buffers(self):
+        """(sum, count): the tensors the fused loss accumulates into."""
+        return self.sum, self.count
+
+    def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100, backend: str = "auto"):
+        """Adds the rows of ``logits`` classified correctly (argmax == label) to their class. Returns self."""
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must have shape [N, {self.num_classes}], got {tuple(logits.shape)}")
+        if labels.shape != (logits.shape[0],):
+            raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got {tuple(labels.shape)}")
+        if logits.device != self.device or labels.device != self.device:
+            raise ValueError(f"logits and labels must be on {self.device}, got {logits.device} and {labels.device}")
+        class_stats_update(logits.detach(), labels, self.sum, self.count, ignore_index, backend)
+        return self
+
+    def table(self) -> Tensor:
+        """[C, C] float32: the mean correct softmax row per class, uniform where a class had none."""
+        uniform = torch.full_like(self.sum, 1.0 / self.num_classes)
+        mean = self.sum / self.count.clamp(min=1)[:, None]
+        return torch.where(self.count[:, None] > 0, mean, uniform)
+
+    def reset(self):
+        self.sum.zero_()
+        self.count.zero_()
+        return self
+
+    def all_reduce(self, group=None):
+        """Sums the statistics over the ranks of a torch.distributed group (no-op without one)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.sum, group=group)
+            torch.distributed.all_reduce(self.count, group=group)
+        return self
+
+    def state_dict(self):
+        return {"num_classes": self.num_classes, "sum": self.sum.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, state):
+        if int(state["num_classes"]) != self.num_classes:
+            raise ValueError(f"state has {state['num_classes']} classes, this ClassStats {self.num_classes}")
+        self.sum.copy_(state["sum"])
+        self.count.copy_(state["count"])

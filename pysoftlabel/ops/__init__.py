@@ -1,0 +1,6 @@
+"""Ops over the native kernels, one file each; every one falls back to pysoftlabel.reference."""
+from .calibration import calibration_update
+from .class_stats import class_stats_update
+from .soft_cross_entropy import soft_cross_entropy
+
+__all__ = ["soft_cross_entropy", "calibration_update", "class_stats_update"]

@@ -1,0 +1,176 @@
+"""The fused soft-target cross-entropy: public function, backend choice, autograd and fake kernel
+over ``torch.ops.pysoftlabel.soft_cross_entropy``."""
+import torch
+from torch import Tensor
+
+from .. import reference
+from .._extension import _C, choose_backend
+from ..target import SoftTarget
+
+__all__ = ["soft_cross_entropy"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=None, calib=None,
+                       backend: str = "auto", validate=None) -> Tensor:
+    r"""Cross-entropy between ``logits`` and a soft target, fused: the N x C target is never built.
+
+    For row :math:`i` with target :math:`t_i` (see :class:`~pysoftlabel.SoftTarget`),
+
+    .. math::
+        \ell_i = -\sum_{c=1}^{C} t_{ic} \log \frac{\exp(x_{ic})}{\sum_{j} \exp(x_{ij})},
+        \qquad \frac{\partial \ell_i}{\partial x_i} = \operatorname{softmax}(x_i) \sum_c t_{ic} - t_i
+
+    and, with :math:`V` the rows whose label is not ``ignore_index``,
+
+    .. math::
+        \ell = \begin{cases} (\ell_1, \dots, \ell_N) & \text{reduction = 'none'} \\
+               \sum_{i \in V} \ell_i & \text{'sum'} \\
+               \frac{1}{|V|} \sum_{i \in V} \ell_i & \text{'mean'} \end{cases}
+
+    With ``SoftTarget(labels, smoothing=s)`` this equals ``F.cross_entropy(logits, labels,
+    label_smoothing=s)``. The native kernels read each row of logits once for the loss, write the
+    gradient in the same call (when ``logits`` requires grad) and accumulate ``stats`` / ``calib`` in
+    that pass; ``loss.backward()`` then costs no pass over the logits.
+
+    Args:
+        logits (Tensor[N, C]): float32, float16, bfloat16 or float64 scores; any strides.
+        target (SoftTarget or Tensor[N]): the target; a label tensor means hard labels.
+        reduction (str): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+        stats (ClassStats, optional): accumulates the softmax of correctly classified rows per class
+            (forward only, no gradient). Default: None.
+        calib (CalibrationStats, optional): accumulates calibration statistics of the rows against
+            ``target.labels``. Default: None.
+        backend (str): ``'auto'`` (native where built for the device), ``'native'`` (error if not
+            built) or ``'reference'`` (pure PyTorch). Default: ``'auto'``.
+        validate (bool, optional): check label and weight values on the host with ValueErrors. On CPU
+            they are always checked. On CUDA the default (None) checks them on the device instead,
+            which fails loudly (device-side trap) without a host-device synchronisation; True raises
+            the ValueErrors at the cost of a synchronisation. Default: None.
+
+    Returns:
+        Tensor: the loss in float32 (float64 for float64 logits); shape [N] for ``'none'``, else [].
+        The gradient has the dtype of ``logits``. ``'mean'`` over zero valid rows is NaN, as in
+        ``F.cross_entropy``.
+
+    Examples::
+
+        >>> logits = torch.randn(8, 10, requires_grad=True)
+        >>> labels = torch.randint(0, 10, (8,))
+        >>> loss = soft_cross_entropy(logits, SoftTarget(labels, smoothing=0.1))
+        >>> loss.backward()
+
+    References: label smoothing, Szegedy et al. 2016 (arXiv:1512.00567) §7; Online Label Smoothing,
+    Zhang et al. 2021 (arXiv:2011.12562); online softmax, Milakov & Gimelshein 2018 (arXiv:1805.02867).
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if torch.is_tensor(target):
+        target = SoftTarget(target)
+    if not isinstance(target, SoftTarget):
+        raise ValueError(f"target must be a SoftTarget or a label tensor, got {type(target).__name__}")
+    target.check_against(logits)
+    for name, state in (("stats", stats), ("calib", calib)):
+        if state is not None and state.device != logits.device:
+            raise ValueError(f"{name} lives on {state.device} but logits is on {logits.device}")
+
+    native = choose_backend(backend, logits.device)
+    # Native kernels check values themselves (ValueError on CPU, device-side trap on CUDA).
+    if not native or (validate and not torch.compiler.is_compiling()):
+        target.check_values(logits.shape[1])
+    if not native:
+        loss = reference.soft_cross_entropy(logits, target, reduction)
+        if stats is not None:
+            stats.update(logits.detach(), target.labels, backend="reference")
+        if calib is not None:
+            calib.update(logits.detach(), target.labels, backend="reference")
+        return loss
+
+    state = [None, None, None, None]
+    if stats is not None:
+        state[0:2] = stats.buffers()
+    if calib is not None:
+        state[2:4] = calib.buffers()
+    return _NativeSoftCrossEntropy.apply(logits, reduction, _spec(target, logits), *state)
+
+
+def _weight(value, dtype):
+    """(tensor or None, float) for a weight given as a float or a per-row tensor."""
+    if torch.is_tensor(value):
+        return value.detach().to(dtype), 0.0
+    return None, float(value)
+
+
+def _spec(target: SoftTarget, logits: Tensor):
+    """The op's target arguments, between logits and grad_scale, as a tuple."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    lam, lam_value = _weight(1.0 if target.lam is None else target.lam, acc)
+    smoothing, smoothing_value = _weight(target.smoothing, acc)
+    table_weight, table_weight_value = _weight(target.table_weight, acc)
+    dense_weight, dense_weight_value = _weight(target.dense_weight, acc)
+    table = None if target.table is None else target.table.detach()
+    dense = None if target.dense is None else target.dense.detach()
+    return (target.labels, target.labels2, lam, lam_value, smoothing, smoothing_value, table, table_weight,
+            table_weight_value, dense, dense_weight, dense_weight_value, bool(target.dense_logits),
+            float(target.temperature), int(target.ignore_index))
+
+
+class _NativeSoftCrossEntropy(torch.autograd.Function):
+    """Autograd over the native op. In eager mode the forward already writes the unscaled gradient
+    into a fresh buffer (never into ``logits``); backward scales it in place on the device, skipping
+    rows whose factor is 1 (no pass at all after a plain ``loss.backward()``) and without a host
+    synchronisation. A second backward through the same graph, or a traced graph, recomputes it."""
+
+    @staticmethod
+    def forward(ctx, logits, reduction, spec, class_sum, class_count, calib_bins, calib_sums):
+        labels, ignore_index = spec[0], spec[-1]
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        grad_scale = None
+        if reduction == "mean":
+            n_valid = (labels != ignore_index).sum().to(acc)
+            grad_scale = 1.0 / n_valid.clamp(min=1)
+        compute_grad = ctx.needs_input_grad[0] and not torch.compiler.is_compiling()
+        loss, grad = torch.ops.pysoftlabel.soft_cross_entropy(
+            logits, *spec, grad_scale, None, compute_grad, class_sum, class_count, calib_bins, calib_sums)
+        tensors = [t for t in spec if torch.is_tensor(t)]
+        ctx.spec_is_tensor = [torch.is_tensor(t) for t in spec]
+        ctx.spec_values = [None if torch.is_tensor(t) else t for t in spec]
+        ctx.save_for_backward(logits, grad_scale, *tensors)
+        ctx.grad_buffer = grad if compute_grad else None
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return loss.sum()
+        return loss.sum() / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, grad_scale, *tensors = ctx.saved_tensors
+        nones = (None,) * 6
+        if ctx.grad_buffer is not None:
+            grad, ctx.grad_buffer = ctx.grad_buffer, None
+            torch.ops.pysoftlabel._scale_rows_(grad, grad_output)
+            return (grad,) + nones
+        tensors = iter(tensors)
+        spec = [next(tensors) if is_tensor else value for is_tensor, value in zip(ctx.spec_is_tensor, ctx.spec_values)]
+        _, grad = torch.ops.pysoftlabel.soft_cross_entropy(
+            logits, *spec, grad_scale, grad_output, True, None, None, None, None)
+        return (grad,) + nones
+
+
+if _C is not None:
+    @torch.library.register_fake("pysoftlabel::soft_cross_entropy")
+    def _(logits, labels, labels2, lam, lam_value, smoothing, smoothing_value, table, table_weight,
+          table_weight_value, dense, dense_weight, dense_weight_value, dense_logits, temperature, ignore_index,
+          grad_scale, grad_output, compute_grad, class_sum, class_count, calib_bins, calib_sums):
+        torch._check(logits.dim() == 2, lambda: f"logits must have shape [N, C], got {tuple(logits.shape)}")
+        torch._check(labels.shape == (logits.shape[0],), lambda: "labels must have shape [N]")
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        loss = logits.new_empty((logits.shape[0],), dtype=acc)
+        grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
+        return loss, grad
+
+    @torch.library.register_fake("pysoftlabel::_scale_rows_")
+    def _(grad, grad_output):
+        return None

@@ -1,0 +1,161 @@
+"""SoftTarget: the compact description of a soft-target distribution, one row per sample.
+
+The fused operator never builds the N x C target; it forms each element from this description:
+
+.. math::
+    t_i = (1 - s_i - a_i - d_i) h_i + \\frac{s_i}{C} \\mathbf{1} + a_i T_i + d_i D_i
+
+with :math:`h_i = \\lambda_i e(y_i) + (1 - \\lambda_i) e(y2_i)` (hard part, mixup/CutMix),
+:math:`T_i = \\lambda_i S[y_i] + (1 - \\lambda_i) S[y2_i]` (class table, Online Label Smoothing) and
+:math:`D_i` the per-sample distribution (dense probabilities, or ``softmax(dense / temperature)``).
+"""
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+Weight = Union[float, Tensor]
+
+# Weights computed in fp32 (1 - lam etc.) may exceed 1 by rounding; the kernels use the same tolerance.
+WEIGHT_TOLERANCE = 1e-6
+
+
+@dataclass
+class SoftTarget:
+    """A soft target for :func:`pysoftlabel.soft_cross_entropy`.
+
+    Args:
+        labels (Tensor[N], integer): class of each row; ``ignore_index`` rows contribute nothing.
+        smoothing (float or Tensor[N]): uniform weight ``s`` (label smoothing). Default: 0.
+        labels2 (Tensor[N], optional): second class of each row (mixup / CutMix partner). Default: None.
+        lam (float or Tensor[N], optional): weight of ``labels`` against ``labels2``, in [0, 1]; required
+            with ``labels2``. Default: None.
+        table (Tensor[C, C], optional): class table ``S``, row c the target of class c (OLS). Default: None.
+        table_weight (float or Tensor[N]): weight ``a`` of the class table. Default: 0.
+        dense (Tensor[N, C], optional): per-sample probabilities, or logits if ``dense_logits``. Default: None.
+        dense_weight (float or Tensor[N]): weight ``d`` of ``dense``. Default: 0.
+        dense_logits (bool): ``dense`` holds logits; the target uses ``softmax(dense / temperature)``.
+            Default: False.
+        temperature (float): temperature of ``dense`` logits. Default: 1.
+        ignore_index (int): label value of rows to ignore. Default: -100.
+
+    Targets are constants: no gradient flows into ``table``, ``dense`` or the weights.
+    Per-row value checks (labels in range, weights in range) happen when the loss is computed,
+    because they need ``C`` and, on CUDA, would otherwise cost a host-device synchronisation.
+    """
+
+    labels: Tensor
+    smoothing: Weight = 0.0
+    labels2: Optional[Tensor] = None
+    lam: Optional[Weight] = None
+    table: Optional[Tensor] = None
+    table_weight: Weight = 0.0
+    dense: Optional[Tensor] = None
+    dense_weight: Weight = 0.0
+    dense_logits: bool = False
+    temperature: float = 1.0
+    ignore_index: int = -100
+
+    def __post_init__(self):
+        if not torch.is_tensor(self.labels) or self.labels.dim() != 1:
+            raise ValueError(f"labels must be a 1-D tensor of class indices, got {_describe(self.labels)}")
+        if self.labels.is_floating_point() or self.labels.is_complex() or self.labels.dtype == torch.bool:
+            raise ValueError(f"labels must hold integer class indices, got dtype {self.labels.dtype}")
+        n = self.labels.shape[0]
+        if self.labels2 is not None:
+            if not torch.is_tensor(self.labels2) or self.labels2.shape != self.labels.shape:
+                raise ValueError(f"labels2 must have the shape of labels {tuple(self.labels.shape)}, "
+                                 f"got {_describe(self.labels2)}")
+            if self.labels2.is_floating_point() or self.labels2.dtype == torch.bool:
+                raise ValueError(f"labels2 must hold integer class indices, got dtype {self.labels2.dtype}")
+            if self.lam is None:
+                raise ValueError("lam is required with labels2: the weight of labels against labels2")
+        elif self.lam is not None:
+            raise ValueError("lam is given without labels2")
+        for name in ("smoothing", "lam", "table_weight", "dense_weight"):
+            value = getattr(self, name)
+            if torch.is_tensor(value):
+                if value.shape != (n,):
+                    raise ValueError(f"{name} must be a float or a tensor of shape [N] = [{n}], got shape "
+                                     f"{tuple(value.shape)}")
+                if not value.is_floating_point():
+                    raise ValueError(f"{name} must be floating point, got dtype {value.dtype}")
+            elif value is not None:
+                setattr(self, name, float(value))
+        if isinstance(self.lam, float) and not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        scalars = [getattr(self, k) for k in ("smoothing", "table_weight", "dense_weight")]
+        if any(isinstance(v, float) and v < 0 for v in scalars):
+            raise ValueError(f"smoothing, table_weight, dense_weight must be >= 0, got {scalars}")
+        if all(isinstance(v, float) for v in scalars) and sum(scalars) > 1 + WEIGHT_TOLERANCE:
+            raise ValueError(f"smoothing + table_weight + dense_weight must be <= 1, got {sum(scalars)}")
+        if self.table is not None:
+            if not torch.is_tensor(self.table) or self.table.dim() != 2 or self.table.shape[0] != self.table.shape[1]:
+                raise ValueError(f"table must be a square [C, C] tensor, got {_describe(self.table)}")
+        elif _nonzero(self.table_weight):
+            raise ValueError("table_weight is nonzero but no table is given")
+        if self.dense is not None:
+            if not torch.is_tensor(self.dense) or self.dense.dim() != 2 or self.dense.shape[0] != n:
+                raise ValueError(f"dense must have shape [N, C] with N = {n}, got {_describe(self.dense)}")
+            if not self.dense.is_floating_point():
+                raise ValueError(f"dense must be floating point, got dtype {self.dense.dtype}")
+        elif _nonzero(self.dense_weight):
+            raise ValueError("dense_weight is nonzero but no dense target is given")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    def check_against(self, logits):
+        """Shape, dtype and device checks against ``logits`` (no data access, no synchronisation)."""
+        if not torch.is_tensor(logits) or logits.dim() != 2:
+            raise ValueError(f"logits must have shape [N, C], got {_describe(logits)}")
+        if not logits.is_floating_point():
+            raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
+        n, c = logits.shape
+        if c < 1:
+            raise ValueError("logits must have at least one class (C >= 1)")
+        if self.labels.shape[0] != n:
+            raise ValueError(f"labels has {self.labels.shape[0]} rows but logits has {n} (shape {tuple(logits.shape)})")
+        if self.table is not None and tuple(self.table.shape) != (c, c):
+            raise ValueError(f"table must have shape [C, C] = [{c}, {c}], got {tuple(self.table.shape)}")
+        if self.dense is not None and self.dense.shape != logits.shape:
+            raise ValueError(f"dense must have the shape of logits {tuple(logits.shape)}, got {tuple(self.dense.shape)}")
+        for name, value in self.tensors():
+            if value.device != logits.device:
+                raise ValueError(f"{name} is on {value.device} but logits is on {logits.device}")
+
+    def check_values(self, num_classes):
+        """Per-row value checks (reads the tensors: a synchronisation on CUDA)."""
+        valid = self.labels != self.ignore_index
+        if bool(((self.labels < 0) | (self.labels >= num_classes))[valid].any()):
+            bad = self.labels[valid & ((self.labels < 0) | (self.labels >= num_classes))][0].item()
+            raise ValueError(f"labels: label {bad} is out of range [0, {num_classes}) and is not "
+                             f"ignore_index ({self.ignore_index})")
+        if self.labels2 is not None:
+            if bool(((self.labels2 < 0) | (self.labels2 >= num_classes))[valid].any()):
+                raise ValueError(f"labels2: a label is out of range [0, {num_classes})")
+            if torch.is_tensor(self.lam) and bool(((self.lam < 0) | (self.lam > 1))[valid].any()):
+                raise ValueError("lam: a mixing weight is outside [0, 1]")
+        weights = [w for w in (self.smoothing, self.table_weight, self.dense_weight)]
+        if any(torch.is_tensor(w) for w in weights):
+            rows = [w if torch.is_tensor(w) else torch.full_like(self.labels, w, dtype=torch.float64) for w in weights]
+            rows = [r.double()[valid] for r in rows]
+            if any(bool((r < 0).any()) for r in rows):
+                raise ValueError("smoothing, table_weight, dense_weight: a weight is negative")
+            if bool((sum(rows) > 1 + WEIGHT_TOLERANCE).any()):
+                raise ValueError("smoothing, table_weight, dense_weight: s + a + d exceeds 1")
+
+    def tensors(self):
+        """(name, tensor) for every tensor part."""
+        names = ("labels", "smoothing", "labels2", "lam", "table", "table_weight", "dense", "dense_weight")
+        return [(k, getattr(self, k)) for k in names if torch.is_tensor(getattr(self, k))]
+
+
+def _nonzero(weight):
+    return torch.is_tensor(weight) or weight != 0.0
+
+
+def _describe(value):
+    if torch.is_tensor(value):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__}"

@@ -1,0 +1,260 @@
+"""Parity of the native soft_cross_entropy with pysoftlabel.reference, and its contract."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import pysoftlabel as psl
+from conftest import devices
+from targets import PARTS, random_target
+
+native = pytest.mark.skipif(not psl.extension_info()["cpu"], reason="extension not built")
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 1e-5), torch.float16: (2e-3, 2e-3),
+       torch.bfloat16: (1.5e-2, 1.5e-2)}
+
+
+def loss_and_grad(logits, target, reduction, backend):
+    x = logits.detach().clone().requires_grad_(True)
+    loss = psl.soft_cross_entropy(x, target, reduction=reduction, backend=backend)
+    weight = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+    (grad,) = torch.autograd.grad((loss * weight).sum(), x)
+    return loss.detach(), grad
+
+
+def check_parity(logits, target, reduction):
+    loss, grad = loss_and_grad(logits, target, reduction, "native")
+    ref_loss, ref_grad = loss_and_grad(logits.double(), target, reduction, "reference")
+    atol, rtol = TOL[logits.dtype]
+    assert loss.dtype == (torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    assert grad.dtype == logits.dtype
+    torch.testing.assert_close(loss.double(), ref_loss, atol=atol, rtol=rtol, equal_nan=True)
+    torch.testing.assert_close(grad.double(), ref_grad, atol=atol, rtol=rtol, equal_nan=True)
+
+
+@native
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 9), c=st.sampled_from([1, 2, 7, 64, 1000]), seed=st.integers(0, 2**31 - 1),
+       parts=st.sets(st.sampled_from(PARTS)), reduction=st.sampled_from(["none", "mean", "sum"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_parity_random_targets_cpu(n, c, seed, parts, reduction, dtype):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, generator=g) * 3).to(dtype)
+    target = random_target(n, c, parts, generator=g, logits_dtype=dtype)
+    if reduction == "mean" and n > 0 and bool((target.labels == -100).all()):
+        reduction = "sum"  # all-ignored mean is NaN in both; tested on its own
+    check_parity(logits, target, reduction)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("c", [1, 3, 1000, 4099])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_parity_dtypes_shapes(device, dtype, c, contiguous):
+    g = torch.Generator().manual_seed(c)
+    n = 33
+    logits = (torch.randn(c, n, generator=g) * 4).to(device, dtype).t() if not contiguous else \
+        (torch.randn(n, c, generator=g) * 4).to(device, dtype)
+    target = random_target(n, c, set(PARTS), device=device, generator=g, logits_dtype=dtype)
+    check_parity(logits, target, "mean")
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_matches_torch_label_smoothing(device, smoothing):
+    logits = torch.randn(64, 100, device=device, requires_grad=True)
+    labels = torch.randint(0, 100, (64,), device=device)
+    labels[::7] = -100
+    for reduction in ("none", "mean", "sum"):
+        ours = psl.soft_cross_entropy(logits, psl.SoftTarget(labels, smoothing=smoothing), reduction=reduction)
+        theirs = F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction=reduction)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        g1, = torch.autograd.grad(ours.sum(), logits)
+        g2, = torch.autograd.grad(theirs.sum(), logits)
+        torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-5)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+def test_matches_torch_probability_targets(device):
+    logits = torch.randn(32, 50, device=device, requires_grad=True)
+    probs = torch.softmax(torch.randn(32, 50, device=device), 1)
+    labels = torch.randint(0, 50, (32,), device=device)
+    ours = psl.soft_cross_entropy(logits, psl.SoftTarget(labels, dense=probs, dense_weight=1.0))
+    theirs = F.cross_entropy(logits, probs)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(theirs, logits)[0],
+                               atol=1e-6, rtol=1e-5)
+
+
+@native
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("parts", [(), ("smoothing", "mix"), ("table", "dense_logits", "per_row"), ("dense", "ignore")])
+def test_gradcheck_float64(reduction, parts):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target = random_target(6, 5, set(parts), generator=g, logits_dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: psl.soft_cross_entropy(x, target, reduction=reduction), (logits,))
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+def test_ignored_rows_and_empty_batch(device):
+    logits = torch.randn(4, 6, device=device, requires_grad=True)
+    labels = torch.full((4,), -100, device=device)
+    loss = psl.soft_cross_entropy(logits, labels)
+    assert torch.isnan(loss)  # as F.cross_entropy: 0 / 0
+    assert psl.soft_cross_entropy(logits, labels, reduction="sum").item() == 0
+    loss = psl.soft_cross_entropy(logits, labels, reduction="sum")
+    assert torch.equal(torch.autograd.grad(loss, logits)[0], torch.zeros_like(logits))
+    empty = torch.randn(0, 6, device=device, requires_grad=True)
+    out = psl.soft_cross_entropy(empty, torch.zeros(0, dtype=torch.long, device=device), reduction="sum")
+    out.backward()
+    assert out.item() == 0 and empty.grad.shape == (0, 6)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+def test_not_last_layer_and_retain_graph(device):
+    """loss * 3 scales the stored gradient; a second backward through the same graph recomputes it."""
+    logits = torch.randn(16, 10, device=device, requires_grad=True)
+    target = psl.SoftTarget(torch.randint(0, 10, (16,), device=device), smoothing=0.1)
+    ref = 3 * F.cross_entropy(logits, target.labels, label_smoothing=0.1)
+    ref_grad, = torch.autograd.grad(ref, logits)
+    loss = 3 * psl.soft_cross_entropy(logits, target)
+    g1, = torch.autograd.grad(loss, logits, retain_graph=True)
+    g2, = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(g1, ref_grad)
+    torch.testing.assert_close(g2, ref_grad)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+def test_does_not_write_into_logits_liger_272(device):
+    """Liger-Kernel #272: a gradient written into the logits broke an upstream softmax's backward."""
+    x = torch.randn(8, 12, device=device, requires_grad=True)
+    labels = torch.randint(0, 12, (8,), device=device)
+    results = []
+    for loss_fn in (lambda z: psl.soft_cross_entropy(z, labels), lambda z: F.cross_entropy(z, labels)):
+        z = torch.softmax(x, dim=1) * 5  # an upstream op that saves its output
+        before = z.detach().clone()
+        loss = loss_fn(z)
+        assert torch.equal(z, before)
+        results.append(torch.autograd.grad(loss, x)[0])
+    torch.testing.assert_close(results[0], results[1])
+
+
+@native
+def test_torch_compile_fullgraph():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    x = torch.randn(10, 8)
+    labels = torch.randint(0, 5, (10,))
+    table = torch.softmax(torch.randn(5, 5), 1)
+
+    def step(x, labels):
+        logits = model(x)
+        return psl.soft_cross_entropy(logits, psl.SoftTarget(labels, smoothing=0.1, table=table, table_weight=0.3))
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, labels)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    ref = step(x, labels)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    torch.testing.assert_close(loss, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+@native
+def test_opcheck():
+    logits = torch.randn(5, 7)
+    labels = torch.randint(0, 7, (5,))
+    args = (logits, labels, None, None, 1.0, None, 0.1, None, None, 0.0, None, None, 0.0, False, 1.0, -100,
+            None, None, True, torch.zeros(7, 7), torch.zeros(7), torch.zeros(15, 3, dtype=torch.float64),
+            torch.zeros(3, dtype=torch.float64))
+    torch.library.opcheck(torch.ops.pysoftlabel.soft_cross_entropy.default, args)
+    torch.library.opcheck(torch.ops.pysoftlabel._scale_rows_.default, (torch.randn(5, 7), torch.tensor(2.0)))
+    torch.library.opcheck(torch.ops.pysoftlabel.calibration_update.default,
+                          (logits, labels, -100, torch.zeros(15, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)))
+    torch.library.opcheck(torch.ops.pysoftlabel.class_stats_update.default,
+                          (logits, labels, -100, torch.zeros(7, 7), torch.zeros(7)))
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+def test_fused_statistics_equal_standalone(device):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(200, 9, generator=g).to(device) * 3
+    labels = torch.randint(0, 9, (200,), generator=g).to(device)
+    labels[:10] = -100
+    stats, calib = psl.ClassStats(9, device), psl.CalibrationStats(15, device)
+    psl.soft_cross_entropy(logits, psl.SoftTarget(labels, smoothing=0.1), stats=stats, calib=calib)
+    ref_stats = psl.ClassStats(9, device).update(logits, labels, backend="reference")
+    ref_calib = psl.calibration_stats(logits, labels, backend="reference")
+    torch.testing.assert_close(stats.sum, ref_stats.sum)
+    torch.testing.assert_close(stats.count, ref_stats.count)
+    torch.testing.assert_close(calib.bins, ref_calib.bins)
+    torch.testing.assert_close(calib.sums, ref_calib.sums)
+
+
+def _bad(**changes):
+    n, c = 4, 5
+    base = dict(logits=torch.randn(n, c), labels=torch.randint(0, c, (n,)))
+    base.update(changes)
+    return base
+
+
+@native
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("case, match", [
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 5, 2]))), "labels"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, -3, 2]))), "labels"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 9, 1, 1]), lam=0.5)), "labels2"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 1, 1, 1]),
+                                        lam=torch.tensor([0.5, 1.5, 0.2, 0.1]))), "lam"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor([0.1, 0.9, -0.2, 0.0]))), "weight"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor([0.5, 0.9, 0.2, 0.0]),
+                                        dense=torch.rand(4, 5), dense_weight=0.5)), "exceeds 1"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), table=torch.rand(4, 4), table_weight=0.1)), "table"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2]))), "labels"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), dense=torch.rand(4, 6), dense_weight=0.1)), "dense"),
+    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.randn(4, 5, 2)), "logits"),
+    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), reduction="avg"), "reduction"),
+])
+def test_bad_input_raises_value_error(backend, case, match):
+    kwargs = dict(logits=torch.randn(4, 5), reduction="mean")
+    kwargs.update(case())
+    with pytest.raises(ValueError, match=match):
+        psl.soft_cross_entropy(kwargs.pop("logits"), kwargs.pop("target"), backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(smoothing=0.6, table=torch.rand(5, 5), table_weight=0.6), "must be <= 1"),
+    (dict(smoothing=-0.1), ">= 0"),
+    (dict(labels2=torch.tensor([1, 2, 3, 4])), "lam is required"),
+    (dict(labels2=torch.tensor([1, 2, 3, 4]), lam=1.5), "lam must be in"),
+    (dict(table=torch.rand(5, 4), table_weight=0.1), "square"),
+    (dict(table_weight=0.2), "no table"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(smoothing=torch.zeros(3)), "smoothing"),
+])
+def test_soft_target_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        psl.SoftTarget(torch.tensor([0, 1, 2, 3]), **kwargs)
+
+
+@native
+def test_native_backend_wrong_device_and_weights_over_one_scalar():
+    target = psl.SoftTarget(torch.tensor([0, 1]), smoothing=0.5, dense=torch.rand(2, 3), dense_weight=0.5)
+    psl.soft_cross_entropy(torch.randn(2, 3), target)  # s + d == 1 is allowed
+    meta_labels = torch.tensor([0, 1], device="meta")
+    with pytest.raises(ValueError, match="labels is on meta"):
+        psl.soft_cross_entropy(torch.randn(2, 3), psl.SoftTarget(meta_labels))
+
+
+@pytest.mark.cuda
+def test_cuda_validate_mode_raises_value_error():
+    logits = torch.randn(4, 5, device="cuda")
+    with pytest.raises(ValueError, match="labels"):
+        psl.soft_cross_entropy(logits, psl.SoftTarget(torch.tensor([0, 1, 7, 2], device="cuda")), validate=True)
