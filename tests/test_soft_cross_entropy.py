@@ -258,3 +258,42 @@ def test_cuda_validate_mode_raises_value_error():
     logits = torch.randn(4, 5, device="cuda")
     with pytest.raises(ValueError, match="labels"):
         psl.soft_cross_entropy(logits, psl.SoftTarget(torch.tensor([0, 1, 7, 2], device="cuda")), validate=True)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+def test_large_class_count(device):
+    """C up to 256k: one row spans many loop iterations of every thread."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 3, 262144
+    logits = (torch.randn(n, c, generator=g) * 3).to(device)
+    target = random_target(n, c, {"smoothing", "dense_logits", "mix"}, device=device, generator=g)
+    check_parity(logits, target, "none")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", range(40))
+def test_parity_random_targets_cuda(seed):
+    g = torch.Generator().manual_seed(seed)
+    parts = {p for p in PARTS if float(torch.rand((), generator=g)) < 0.5}
+    n = int(torch.randint(0, 40, (), generator=g))
+    c = [1, 7, 64, 1000, 4096, 32000][int(torch.randint(0, 6, (), generator=g))]
+    dtype = [torch.float32, torch.float16, torch.bfloat16, torch.float64][int(torch.randint(0, 4, (), generator=g))]
+    logits = (torch.randn(n, c, generator=g) * 3).to("cuda", dtype)
+    target = random_target(n, c, parts, device="cuda", generator=g, logits_dtype=dtype)
+    reduction = "sum" if n and bool((target.labels == -100).all()) else ["none", "mean", "sum"][seed % 3]
+    check_parity(logits, target, reduction)
+
+
+@pytest.mark.cuda
+def test_cuda_bad_label_traps_on_device():
+    """Without validate=True a bad label on CUDA stops the process loudly (device-side trap), never a silent NaN."""
+    import subprocess
+    import sys
+    code = ("import torch, pysoftlabel as psl\n"
+            "x = torch.randn(4, 5, device='cuda')\n"
+            "psl.soft_cross_entropy(x, torch.tensor([0, 1, 9, 2], device='cuda'))\n"
+            "torch.cuda.synchronize()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "out of range" in done.stdout + done.stderr

@@ -1,0 +1,267 @@
+// The CPU row kernel's body, compiled twice: for the baseline instruction set (row_kernel.cpp) and,
+// on x86-64, for AVX2 + FMA (row_kernel_avx2.cpp); row_kernel.cpp picks one at run time.
+//
+// Included with PSL_CPU_NS naming the namespace of this copy. Every function here lives in that
+// namespace, and the body instantiates no standard-library template (no std::vector, std::max,
+// std::lock_guard): an inline template instantiated in both copies would be one symbol to the linker,
+// and the AVX2 copy of it could end up serving the baseline path.
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <type_traits>
+
+#include "../../common/launch.h"
+
+namespace psl {
+
+// Shared by both copies (defined in row_kernel.cpp): locks for the class-statistics rows, which rows
+// of one class in different threads share, and for the calibration histogram.
+std::mutex& class_lock(int64_t label);
+std::mutex& calib_lock();
+
+namespace PSL_CPU_NS {
+
+inline int64_t grain_for(int64_t classes) {
+  const int64_t g = 32768 / (classes > 0 ? classes : 1);
+  return g > 1 ? g : 1;
+}
+
+// exp(x) for float with a branch-free body so that loops over it vectorise (Cephes expf:
+// x = k ln2 + r, |r| <= ln2/2, degree-5 polynomial for exp(r), then scale by 2^k through the exponent).
+// Relative error about 2e-7; exp(x) = 0 for x < -87 (and -inf), exp(NaN) = NaN.
+inline float exp_vec(float x) {
+  float xc = x < -87.0f ? -87.0f : x;
+  xc = xc > 88.0f ? 88.0f : xc;
+  const float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = xc - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  // Below -87 the result is 0 (exp(-inf) = 0); NaN stays NaN (NaN * 0). A multiply, not a branch,
+  // keeps the loop vectorisable.
+  return y * scale * static_cast<float>(!(x < -87.0f));
+}
+inline double exp_vec(double x) { return std::exp(x); }
+
+template <typename acc_t, typename scalar_t>
+inline acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
+
+// Reductions with eight independent lanes: the compiler vectorises them without reassociating
+// floating-point sums on its own (no -ffast-math). Lanes are added in a fixed order, so results are
+// deterministic.
+constexpr int kLanes = 8;
+
+template <typename T>
+inline T lane_max(const T* v, int64_t n) {
+  T acc[kLanes];
+  for (int k = 0; k < kLanes; ++k) acc[k] = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] = v[i + k] > acc[k] ? v[i + k] : acc[k];
+  for (; i < n; ++i) acc[0] = v[i] > acc[0] ? v[i] : acc[0];
+  T m = acc[0];
+  for (int k = 1; k < kLanes; ++k) m = acc[k] > m ? acc[k] : m;
+  return m;
+}
+
+// sum_i a[i] * b[i]; with b == nullptr, sum_i a[i].
+template <typename T>
+inline T lane_dot(const T* a, const T* b, int64_t n) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  if (b) {
+    for (; i + kLanes <= n; i += kLanes)
+      for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k] * b[i + k];
+    for (; i < n; ++i) acc[0] += a[i] * b[i];
+  } else {
+    for (; i + kLanes <= n; i += kLanes)
+      for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k];
+    for (; i < n; ++i) acc[0] += a[i];
+  }
+  T s = 0;
+  for (int k = 0; k < kLanes; ++k) s += acc[k];
+  return s;
+}
+
+// Scratch rows of one chunk. malloc, not std::vector: see the note on templates at the top.
+template <typename T>
+struct Scratch {
+  T* data = nullptr;
+  explicit Scratch(int64_t n) : data(n ? static_cast<T*>(std::malloc(sizeof(T) * n)) : nullptr) {
+    TORCH_CHECK(n == 0 || data != nullptr, "pysoftlabel: out of memory for a row buffer of ", n, " values");
+  }
+  ~Scratch() { std::free(data); }
+  T& operator[](int64_t i) { return data[i]; }
+};
+
+template <typename scalar_t>
+void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t C = job.classes;
+  constexpr bool same = std::is_same<scalar_t, acc_t>::value;
+  Scratch<acc_t> x_buf(same ? 0 : C), e(C), dense(job.dense ? C : 0), table_mix(job.table ? C : 0),
+      g(job.grad ? C : 0);
+  const int64_t n_bin_values = job.calib_bins ? job.n_bins * 3 : 0;
+  Scratch<double> bins(n_bin_values);
+  for (int64_t i = 0; i < n_bin_values; ++i) bins[i] = 0;
+  double calib_sums[3] = {0, 0, 0};
+
+  for (int64_t row = begin; row < end; ++row) {
+    if (row_ignored(job, row)) {
+      if (job.loss) job.loss[row] = 0;
+      if (job.grad) {
+        for (int64_t c = 0; c < C; ++c) job.grad[row * C + c] = scalar_t(0);
+      }
+      continue;
+    }
+    RowTarget<acc_t> t;
+    const int code = make_row_target(job, row, t);
+    TORCH_CHECK_VALUE(code == kRowOk, row_error_message(code), " (row ", row, ")");
+
+    const scalar_t* src = job.logits + row * C;
+    const acc_t* x;
+    if constexpr (same) {
+      x = src;
+    } else {
+      for (int64_t c = 0; c < C; ++c) x_buf[c] = to_acc<acc_t>(src[c]);
+      x = x_buf.data;
+    }
+
+    const acc_t m = lane_max(x, C);
+    int64_t argmax = 0;  // first index of the maximum, as torch.argmax
+    if (job.class_sum != nullptr || job.calib_bins != nullptr) {
+      while (argmax < C - 1 && !(x[argmax] == m)) ++argmax;
+    }
+    // Class statistics alone need nothing more of a misclassified row.
+    if (!job.loss && !job.grad && !job.calib_bins && argmax != t.y) continue;
+    const acc_t m_safe = std::isfinite(m) ? m : acc_t(0);
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) e[c] = exp_vec(x[c] - m_safe);
+    const acc_t s = lane_dot(e.data, static_cast<const acc_t*>(nullptr), C);
+    const acc_t s2 = lane_dot(e.data, e.data, C);
+    const acc_t lse = m_safe + std::log(s);
+    const acc_t x_y = x[t.y];
+
+    RowSums<acc_t> sums;
+    sums.shifted_sum = lane_dot(x, static_cast<const acc_t*>(nullptr), C) - acc_t(C) * x_y;
+    if (t.table_y) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) table_mix[c] = t.table_at(c);
+      const acc_t mass = lane_dot(table_mix.data, static_cast<const acc_t*>(nullptr), C);
+      sums.table_dot = lane_dot(table_mix.data, x, C) - mass * x_y;
+      sums.table_mass = mass;
+    }
+    if (job.dense) {
+      const scalar_t* d_src = job.dense + row * C;
+      for (int64_t c = 0; c < C; ++c) dense[c] = to_acc<acc_t>(d_src[c]);
+      if (job.dense_logits) {  // D = softmax(dense / temperature)
+        const acc_t dm = lane_max(dense.data, C);
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) dense[c] = exp_vec((dense[c] - dm) * job.inv_temperature);
+        const acc_t inv = acc_t(1) / lane_dot(dense.data, static_cast<const acc_t*>(nullptr), C);
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) dense[c] *= inv;
+      }
+      const acc_t mass = lane_dot(dense.data, static_cast<const acc_t*>(nullptr), C);
+      sums.dense_dot = lane_dot(dense.data, x, C) - mass * x_y;
+      sums.dense_mass = mass;
+    }
+    if (job.loss) job.loss[row] = row_loss(t, sums, C, lse, x_y, x[t.y2]);
+
+    const acc_t inv_s = acc_t(1) / s;
+    const bool finite = std::isfinite(lse);
+    if (job.calib_bins) {
+      if (!finite) {
+        calib_sums[2] += 1;
+      } else {
+        const acc_t confidence = inv_s * e[argmax];
+        const acc_t p_y = e[t.y] * inv_s;
+        const int64_t b = confidence_bin(confidence, job.n_bins);
+        bins[b * 3 + 0] += 1;
+        bins[b * 3 + 1] += confidence;
+        bins[b * 3 + 2] += argmax == t.y ? 1 : 0;
+        calib_sums[0] += lse - x_y;
+        calib_sums[1] += brier_score(s2 * inv_s * inv_s, p_y);
+      }
+    }
+    if (job.class_sum && finite && argmax == t.y) {
+      std::mutex& lock = class_lock(t.y);
+      lock.lock();
+      float* dst = job.class_sum + t.y * C;
+      for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<float>(e[c] * inv_s);
+      job.class_count[t.y] += 1;
+      lock.unlock();
+    }
+
+    if (job.grad) {
+      const acc_t f = row_grad_factor(job, row);
+      const acc_t mass = target_mass(t, sums, C);
+      const acc_t pm = mass * inv_s;
+      // Vectorised over c without the hard part; the two spikes of the hard part are added after.
+      if (t.table_y) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) g[c] = e[c] * pm - t.uniform - t.table_weight * table_mix[c];
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) g[c] = e[c] * pm - t.uniform;
+      }
+      if (job.dense) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) g[c] -= t.dense_weight * dense[c];
+      }
+      g[t.y] -= t.hard * t.lam;
+      g[t.y2] -= t.hard * (acc_t(1) - t.lam);
+      scalar_t* dst = job.grad + row * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(g[c] * f);
+    }
+  }
+  if (job.calib_bins) {
+    std::mutex& lock = calib_lock();
+    lock.lock();
+    for (int64_t i = 0; i < n_bin_values; ++i) job.calib_bins[i] += bins[i];
+    for (int i = 0; i < 3; ++i) job.calib_sums[i] += calib_sums[i];
+    lock.unlock();
+  }
+}
+
+template <typename scalar_t>
+void run_rows(const RowJob<scalar_t>& job) {
+  if (job.rows == 0) return;
+  const int64_t grain = grain_for(job.classes);
+  at::parallel_for(0, job.rows, grain, [&](int64_t begin, int64_t end) { run_chunk(job, begin, end); });
+}
+
+template <typename scalar_t>
+void scale_rows(scalar_t* grad, int64_t rows, int64_t classes, const opmath_t<scalar_t>* factor,
+                    bool per_row) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t grain = grain_for(classes);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const acc_t f = factor[per_row ? row : 0];
+      if (f == acc_t(1)) continue;
+      scalar_t* dst = grad + row * classes;
+#pragma omp simd
+      for (int64_t c = 0; c < classes; ++c) dst[c] = static_cast<scalar_t>(static_cast<acc_t>(dst[c]) * f);
+    }
+  });
+}
+
+
+}  // namespace PSL_CPU_NS
+}  // namespace psl

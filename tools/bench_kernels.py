@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Benchmark pysoftlabel's fused kernels against what users run instead, in one run.
+
+Forward + backward of the loss for N x C logits and four targets (label smoothing, OLS class table,
+mixup, dense probabilities) beside PyTorch eager, torch.compile and Liger Kernel (label smoothing),
+the memory floor 2*N*C*bytes / bandwidth (bandwidth: a device copy measured in the same run), and the
+statistics (calibration vs torchmetrics and eager; class statistics vs eager index_add_; both fused
+into the loss vs the loss alone). The anchors measured earlier on the same kind of machine
+(tools/anchors-*.json) are printed beside.
+
+    python tools/bench_kernels.py --device cuda --out gpu-results/bench_kernels.json
+    python tools/bench_kernels.py --device cpu            # 4096 x 1000 fp32, the CPU targets
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import pysoftlabel as psl
+
+GPU_SHAPES = [(256, 1000), (4096, 1000), (8192, 32000), (4096, 128000)]
+CPU_SHAPES = [(4096, 1000)]
+TARGETS = ("ls", "ols", "mixup", "dense")
+
+
+def timer(device, warmup, reps):
+    """Median milliseconds of fn() over reps runs (CUDA events on the GPU, perf_counter on the CPU)."""
+    def measure(fn):
+        for _ in range(warmup):
+            fn()
+        times = []
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    return measure
+
+
+def copy_bandwidth(device, measure):
+    """Bytes read + written per second of a large device copy."""
+    n = (1 << 28) if device.type == "cuda" else (1 << 25)
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    ms = measure(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def make_case(n, c, dtype, device, kind, g):
+    x = (torch.randn(n, c, generator=g, device=device) * 2).to(dtype).requires_grad_(True)
+    y = torch.randint(0, c, (n,), generator=g, device=device)
+    case = {"x": x, "y": y}
+    if kind == "ls":
+        case["target"] = psl.SoftTarget(y, smoothing=0.1)
+    elif kind == "ols":
+        table = torch.softmax(torch.randn(c, c, generator=g, device=device), 1) if c <= 32000 else None
+        case["table"] = table
+        case["target"] = psl.SoftTarget(y, table=table, table_weight=0.5) if table is not None else None
+    elif kind == "mixup":
+        y2 = torch.randint(0, c, (n,), generator=g, device=device)
+        case.update(y2=y2, lam=0.7, target=psl.SoftTarget(y, labels2=y2, lam=0.7))
+    else:
+        probs = torch.softmax(torch.randn(n, c, generator=g, device=device), 1).to(dtype)
+        case.update(probs=probs, target=psl.SoftTarget(y, dense=probs, dense_weight=1.0))
+    return case
+
+
+def eager_loss(kind, case):
+    """What a user writes without pysoftlabel, per target kind."""
+    x, y = case["x"], case["y"]
+    if kind == "ls":
+        return lambda: F.cross_entropy(x, y, label_smoothing=0.1)
+    if kind == "ols":
+        table = case["table"]
+
+        def ols():
+            t = 0.5 * F.one_hot(y, x.shape[1]).to(x.dtype) + 0.5 * table[y].to(x.dtype)
+            return -(t * F.log_softmax(x, 1)).sum(1).mean()
+        return ols
+    if kind == "mixup":
+        y2, lam = case["y2"], case["lam"]
+        return lambda: lam * F.cross_entropy(x, y) + (1 - lam) * F.cross_entropy(x, y2)
+    probs = case["probs"]
+    return lambda: F.cross_entropy(x, probs)
+
+
+def fwd_bwd(loss_fn, x):
+    def step():
+        torch.autograd.grad(loss_fn(), x)
+    return step
+
+
+def liger_loss(case):
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+    except ImportError:
+        return None
+    loss = LigerCrossEntropyLoss(label_smoothing=0.1)
+    return lambda: loss(case["x"], case["y"])
+
+
+def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows):
+    g = torch.Generator(device=device).manual_seed(0)
+    for dtype in dtypes:
+        for n, c in shapes:
+            row = {"dtype": str(dtype).replace("torch.", ""), "N": n, "C": c}
+            bytes_ = torch.finfo(dtype).bits // 8
+            row["floor_ms"] = 2 * n * c * bytes_ / bandwidth * 1e3
+            for kind in TARGETS:
+                case = make_case(n, c, dtype, device, kind, g)
+                if case["target"] is None:
+                    continue  # C x C table of 128000^2 floats does not fit: no OLS at that size
+                x = case["x"]
+                row[f"ours_{kind}"] = measure(fwd_bwd(lambda: psl.soft_cross_entropy(x, case["target"]), x))
+                row[f"eager_{kind}"] = measure(fwd_bwd(eager_loss(kind, case), x))
+                if with_compile and kind in ("ls", "ols"):
+                    compiled = torch.compile(eager_loss(kind, case))
+                    row[f"compiled_{kind}"] = measure(fwd_bwd(compiled, x))
+                if kind == "ls" and device.type == "cuda":
+                    liger = liger_loss(case)
+                    if liger is not None:
+                        row["liger_ls"] = measure(fwd_bwd(liger, x))
+                if kind == "ls" and device.type == "cpu":
+                    row["eager_ce"] = measure(fwd_bwd(lambda: F.cross_entropy(x, case["y"]), x))
+                del case
+            bench_statistics(device, dtype, n, c, measure, row, g, bandwidth)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def bench_statistics(device, dtype, n, c, measure, row, g, bandwidth):
+    x = (torch.randn(n, c, generator=g, device=device) * 2).to(dtype)
+    y = torch.randint(0, c, (n,), generator=g, device=device)
+    row["read_once_ms"] = n * c * (torch.finfo(dtype).bits // 8) / bandwidth * 1e3
+    cal = psl.CalibrationStats(15, device)
+    row["ours_calib"] = measure(lambda: cal.update(x, y))
+    try:
+        from torchmetrics.classification import MulticlassCalibrationError
+        metric = MulticlassCalibrationError(num_classes=c, n_bins=15, norm="l1").to(device)
+        row["torchmetrics_calib"] = measure(lambda: metric.update(x, y))
+    except ImportError:
+        pass
+
+    def eager_calib():
+        p = torch.softmax(x.float(), 1)
+        conf, pred = p.max(1)
+        b = (torch.ceil(conf * 15).long() - 1).clamp(0, 14)
+        torch.zeros(15, device=device).index_add_(0, b, conf)
+        torch.zeros(15, device=device).index_add_(0, b, (pred == y).float())
+    row["eager_calib"] = measure(eager_calib)
+    if c <= 32000:
+        stats = psl.ClassStats(c, device)
+        row["ours_class_stats"] = measure(lambda: stats.update(x, y))
+        acc_sum = torch.zeros(c, c, device=device)
+        acc_count = torch.zeros(c, device=device)
+
+        def eager_class_stats():
+            p = torch.softmax(x.float(), 1)
+            correct = p.argmax(1) == y
+            acc_sum.index_add_(0, y[correct], p[correct])
+            acc_count.index_add_(0, y[correct], torch.ones_like(y[correct], dtype=torch.float32))
+        row["eager_class_stats"] = measure(eager_class_stats)
+        xg = x.clone().requires_grad_(True)
+        target = psl.SoftTarget(y, smoothing=0.1)
+        row["ours_ls_fused_stats"] = measure(fwd_bwd(
+            lambda: psl.soft_cross_entropy(xg, target, stats=stats, calib=cal), xg))
+        row["ours_ls_same_input"] = measure(fwd_bwd(lambda: psl.soft_cross_entropy(xg, target), xg))
+
+
+def table(rows, anchors):
+    """Markdown table: each of our figures beside the baselines and the anchor from the reference file."""
+    anchor_rows = {(a.get("dtype", "float32"), a["N"], a["C"]): a for a in anchors.get("rows", [])}
+    lines = ["| dtype | N x C | target | ours ms | eager ms | compile ms | liger ms | floor ms | ours/floor | eager/ours | compile/ours | liger/ours | anchor eager / compile / liger ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = anchor_rows.get((r["dtype"], r["N"], r["C"]), {})
+        for kind in TARGETS:
+            ours = r.get(f"ours_{kind}")
+            if ours is None:
+                continue
+            eager, comp = r.get(f"eager_{kind}"), r.get(f"compiled_{kind}")
+            liger = r.get("liger_ls") if kind == "ls" else None
+            anchor_key = {"ls": "ls", "ols": "ols_gather", "mixup": None, "dense": "soft_given"}[kind]
+            anchor = " / ".join(_fmt(a.get(f"{p}_{anchor_key}")) for p in ("eager", "compiled", "liger")) if anchor_key else "-"
+            lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | {_fmt(comp)} | "
+                         f"{_fmt(liger)} | {_fmt(r['floor_ms'])} | {_ratio(ours, r['floor_ms'])} | {_ratio(eager, ours)} | "
+                         f"{_ratio(comp, ours)} | {_ratio(liger, ours)} | {anchor} |")
+    lines += ["", "| dtype | N x C | calib ours ms | calib torchmetrics ms | calib eager ms | read-once ms | class stats ours ms | class stats eager ms | LS fused stats+calib ms | LS alone ms | fused overhead | anchor torchmetrics / eager accum ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = anchor_rows.get((r["dtype"], r["N"], r["C"]), {})
+        fused, alone = r.get("ours_ls_fused_stats"), r.get("ours_ls_same_input")
+        overhead = f"{(fused / alone - 1) * 100:.1f}%" if fused and alone else "-"
+        lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {_fmt(r.get('ours_calib'))} | {_fmt(r.get('torchmetrics_calib'))} | "
+                     f"{_fmt(r.get('eager_calib'))} | {_fmt(r.get('read_once_ms'))} | {_fmt(r.get('ours_class_stats'))} | "
+                     f"{_fmt(r.get('eager_class_stats'))} | {_fmt(fused)} | {_fmt(alone)} | {overhead} | "
+                     f"{_fmt(a.get('torchmetrics_ece_update_ms', a.get('torchmetrics_ece_update')))} / "
+                     f"{_fmt(a.get('eager_ols_accum_ms', a.get('eager_ols_accum')))} |")
+    return "\n".join(lines)
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _ratio(a, b):
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", default=None, help="comma list (default: float32,bfloat16 on GPU; float32 on CPU)")
+    parser.add_argument("--shapes", default=None, help="comma list of NxC (default: the issue's shapes)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--out", default=None, help="write rows as JSON here and the table beside it as .md")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not psl.extension_info()["cuda"]:
+        sys.exit("pysoftlabel was built without CUDA kernels: nothing to benchmark on the GPU")
+    gpu = device.type == "cuda"
+    dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32,bfloat16" if gpu else "float32")).split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else (
+        GPU_SHAPES if gpu else CPU_SHAPES)
+    measure = timer(device, warmup=10 if gpu else 3, reps=args.reps or (50 if gpu else 10))
+    torch.manual_seed(0)
+    bandwidth = copy_bandwidth(device, measure)
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
+    rows = []
+    bench_losses(device, dtypes, shapes, measure, bandwidth, not args.no_compile, rows)
+    anchors_path = Path(__file__).with_name("anchors-h100.json" if gpu else "anchors-cpu.json")
+    anchors = json.loads(anchors_path.read_text()) if anchors_path.exists() else {}
+    text = table(rows, anchors)
+    header = f"device: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; anchors: {anchors_path.name}"
+    print("\n" + header + "\n\n" + text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"device": name, "torch": torch.__version__, "bandwidth": bandwidth, "rows": rows}, indent=1))
+        out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

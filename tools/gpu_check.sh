@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Everything GPU-side in one call: build the extension in place, run the CUDA tests, benchmark the kernels,
+# run the CUDA tests again under compute-sanitizer memcheck, and print a one-screen summary.
+# Logs and the benchmark table go to $OUT (the device tool's output folder) or ./gpu-results.
+#
+#   bash tools/gpu_check.sh                 # all stages: build test bench sanitize
+#   bash tools/gpu_check.sh build bench     # some of them
+#
+# Python packages missing on the machine (Liger Kernel for the baseline) can be carried as wheels in
+# .whl/ (see docs/benchmarks.md); they are installed into /tmp/site first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+STAGES=${*:-build test bench sanitize}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
+declare -A STATUS
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+run_stage() {  # name, log file, command...
+  local name=$1 log=$2; shift 2
+  local start=$SECONDS
+  echo "=== $name: $*" | tee "$OUT/$log"
+  "$@" 2>&1 | tee -a "$OUT/$log"
+  local rc=${PIPESTATUS[0]}
+  STATUS[$name]="rc=$rc, $((SECONDS - start)) s"
+  echo "=== $name: ${STATUS[$name]}" | tee -a "$OUT/$log"
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
+  2>&1 | tee "$OUT/env.txt"
+
+for stage in $STAGES; do
+  case $stage in
+    build) run_stage build build.log $PY setup.py build_ext --inplace ;;
+    test) run_stage test test.log $PY -m pytest -q -p no:cacheprovider tests ;;
+    bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
+    sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
+                $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps" tests ;;
+    *) echo "unknown stage $stage (build, test, bench, sanitize)"; exit 2 ;;
+  esac
+done
+
+echo
+echo "================ summary ================"
+cat "$OUT/env.txt"
+for stage in $STAGES; do echo "$stage: ${STATUS[$stage]:-not run}"; done
+[ -f "$OUT/test.log" ] && grep -E "passed|failed" "$OUT/test.log" | tail -1
+[ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -2
+[ -f "$OUT/bench_kernels.md" ] && cat "$OUT/bench_kernels.md"
