@@ -6,8 +6,10 @@ try:
 except ImportError as error:  # a source checkout without a build, or a build for another PyTorch
     _C = None
     _IMPORT_ERROR = error
+    _BUILD = {"cpu": False, "cuda": False, "cuda_archs": "", "built_with_torch": None}
 else:
     _IMPORT_ERROR = None
+    _BUILD = dict(_C.build_info())
 
 
 def extension_info():
@@ -18,23 +20,16 @@ def extension_info():
         "cuda_available": bool, "error": str or None}``. ``cpu`` and ``cuda`` are False when the
         extension is not built; ``error`` then says why it could not be imported.
     """
-    if _C is None:
-        return {"cpu": False, "cuda": False, "cuda_archs": "", "built_with_torch": None,
-                "cuda_available": torch.cuda.is_available(), "error": str(_IMPORT_ERROR)}
-    info = dict(_C.build_info())
+    info = dict(_BUILD)
     info["cuda_available"] = torch.cuda.is_available()
-    info["error"] = None
+    info["error"] = None if _IMPORT_ERROR is None else str(_IMPORT_ERROR)
     return info
 
 
 def native_available(device):
     """True when the extension has kernels for tensors on ``device``."""
-    if _C is None:
-        return False
-    device = torch.device(device)
-    if device.type == "cpu":
-        return True
-    return device.type == "cuda" and bool(_C.build_info()["cuda"])
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return bool(_BUILD.get(kind, False))
 
 
 def choose_backend(backend, device):

@@ -171,7 +171,7 @@ def test_opcheck():
     logits = torch.randn(5, 7)
     labels = torch.randint(0, 7, (5,))
     args = (logits, labels, None, None, 1.0, None, 0.1, None, None, 0.0, None, None, 0.0, False, 1.0, -100,
-            None, None, True, torch.zeros(7, 7), torch.zeros(7), torch.zeros(15, 3, dtype=torch.float64),
+            1, None, True, torch.zeros(7, 7), torch.zeros(7), torch.zeros(15, 3, dtype=torch.float64),
             torch.zeros(3, dtype=torch.float64))
     torch.library.opcheck(torch.ops.pysoftlabel.soft_cross_entropy.default, args)
     torch.library.opcheck(torch.ops.pysoftlabel._scale_rows_.default, (torch.randn(5, 7), torch.tensor(2.0)))

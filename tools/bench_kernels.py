@@ -52,6 +52,28 @@ def timer(device, warmup, reps):
     return measure
 
 
+def graph_timer(warmup, reps):
+    """Median milliseconds of a CUDA-graph replay of fn(): device time without the CPU's launch cost
+    (what a training step captured with CUDA graphs, or a busy GPU queue, sees). None where fn cannot
+    be captured (for example a host synchronisation inside it)."""
+    def measure(fn):
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+        except Exception:  # noqa: BLE001 - any capture failure means "not capturable"
+            torch.cuda.synchronize()
+            return None
+        return timer(torch.device("cuda"), warmup, reps)(graph.replay)
+    return measure
+
+
 def copy_bandwidth(device, measure):
     """Bytes read + written per second of a large device copy."""
     n = (1 << 28) if device.type == "cuda" else (1 << 25)
@@ -114,7 +136,7 @@ def liger_loss(case):
     return lambda: loss(case["x"], case["y"])
 
 
-def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows):
+def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows, graphed=None):
     g = torch.Generator(device=device).manual_seed(0)
     for dtype in dtypes:
         for n, c in shapes:
@@ -126,8 +148,13 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows)
                 if case["target"] is None:
                     continue  # C x C table of 128000^2 floats does not fit: no OLS at that size
                 x = case["x"]
-                row[f"ours_{kind}"] = measure(fwd_bwd(lambda: psl.soft_cross_entropy(x, case["target"]), x))
-                row[f"eager_{kind}"] = measure(fwd_bwd(eager_loss(kind, case), x))
+                ours = fwd_bwd(lambda: psl.soft_cross_entropy(x, case["target"]), x)
+                eager = fwd_bwd(eager_loss(kind, case), x)
+                row[f"ours_{kind}"] = measure(ours)
+                row[f"eager_{kind}"] = measure(eager)
+                if graphed is not None:
+                    row[f"graph_ours_{kind}"] = graphed(ours)
+                    row[f"graph_eager_{kind}"] = graphed(eager)
                 if with_compile and kind in ("ls", "ols"):
                     compiled = torch.compile(eager_loss(kind, case))
                     row[f"compiled_{kind}"] = measure(fwd_bwd(compiled, x))
@@ -197,11 +224,24 @@ def table(rows, anchors):
                 continue
             eager, comp = r.get(f"eager_{kind}"), r.get(f"compiled_{kind}")
             liger = r.get("liger_ls") if kind == "ls" else None
-            anchor_key = {"ls": "ls", "ols": "ols_gather", "mixup": None, "dense": "soft_given"}[kind]
-            anchor = " / ".join(_fmt(a.get(f"{p}_{anchor_key}")) for p in ("eager", "compiled", "liger")) if anchor_key else "-"
+            anchor = " / ".join(_fmt(_anchor(a, prefix, kind)) for prefix in ("eager", "compiled", "liger"))
             lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | {_fmt(comp)} | "
                          f"{_fmt(liger)} | {_fmt(r['floor_ms'])} | {_ratio(ours, r['floor_ms'])} | {_ratio(eager, ours)} | "
                          f"{_ratio(comp, ours)} | {_ratio(liger, ours)} | {anchor} |")
+    for r in rows:
+        if r.get("eager_ce") is not None:
+            a = anchor_rows.get((r["dtype"], r["N"], r["C"]), {})
+            lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | hard CE (eager F.cross_entropy) vs ours ls | "
+                         f"{_fmt(r['ours_ls'])} | {_fmt(r['eager_ce'])} | - | - | - | - | {_ratio(r['eager_ce'], r['ours_ls'])} | - | - | "
+                         f"{_fmt(a.get('eager_ce_fwd_bwd_ms'))} / - / - |")
+    if any("graph_ours_ls" in r for r in rows):
+        lines += ["", "CUDA-graph replay (device time, no launch cost):", "",
+                  "| dtype | N x C | target | ours ms | eager ms | eager/ours |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            for kind in TARGETS:
+                if r.get(f"graph_ours_{kind}") is not None:
+                    ours, eager = r[f"graph_ours_{kind}"], r.get(f"graph_eager_{kind}")
+                    lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | {_ratio(eager, ours)} |")
     lines += ["", "| dtype | N x C | calib ours ms | calib torchmetrics ms | calib eager ms | read-once ms | class stats ours ms | class stats eager ms | LS fused stats+calib ms | LS alone ms | fused overhead | anchor torchmetrics / eager accum ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -214,6 +254,15 @@ def table(rows, anchors):
                      f"{_fmt(a.get('torchmetrics_ece_update_ms', a.get('torchmetrics_ece_update')))} / "
                      f"{_fmt(a.get('eager_ols_accum_ms', a.get('eager_ols_accum')))} |")
     return "\n".join(lines)
+
+
+def _anchor(a, prefix, kind):
+    """An anchor figure: the H100 file names targets ls / ols_gather / soft_given, the CPU file
+    ls_fwd_bwd_ms / ols_fwd_bwd_ms."""
+    key = {"ls": "ls", "ols": "ols_gather", "dense": "soft_given"}.get(kind)
+    if key is None:
+        return None
+    return a.get(f"{prefix}_{key}", a.get(f"{prefix}_{kind}_fwd_bwd_ms"))
 
 
 def _fmt(v):
@@ -241,13 +290,14 @@ def main(argv=None):
     dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32,bfloat16" if gpu else "float32")).split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else (
         GPU_SHAPES if gpu else CPU_SHAPES)
-    measure = timer(device, warmup=10 if gpu else 3, reps=args.reps or (50 if gpu else 10))
+    measure = timer(device, warmup=10 if gpu else 5, reps=args.reps or (50 if gpu else 20))
     torch.manual_seed(0)
     bandwidth = copy_bandwidth(device, measure)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
     rows = []
-    bench_losses(device, dtypes, shapes, measure, bandwidth, not args.no_compile, rows)
+    graphed = graph_timer(warmup=10, reps=args.reps or 50) if gpu else None
+    bench_losses(device, dtypes, shapes, measure, bandwidth, not args.no_compile, rows, graphed)
     anchors_path = Path(__file__).with_name("anchors-h100.json" if gpu else "anchors-cpu.json")
     anchors = json.loads(anchors_path.read_text()) if anchors_path.exists() else {}
     text = table(rows, anchors)

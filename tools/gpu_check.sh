@@ -15,6 +15,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 STAGES=${*:-build test bench sanitize}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for tools/*.py
 declare -A STATUS
 
 if ls .whl/*.whl >/dev/null 2>&1; then

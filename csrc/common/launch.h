@@ -10,8 +10,9 @@
 
 namespace psl {
 
+// Returns the first invalid row met, if any; rows after it may be left unprocessed.
 template <typename scalar_t>
-void run_rows_cpu(const RowJob<scalar_t>& job);
+RowStatus run_rows_cpu(const RowJob<scalar_t>& job);
 
 // grad *= factor, row by row; factor is one value or one per row; rows whose factor is 1 are left alone.
 template <typename scalar_t>

@@ -78,7 +78,6 @@ RowOutputs run_rows(const RowArgs& a) {
     TORCH_CHECK_VALUE(at::isFloatingType(a.dense->scalar_type()), "dense must be floating point");
   }
   TORCH_CHECK_VALUE(a.temperature > 0, "temperature must be positive, got ", a.temperature);
-  if (a.grad_scale) check_device(*a.grad_scale, logits_in, "grad_scale");
   if (a.grad_output) {
     check_device(*a.grad_output, logits_in, "grad_output");
     TORCH_CHECK_VALUE(a.grad_output->numel() == 1 || a.grad_output->numel() == N,
@@ -110,13 +109,20 @@ RowOutputs run_rows(const RowArgs& a) {
   const at::ScalarType acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto acc_options = logits.options().dtype(acc_dtype);
   RowOutputs out;
-  out.loss = a.want_loss ? at::empty({N}, acc_options) : at::empty({0}, acc_options);
+  const at::Tensor loss_rows = a.want_loss ? at::empty({N}, acc_options) : at::empty({0}, acc_options);
+  const bool reduce = a.want_loss && a.reduction != 0;
+  at::Tensor valid_and_scale;
+  if (reduce) {
+    out.loss = at::empty({}, acc_options);
+    valid_and_scale = at::empty({2}, acc_options);
+  } else {
+    out.loss = loss_rows;
+  }
   out.grad = a.want_grad ? at::empty({N, C}, logits.options()) : at::empty({0}, logits.options());
 
   // Owners of the converted copies, alive until the kernel has been queued.
   const at::Tensor labels = as(a.labels, at::kLong);
-  std::optional<at::Tensor> labels2, lam, smoothing, table_weight, dense_weight, table, dense, grad_scale,
-      grad_output;
+  std::optional<at::Tensor> labels2, lam, smoothing, table_weight, dense_weight, table, dense, grad_output;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "pysoftlabel_rows", [&] {
     using acc_t = opmath_t<scalar_t>;
@@ -144,13 +150,14 @@ RowOutputs run_rows(const RowArgs& a) {
       job.inv_temperature = static_cast<acc_t>(1.0 / a.temperature);
     }
     job.ignore_index = a.ignore_index;
-    if (a.want_loss) job.loss = out.loss.data_ptr<acc_t>();
+    if (a.want_loss) job.loss = loss_rows.data_ptr<acc_t>();
+    if (reduce) {
+      job.reduction = static_cast<int>(a.reduction);
+      job.loss_reduced = out.loss.data_ptr<acc_t>();
+      job.valid_and_scale = valid_and_scale.data_ptr<acc_t>();
+    }
     if (a.want_grad) {
       job.grad = out.grad.data_ptr<scalar_t>();
-      if (a.grad_scale) {
-        grad_scale = as(*a.grad_scale, acc_dtype);
-        job.grad_scale = grad_scale->data_ptr<acc_t>();
-      }
       if (a.grad_output) {
         grad_output = as(*a.grad_output, acc_dtype);
         job.grad_output = grad_output->data_ptr<acc_t>();
@@ -172,7 +179,8 @@ RowOutputs run_rows(const RowArgs& a) {
       return;
     }
 #endif
-    run_rows_cpu<scalar_t>(job);
+    const RowStatus status = run_rows_cpu<scalar_t>(job);
+    TORCH_CHECK_VALUE(status.code == kRowOk, row_error_message(status.code), " (row ", status.row, ")");
   });
   return out;
 }

@@ -23,8 +23,8 @@ struct RowArgs {
   int64_t ignore_index = -100;
 
   bool want_loss = false;
+  int64_t reduction = 0;                   // with want_loss: 0 none, 1 mean, 2 sum
   bool want_grad = false;
-  std::optional<at::Tensor> grad_scale;    // one value
   std::optional<at::Tensor> grad_output;   // one value or N
 
   std::optional<at::Tensor> class_sum, class_count;   // C x C fp32, C fp32
@@ -32,7 +32,7 @@ struct RowArgs {
 };
 
 struct RowOutputs {
-  at::Tensor loss;  // N, accumulation dtype (empty when not wanted)
+  at::Tensor loss;  // reduced ([]) or per row ([N]), accumulation dtype (empty when not wanted)
   at::Tensor grad;  // N x C, logits dtype (empty when not wanted)
 };
 

@@ -61,6 +61,9 @@ struct RowJob {
   int64_t ignore_index = -100;
 
   acc_t* loss = nullptr;                     // rows: per-row loss, 0 on ignored rows (null: not wanted)
+  int reduction = 0;                         // 0 none, 1 mean, 2 sum (as at::Reduction)
+  acc_t* loss_reduced = nullptr;             // one value: the reduced loss (mean or sum)
+  acc_t* valid_and_scale = nullptr;          // two values: rows that count, and the gradient scale
   scalar_t* grad = nullptr;                  // rows x classes, or null
   const acc_t* grad_scale = nullptr;         // one value (1 / valid rows for 'mean'), or null for 1
   const acc_t* grad_output = nullptr;        // one value or one per row (grad_output_per_row), or null for 1
@@ -97,6 +100,12 @@ PSL_HD const char* row_error_message(int code) {
   }
 }
 
+// The first invalid row a CPU launch met (the kernels never throw: the host side reports it).
+struct RowStatus {
+  int code = kRowOk;
+  int64_t row = -1;
+};
+
 // The resolved target description of one row.
 template <typename acc_t>
 struct RowTarget {
@@ -109,12 +118,14 @@ struct RowTarget {
   const acc_t* table_y = nullptr;
   const acc_t* table_y2 = nullptr;
 
-  // t_c without the per-sample part, which the caller adds as dense_weight * D_c.
+  // t_c without the per-sample part, which the caller adds as dense_weight * D_c. A kernel built
+  // for targets without a class table passes kTable = false and carries no code for it.
+  template <bool kTable = true>
   PSL_HD acc_t at(int64_t c) const {
     acc_t t = uniform;
     if (c == y) t += hard * lam;
     if (c == y2) t += hard * (acc_t(1) - lam);
-    if (table_y) t += table_weight * (lam * table_y[c] + (acc_t(1) - lam) * table_y2[c]);
+    if (kTable && table_y) t += table_weight * (lam * table_y[c] + (acc_t(1) - lam) * table_y2[c]);
     return t;
   }
   // The class-table mixture lam S[y]_c + (1 - lam) S[y2]_c.
@@ -182,6 +193,18 @@ PSL_HD acc_t row_loss(const RowTarget<acc_t>& t, const RowSums<acc_t>& r, int64_
   const acc_t dot = t.hard * (acc_t(1) - t.lam) * (x_y2 - x_y) + t.uniform * r.shifted_sum +
                     t.table_weight * r.table_dot + t.dense_weight * r.dense_dot;
   return target_mass(t, r, C) * (lse - x_y) - dot;
+}
+
+// The gradient scale of a reduction over `valid` rows: 1 / valid for 'mean' (1 when none count).
+template <typename acc_t>
+PSL_HD acc_t reduction_grad_scale(acc_t valid, int reduction) {
+  return reduction == 1 ? acc_t(1) / (valid > acc_t(1) ? valid : acc_t(1)) : acc_t(1);
+}
+
+// The reduced loss; 'mean' over zero valid rows is 0 / 0 = NaN, as in F.cross_entropy.
+template <typename acc_t>
+PSL_HD acc_t reduce_loss(acc_t sum, acc_t valid, int reduction) {
+  return reduction == 1 ? sum / valid : sum;
 }
 
 // dloss/dx_c = (p_c sum(t) - t_c) * scale.

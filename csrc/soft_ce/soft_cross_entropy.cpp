@@ -1,6 +1,7 @@
 // pysoftlabel::soft_cross_entropy: schema and the host function registered for CPU and CUDA.
 // The Python layer (pysoftlabel/ops/soft_cross_entropy.py) owns autograd, the fake kernel and the
 // user-facing API; this op is the per-row primitive it calls.
+#include <ATen/core/Reduction.h>
 #include <torch/library.h>
 
 #include "../common/row_args.h"
@@ -14,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor> soft_cross_entropy(
     double smoothing_value, const std::optional<at::Tensor>& table, const std::optional<at::Tensor>& table_weight,
     double table_weight_value, const std::optional<at::Tensor>& dense, const std::optional<at::Tensor>& dense_weight,
     double dense_weight_value, bool dense_logits, double temperature, int64_t ignore_index,
-    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& grad_output, bool compute_grad,
+    int64_t reduction, const std::optional<at::Tensor>& grad_output, bool compute_grad,
     const std::optional<at::Tensor>& class_sum, const std::optional<at::Tensor>& class_count,
     const std::optional<at::Tensor>& calib_bins, const std::optional<at::Tensor>& calib_sums) {
   RowArgs a;
@@ -36,7 +37,9 @@ std::tuple<at::Tensor, at::Tensor> soft_cross_entropy(
   a.ignore_index = ignore_index;
   a.want_loss = true;
   a.want_grad = compute_grad;
-  a.grad_scale = grad_scale;
+  TORCH_CHECK_VALUE(reduction >= at::Reduction::None && reduction <= at::Reduction::Sum,
+                    "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  a.reduction = reduction;  // reduced by the kernels: no extra ops, no synchronisation
   a.grad_output = grad_output;
   a.class_sum = class_sum;
   a.class_count = class_count;
@@ -52,14 +55,14 @@ void scale_rows_(at::Tensor grad, const at::Tensor& grad_output) { scale_rows(gr
 
 TORCH_LIBRARY_FRAGMENT(pysoftlabel, m) {
   m.set_python_module("pysoftlabel.ops.soft_cross_entropy");
-  // Per-row soft-target cross-entropy; with compute_grad also d(sum_i f_i loss_i)/dlogits where
-  // f_i = grad_scale * grad_output[i]. The four state tensors, when given, accumulate class and
-  // calibration statistics in the same pass.
+  // Soft-target cross-entropy reduced by `reduction` (0 none, 1 mean, 2 sum, as at::Reduction); with
+  // compute_grad also its gradient for grad_output (None: 1), written into a new tensor. The four
+  // state tensors, when given, accumulate class and calibration statistics in the same pass.
   m.def(
       "soft_cross_entropy(Tensor logits, Tensor labels, Tensor? labels2, Tensor? lam, float lam_value, "
       "Tensor? smoothing, float smoothing_value, Tensor? table, Tensor? table_weight, float table_weight_value, "
       "Tensor? dense, Tensor? dense_weight, float dense_weight_value, bool dense_logits, float temperature, "
-      "int ignore_index, Tensor? grad_scale, Tensor? grad_output, bool compute_grad, "
+      "int ignore_index, int reduction, Tensor? grad_output, bool compute_grad, "
       "Tensor(a!)? class_sum, Tensor(b!)? class_count, Tensor(c!)? calib_bins, Tensor(d!)? calib_sums) "
       "-> (Tensor loss, Tensor grad)");
   // grad *= grad_output row by row, in place, skipping rows whose factor is 1.

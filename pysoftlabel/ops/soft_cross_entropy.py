@@ -9,7 +9,7 @@ from ..target import SoftTarget
 
 __all__ = ["soft_cross_entropy"]
 
-_REDUCTIONS = ("none", "mean", "sum")
+_REDUCTIONS = ("none", "mean", "sum")  # the op's codes, as at::Reduction: 0, 1, 2
 
 
 def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=None, calib=None,
@@ -92,18 +92,18 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
         state[0:2] = stats.buffers()
     if calib is not None:
         state[2:4] = calib.buffers()
-    return _NativeSoftCrossEntropy.apply(logits, reduction, _spec(target, logits), *state)
+    return _NativeSoftCrossEntropy.apply(logits, _REDUCTIONS.index(reduction), _spec(target, logits), *state)
 
 
 def _weight(value, dtype):
     """(tensor or None, float) for a weight given as a float or a per-row tensor."""
-    if torch.is_tensor(value):
+    if isinstance(value, Tensor):
         return value.detach().to(dtype), 0.0
     return None, float(value)
 
 
 def _spec(target: SoftTarget, logits: Tensor):
-    """The op's target arguments, between logits and grad_scale, as a tuple."""
+    """The op's target arguments, between logits and reduction, as a tuple."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     lam, lam_value = _weight(1.0 if target.lam is None else target.lam, acc)
     smoothing, smoothing_value = _weight(target.smoothing, acc)
@@ -124,38 +124,29 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, reduction, spec, class_sum, class_count, calib_bins, calib_sums):
-        labels, ignore_index = spec[0], spec[-1]
-        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        grad_scale = None
-        if reduction == "mean":
-            n_valid = (labels != ignore_index).sum().to(acc)
-            grad_scale = 1.0 / n_valid.clamp(min=1)
         compute_grad = ctx.needs_input_grad[0] and not torch.compiler.is_compiling()
         loss, grad = torch.ops.pysoftlabel.soft_cross_entropy(
-            logits, *spec, grad_scale, None, compute_grad, class_sum, class_count, calib_bins, calib_sums)
-        tensors = [t for t in spec if torch.is_tensor(t)]
-        ctx.spec_is_tensor = [torch.is_tensor(t) for t in spec]
-        ctx.spec_values = [None if torch.is_tensor(t) else t for t in spec]
-        ctx.save_for_backward(logits, grad_scale, *tensors)
+            logits, *spec, reduction, None, compute_grad, class_sum, class_count, calib_bins, calib_sums)
+        is_tensor = [isinstance(t, Tensor) for t in spec]
+        ctx.spec_is_tensor = is_tensor
+        ctx.spec_values = [None if t else v for t, v in zip(is_tensor, spec)]
+        ctx.reduction = reduction
+        ctx.save_for_backward(logits, *[v for t, v in zip(is_tensor, spec) if t])
         ctx.grad_buffer = grad if compute_grad else None
-        if reduction == "none":
-            return loss
-        if reduction == "sum":
-            return loss.sum()
-        return loss.sum() / n_valid
+        return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        logits, grad_scale, *tensors = ctx.saved_tensors
+        logits, *tensors = ctx.saved_tensors
         nones = (None,) * 6
         if ctx.grad_buffer is not None:
             grad, ctx.grad_buffer = ctx.grad_buffer, None
             torch.ops.pysoftlabel._scale_rows_(grad, grad_output)
             return (grad,) + nones
         tensors = iter(tensors)
-        spec = [next(tensors) if is_tensor else value for is_tensor, value in zip(ctx.spec_is_tensor, ctx.spec_values)]
+        spec = [next(tensors) if t else v for t, v in zip(ctx.spec_is_tensor, ctx.spec_values)]
         _, grad = torch.ops.pysoftlabel.soft_cross_entropy(
-            logits, *spec, grad_scale, grad_output, True, None, None, None, None)
+            logits, *spec, ctx.reduction, grad_output, True, None, None, None, None)
         return (grad,) + nones
 
 
@@ -163,11 +154,11 @@ if _C is not None:
     @torch.library.register_fake("pysoftlabel::soft_cross_entropy")
     def _(logits, labels, labels2, lam, lam_value, smoothing, smoothing_value, table, table_weight,
           table_weight_value, dense, dense_weight, dense_weight_value, dense_logits, temperature, ignore_index,
-          grad_scale, grad_output, compute_grad, class_sum, class_count, calib_bins, calib_sums):
+          reduction, grad_output, compute_grad, class_sum, class_count, calib_bins, calib_sums):
         torch._check(logits.dim() == 2, lambda: f"logits must have shape [N, C], got {tuple(logits.shape)}")
         torch._check(labels.shape == (logits.shape[0],), lambda: "labels must have shape [N]")
         acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        loss = logits.new_empty((logits.shape[0],), dtype=acc)
+        loss = logits.new_empty((logits.shape[0],) if reduction == 0 else (), dtype=acc)
         grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
         return loss, grad
 

@@ -20,7 +20,7 @@ std::mutex& calib_lock() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PSL_HAVE_AVX2_BUILD 1
 namespace avx2 {
-template <typename scalar_t> void run_rows(const RowJob<scalar_t>& job);
+template <typename scalar_t> RowStatus run_rows(const RowJob<scalar_t>& job);
 template <typename scalar_t>
 void scale_rows(scalar_t* grad, int64_t rows, int64_t classes, const opmath_t<scalar_t>* factor, bool per_row);
 }  // namespace avx2
@@ -32,11 +32,11 @@ static bool cpu_has_avx2() {
 #endif
 
 template <typename scalar_t>
-void run_rows_cpu(const RowJob<scalar_t>& job) {
+RowStatus run_rows_cpu(const RowJob<scalar_t>& job) {
 #if defined(PSL_HAVE_AVX2_BUILD)
   if (cpu_has_avx2()) return avx2::run_rows(job);
 #endif
-  baseline::run_rows(job);
+  return baseline::run_rows(job);
 }
 
 template <typename scalar_t>
@@ -49,7 +49,7 @@ void scale_rows_cpu(scalar_t* grad, int64_t rows, int64_t classes, const opmath_
 }
 
 #define PSL_INSTANTIATE(T)                                   \
-  template void run_rows_cpu<T>(const RowJob<T>&);           \
+  template RowStatus run_rows_cpu<T>(const RowJob<T>&);           \
   template void scale_rows_cpu<T>(T*, int64_t, int64_t, const opmath_t<T>*, bool);
 PSL_INSTANTIATE(float)
 PSL_INSTANTIATE(double)

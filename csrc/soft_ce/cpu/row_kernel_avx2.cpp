@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <type_traits>
 
 #pragma GCC push_options
@@ -22,7 +23,7 @@
 
 namespace psl::avx2 {
 #define PSL_INSTANTIATE(T)                          \
-  template void run_rows<T>(const RowJob<T>&);      \
+  template RowStatus run_rows<T>(const RowJob<T>&);      \
   template void scale_rows<T>(T*, int64_t, int64_t, const opmath_t<T>*, bool);
 PSL_INSTANTIATE(float)
 PSL_INSTANTIATE(double)

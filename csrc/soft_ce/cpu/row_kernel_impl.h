@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <type_traits>
 
 #include "../../common/launch.h"
@@ -102,14 +103,25 @@ template <typename T>
 struct Scratch {
   T* data = nullptr;
   explicit Scratch(int64_t n) : data(n ? static_cast<T*>(std::malloc(sizeof(T) * n)) : nullptr) {
-    TORCH_CHECK(n == 0 || data != nullptr, "pysoftlabel: out of memory for a row buffer of ", n, " values");
+    if (n != 0 && data == nullptr) throw std::bad_alloc();
   }
   ~Scratch() { std::free(data); }
   T& operator[](int64_t i) { return data[i]; }
 };
 
+// Records the first invalid row of a launch (threads race; the lowest row wins).
+inline void report(RowStatus& status, int code, int64_t row) {
+  std::mutex& lock = calib_lock();
+  lock.lock();
+  if (status.code == kRowOk || row < status.row) {
+    status.code = code;
+    status.row = row;
+  }
+  lock.unlock();
+}
+
 template <typename scalar_t>
-void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end) {
+void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end, RowStatus& status) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = job.classes;
   constexpr bool same = std::is_same<scalar_t, acc_t>::value;
@@ -130,7 +142,10 @@ void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end) {
     }
     RowTarget<acc_t> t;
     const int code = make_row_target(job, row, t);
-    TORCH_CHECK_VALUE(code == kRowOk, row_error_message(code), " (row ", row, ")");
+    if (code != kRowOk) {
+      report(status, code, row);
+      break;  // the statistics of this chunk are still merged below: they were accumulated before it
+    }
 
     const scalar_t* src = job.logits + row * C;
     const acc_t* x;
@@ -240,10 +255,27 @@ void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end) {
 }
 
 template <typename scalar_t>
-void run_rows(const RowJob<scalar_t>& job) {
-  if (job.rows == 0) return;
-  const int64_t grain = grain_for(job.classes);
-  at::parallel_for(0, job.rows, grain, [&](int64_t begin, int64_t end) { run_chunk(job, begin, end); });
+RowStatus run_rows(const RowJob<scalar_t>& job_in) {
+  using acc_t = opmath_t<scalar_t>;
+  RowStatus status;
+  RowJob<scalar_t> job = job_in;
+  acc_t valid = 0;
+  if (job.reduction != 0) {
+    for (int64_t row = 0; row < job.rows; ++row) valid += row_ignored(job, row) ? 0 : 1;
+    job.valid_and_scale[0] = valid;
+    job.valid_and_scale[1] = reduction_grad_scale(valid, job.reduction);
+    job.grad_scale = job.valid_and_scale + 1;
+  }
+  if (job.rows > 0) {
+    at::parallel_for(0, job.rows, grain_for(job.classes),
+                     [&](int64_t begin, int64_t end) { run_chunk(job, begin, end, status); });
+  }
+  if (job.reduction != 0 && status.code == kRowOk) {
+    acc_t sum = 0;  // in row order: deterministic
+    for (int64_t row = 0; row < job.rows; ++row) sum += job.loss[row];
+    job.loss_reduced[0] = reduce_loss(sum, valid, job.reduction);
+  }
+  return status;
 }
 
 template <typename scalar_t>

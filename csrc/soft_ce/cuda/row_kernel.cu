@@ -24,6 +24,68 @@ struct alignas(sizeof(scalar_t) * VEC) Vec {
   scalar_t v[VEC];
 };
 
+// The integer type of a vector's size, for the cache-hinted loads and stores below.
+template <int BYTES> struct Bits;
+template <> struct Bits<2> { using type = unsigned short; };
+template <> struct Bits<4> { using type = unsigned int; };
+template <> struct Bits<8> { using type = unsigned long long; };
+template <> struct Bits<16> { using type = uint4; };
+
+// Pass 2 reads each logit for the last time and writes the gradient once: both are marked
+// evict-first (.cs), so they do not push out of L2 the rows that pass 1 of other blocks has just read.
+template <typename V>
+__device__ __forceinline__ V load_last_use(const V* p) {
+  using B = typename Bits<sizeof(V)>::type;
+  const B raw = __ldcs(reinterpret_cast<const B*>(p));
+  V v;
+  memcpy(&v, &raw, sizeof(V));
+  return v;
+}
+template <typename V>
+__device__ __forceinline__ void store_streaming(V* p, const V& v) {
+  using B = typename Bits<sizeof(V)>::type;
+  B raw;
+  memcpy(&raw, &v, sizeof(V));
+  __stcs(reinterpret_cast<B*>(p), raw);
+}
+
+// Sum over a block of blockDim.x <= 1024 threads; the result is valid in thread 0.
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t partial[32];
+  for (int mask = 16; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffff, v, mask);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : acc_t(0);
+  if (threadIdx.x < 32) {
+    for (int mask = 16; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffff, v, mask);
+  }
+  return v;
+}
+
+// Before the rows: how many count, and the gradient scale of the reduction.
+template <typename scalar_t>
+__global__ void count_valid_kernel(RowJob<scalar_t> job) {
+  using acc_t = opmath_t<scalar_t>;
+  acc_t valid = 0;
+  for (int64_t row = threadIdx.x; row < job.rows; row += blockDim.x) valid += row_ignored(job, row) ? 0 : 1;
+  valid = block_sum(valid);
+  if (threadIdx.x == 0) {
+    job.valid_and_scale[0] = valid;
+    job.valid_and_scale[1] = reduction_grad_scale(valid, job.reduction);
+  }
+}
+
+// After the rows: the reduced loss, in a fixed order (deterministic).
+template <typename scalar_t>
+__global__ void reduce_loss_kernel(RowJob<scalar_t> job) {
+  using acc_t = opmath_t<scalar_t>;
+  acc_t sum = 0;
+  for (int64_t row = threadIdx.x; row < job.rows; row += blockDim.x) sum += job.loss[row];
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) job.loss_reduced[0] = reduce_loss(sum, job.valid_and_scale[0], job.reduction);
+}
+
 // One thread's (and, merged, one block's) view of a row after pass 1.
 template <typename acc_t>
 struct RowState {
@@ -113,8 +175,9 @@ __device__ RowState<acc_t> block_reduce(RowState<acc_t> s, RowState<acc_t>* shar
   return s;
 }
 
-// Pass 1 over VEC consecutive logits starting at class c0.
-template <typename scalar_t, int VEC>
+// Pass 1 over VEC consecutive logits starting at class c0. kTable / kDense: the target has a class
+// table / a per-sample part (kernels without them carry no code, and fewer registers, for them).
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
 __device__ __forceinline__ void accumulate(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
                                            const RowTarget<opmath_t<scalar_t>>& t,
                                            const Vec<scalar_t, VEC>& xv, const scalar_t* dense_row,
@@ -143,7 +206,7 @@ __device__ __forceinline__ void accumulate(RowState<opmath_t<scalar_t>>& st, con
     st.sum_sq += e * e;
     st.shifted_sum += x[k] - x_y;
   }
-  if (t.table_y) {
+  if (kTable && t.table_y) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const acc_t w = t.table_at(c0 + k);
@@ -151,7 +214,7 @@ __device__ __forceinline__ void accumulate(RowState<opmath_t<scalar_t>>& st, con
       st.table_mass += w;
     }
   }
-  if (dense_row) {
+  if (kDense) {
     acc_t d[VEC];
     const Vec<scalar_t, VEC> dv = *reinterpret_cast<const Vec<scalar_t, VEC>*>(dense_row + c0);
 #pragma unroll
@@ -192,8 +255,10 @@ struct RowShared {
   bool second_pass, correct;
 };
 
-template <typename scalar_t, int VEC>
-__global__ void row_kernel(RowJob<scalar_t> job) {
+constexpr int kMaxThreads = 512;
+
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
+__global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> job) {
   using acc_t = opmath_t<scalar_t>;
   using V = Vec<scalar_t, VEC>;
   __shared__ RowState<acc_t> reduce_buf[32];
@@ -203,7 +268,7 @@ __global__ void row_kernel(RowJob<scalar_t> job) {
 
   for (int64_t row = blockIdx.x; row < job.rows; row += gridDim.x) {
     const scalar_t* x_row = job.logits + row * C;
-    const scalar_t* dense_row = job.dense ? job.dense + row * C : nullptr;
+    const scalar_t* dense_row = kDense ? job.dense + row * C : nullptr;
     if (row_ignored(job, row)) {
       if (job.loss && threadIdx.x == 0) job.loss[row] = 0;
       if (job.grad) {
@@ -222,16 +287,16 @@ __global__ void row_kernel(RowJob<scalar_t> job) {
     RowState<acc_t> st;
     st.init();
     const V* xv = reinterpret_cast<const V*>(x_row);
-    constexpr int UNROLL = 4;
+    constexpr int UNROLL = VEC >= 8 ? 2 : 4;  // loads in flight per thread: 32 to 64 bytes
     int64_t v = threadIdx.x;
     for (; v + (UNROLL - 1) * blockDim.x < n_vec; v += UNROLL * blockDim.x) {
       V buf[UNROLL];
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) buf[u] = xv[v + u * blockDim.x];
 #pragma unroll
-      for (int u = 0; u < UNROLL; ++u) accumulate<scalar_t, VEC>(st, job, t, buf[u], dense_row, (v + u * blockDim.x) * VEC, x_y);
+      for (int u = 0; u < UNROLL; ++u) accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, buf[u], dense_row, (v + u * blockDim.x) * VEC, x_y);
     }
-    for (; v < n_vec; v += blockDim.x) accumulate<scalar_t, VEC>(st, job, t, xv[v], dense_row, v * VEC, x_y);
+    for (; v < n_vec; v += blockDim.x) accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, xv[v], dense_row, v * VEC, x_y);
     st = block_reduce(st, reduce_buf, job.dense_logits);
 
     if (threadIdx.x == 0) {
@@ -283,9 +348,9 @@ __global__ void row_kernel(RowJob<scalar_t> job) {
       // Reverse order: the end of the row, read last in pass 1, is the likeliest still in L2.
       const int64_t last = n_vec - 1 - ((n_vec - 1 - threadIdx.x) % blockDim.x);
       for (int64_t w = n_vec > threadIdx.x ? last : -1; w >= 0; w -= blockDim.x) {
-        const V xv_w = xv[w];
+        const V xv_w = load_last_use(xv + w);
         V dv;
-        if (dense_row) dv = *reinterpret_cast<const V*>(dense_row + w * VEC);
+        if (kDense) dv = load_last_use(reinterpret_cast<const V*>(dense_row) + w);
         V out;
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
@@ -293,15 +358,15 @@ __global__ void row_kernel(RowJob<scalar_t> job) {
           const acc_t p = fast_exp(static_cast<acc_t>(xv_w.v[k]) - lse);
           if (stats_row) atomicAdd(stats_row + c, static_cast<float>(p));
           if (gv) {
-            acc_t target = t.at(c);
-            if (dense_row) {
+            acc_t target = t.template at<kTable>(c);
+            if (kDense) {
               const acc_t d = static_cast<acc_t>(dv.v[k]);
               target += t.dense_weight * (job.dense_logits ? fast_exp(d * job.inv_temperature - dense_lse) : d);
             }
             out.v[k] = static_cast<scalar_t>(grad_element(p, mass, target, f));
           }
         }
-        if (gv) gv[w] = out;
+        if (gv) store_streaming(gv + w, out);
       }
     }
     __syncthreads();  // `shared` is rewritten for the next row
@@ -324,29 +389,47 @@ __global__ void scale_rows_kernel(scalar_t* grad, int64_t rows, int64_t classes,
 bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 int threads_for(int64_t n_vec) {
-  // About eight vectors per thread, a whole number of warps, at most 1024.
+  // About eight vectors per thread, a whole number of warps, at most kMaxThreads (the register
+  // budget of the kernel: 1024 threads fail to launch).
   int threads = 32;
-  while (threads < 1024 && threads * 8 < n_vec) threads *= 2;
+  while (threads < kMaxThreads && threads * 8 < n_vec) threads *= 2;
   return threads;
+}
+
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
+cudaError_t launch(const RowJob<scalar_t>& job, cudaStream_t stream) {
+  const int threads = threads_for(job.classes / VEC);
+  const int64_t blocks = job.rows < (int64_t(1) << 30) ? job.rows : (int64_t(1) << 30);
+  row_kernel<scalar_t, VEC, kTable, kDense><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(job);
+  return cudaGetLastError();
 }
 
 template <typename scalar_t, int VEC>
 cudaError_t launch(const RowJob<scalar_t>& job, cudaStream_t stream) {
-  const int threads = threads_for(job.classes / VEC);
-  const int64_t blocks = job.rows < (int64_t(1) << 30) ? job.rows : (int64_t(1) << 30);
-  row_kernel<scalar_t, VEC><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(job);
-  return cudaGetLastError();
+  if (job.table) {
+    return job.dense ? launch<scalar_t, VEC, true, true>(job, stream) : launch<scalar_t, VEC, true, false>(job, stream);
+  }
+  return job.dense ? launch<scalar_t, VEC, false, true>(job, stream) : launch<scalar_t, VEC, false, false>(job, stream);
 }
 
 }  // namespace
 
 template <typename scalar_t>
-cudaError_t run_rows_cuda(const RowJob<scalar_t>& job, cudaStream_t stream) {
-  if (job.rows == 0) return cudaSuccess;
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  const bool vectorisable = job.classes % kVec == 0 && aligned(job.logits, 16) &&
-                            (!job.dense || aligned(job.dense, 16)) && (!job.grad || aligned(job.grad, 16));
-  return vectorisable ? launch<scalar_t, kVec>(job, stream) : launch<scalar_t, 1>(job, stream);
+cudaError_t run_rows_cuda(const RowJob<scalar_t>& job_in, cudaStream_t stream) {
+  RowJob<scalar_t> job = job_in;
+  if (job.reduction != 0) {
+    count_valid_kernel<scalar_t><<<1, 1024, 0, stream>>>(job);
+    job.grad_scale = job.valid_and_scale + 1;
+  }
+  if (job.rows > 0) {
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const bool vectorisable = job.classes % kVec == 0 && aligned(job.logits, 16) &&
+                              (!job.dense || aligned(job.dense, 16)) && (!job.grad || aligned(job.grad, 16));
+    const cudaError_t error = vectorisable ? launch<scalar_t, kVec>(job, stream) : launch<scalar_t, 1>(job, stream);
+    if (error != cudaSuccess) return error;
+  }
+  if (job.reduction != 0) reduce_loss_kernel<scalar_t><<<1, 1024, 0, stream>>>(job);
+  return cudaGetLastError();
 }
 
 template <typename scalar_t>
