@@ -2,7 +2,9 @@
 // and sums; gradient) that the compiler vectorises. The body is row_kernel_impl.h; this file builds it
 // for the baseline instruction set and picks the AVX2 build (row_kernel_avx2.cpp) where the CPU has it.
 #define PSL_CPU_NS baseline
+#define PSL_CPU_TARGET
 #include "row_kernel_impl.h"
+#undef PSL_CPU_TARGET
 #undef PSL_CPU_NS
 
 namespace psl {

@@ -1,10 +1,11 @@
 // The CPU row kernel's body, compiled twice: for the baseline instruction set (row_kernel.cpp) and,
 // on x86-64, for AVX2 + FMA (row_kernel_avx2.cpp); row_kernel.cpp picks one at run time.
 //
-// Included with PSL_CPU_NS naming the namespace of this copy. Every function here lives in that
-// namespace, and the body instantiates no standard-library template (no std::vector, std::max,
-// std::lock_guard): an inline template instantiated in both copies would be one symbol to the linker,
-// and the AVX2 copy of it could end up serving the baseline path.
+// Included with PSL_CPU_NS naming the namespace of this copy and PSL_CPU_TARGET the function
+// attribute of its hot functions (run_chunk, scale_row). Only those carry the attribute; the helpers
+// they call are inlined into them and vectorised there. Nothing else, and in particular no template
+// of the standard library or of c10 that both copies instantiate, is built for AVX2: the linker
+// keeps one copy of such a template, which then serves every caller in the process.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
@@ -121,7 +122,7 @@ inline void report(RowStatus& status, int code, int64_t row) {
 }
 
 template <typename scalar_t>
-void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end, RowStatus& status) {
+PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end, RowStatus& status) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = job.classes;
   constexpr bool same = std::is_same<scalar_t, acc_t>::value;
@@ -279,21 +280,23 @@ RowStatus run_rows(const RowJob<scalar_t>& job_in) {
 }
 
 template <typename scalar_t>
-void scale_rows(scalar_t* grad, int64_t rows, int64_t classes, const opmath_t<scalar_t>* factor,
-                    bool per_row) {
+PSL_CPU_TARGET void scale_row(scalar_t* dst, int64_t classes, opmath_t<scalar_t> f) {
   using acc_t = opmath_t<scalar_t>;
-  const int64_t grain = grain_for(classes);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+  for (int64_t c = 0; c < classes; ++c) dst[c] = static_cast<scalar_t>(static_cast<acc_t>(dst[c]) * f);
+}
+
+template <typename scalar_t>
+void scale_rows(scalar_t* grad, int64_t rows, int64_t classes, const opmath_t<scalar_t>* factor,
+                bool per_row) {
+  using acc_t = opmath_t<scalar_t>;
+  at::parallel_for(0, rows, grain_for(classes), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const acc_t f = factor[per_row ? row : 0];
-      if (f == acc_t(1)) continue;
-      scalar_t* dst = grad + row * classes;
-#pragma omp simd
-      for (int64_t c = 0; c < classes; ++c) dst[c] = static_cast<scalar_t>(static_cast<acc_t>(dst[c]) * f);
+      if (f != acc_t(1)) scale_row(grad + row * classes, classes, f);
     }
   });
 }
-
 
 }  // namespace PSL_CPU_NS
 }  // namespace psl
