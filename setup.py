@@ -6,6 +6,7 @@ Environment:
   TORCH_CUDA_ARCH_LIST  architectures to build, e.g. "9.0" (default with no GPU visible: DEFAULT_ARCHS)
   PSL_CPU_ONLY=1        skip the CUDA kernels
   DEBUG=1               -O0 -g
+  PSL_CXX_FLAGS         extra C++ flags (default "-fopenmp -fno-trapping-math")
   MAX_JOBS              parallel compile jobs (ninja)
 """
 import os
@@ -21,7 +22,7 @@ DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
 
 
 def read_sources():
-    groups, current = {"cpu": [], "cuda": []}, None
+    groups, current = {"kernels": [], "ops": [], "cuda": []}, None
     for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -80,19 +81,20 @@ cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
 # -fopenmp: at::parallel_for is inline and runs serially in a translation unit built without it.
 # -fno-trapping-math: lets the compiler turn the clamps of the CPU kernel's exp into vector selects
 # (the project never relies on floating-point exceptions).
-cxx_flags += ["-fopenmp", "-fno-trapping-math"]
+cxx_flags += os.environ.get("PSL_CXX_FLAGS", "-fopenmp -fno-trapping-math").split()
+LINK_FLAGS = ["-fopenmp"] if "-fopenmp" in cxx_flags else []
 if with_cuda:
     define_macros.append(("PSL_WITH_CUDA", None))
     extension = CUDAExtension(
         "pysoftlabel._C",
-        sources=sources["cpu"] + sources["cuda"],
+        sources=sources["kernels"] + sources["ops"] + sources["cuda"],
         define_macros=define_macros,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=LINK_FLAGS,
         extra_compile_args={"cxx": cxx_flags, "nvcc": (["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"])},
     )
 else:
-    extension = CppExtension("pysoftlabel._C", sources=sources["cpu"], define_macros=define_macros,
-                             extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+    extension = CppExtension("pysoftlabel._C", sources=sources["kernels"] + sources["ops"], define_macros=define_macros,
+                             extra_compile_args={"cxx": cxx_flags}, extra_link_args=LINK_FLAGS)
 
 print(f"pysoftlabel: building CPU kernels{' and CUDA kernels for ' + archs + ' with ' + cuda_home if with_cuda else ' only'}")
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

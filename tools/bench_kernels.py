@@ -290,7 +290,7 @@ def main(argv=None):
     dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32,bfloat16" if gpu else "float32")).split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else (
         GPU_SHAPES if gpu else CPU_SHAPES)
-    measure = timer(device, warmup=10 if gpu else 5, reps=args.reps or (50 if gpu else 20))
+    measure = timer(device, warmup=10, reps=args.reps or (50 if gpu else 20))
     torch.manual_seed(0)
     bandwidth = copy_bandwidth(device, measure)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
