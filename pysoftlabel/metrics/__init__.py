@@ -1,5 +1,12 @@
-"""Mergeable metric accumulators (update, merge, state_dict, all_reduce; no printing)."""
+"""Mergeable metric accumulators (update, merge, state_dict, all_reduce; no printing) and reports."""
+from .accuracy import AccuracyStats
+from .binned import AdaptiveCalibrationStats, ClasswiseCalibrationStats
 from .calibration import CalibrationStats, calibration_stats
 from .class_stats import ClassStats
+from .context import ContextConfidence
+from .report import calibration_report, reliability_diagram
+from .temperature import fit_temperature
 
-__all__ = ["CalibrationStats", "calibration_stats", "ClassStats"]
+__all__ = ["AccuracyStats", "AdaptiveCalibrationStats", "ClasswiseCalibrationStats", "CalibrationStats",
+           "calibration_stats", "ClassStats", "ContextConfidence", "calibration_report", "reliability_diagram",
+           "fit_temperature"]

@@ -1,0 +1,54 @@
+"""Top-k accuracy as a mergeable accumulator."""
+import torch
+from torch import Tensor
+
+__all__ = ["AccuracyStats"]
+
+
+class AccuracyStats:
+    """Counts of rows whose label is among the k highest logits, for each k in ``ks``.
+
+    Args:
+        ks (tuple of int): the k of each top-k accuracy. Default: (1, 5).
+        device (torch.device or str, optional): where the state lives. Default: CPU.
+    """
+
+    def __init__(self, ks=(1, 5), device=None):
+        if not ks or any(int(k) < 1 for k in ks):
+            raise ValueError(f"ks must be positive integers, got {ks}")
+        self.ks = tuple(int(k) for k in ks)
+        self.correct = torch.zeros(len(self.ks), dtype=torch.float64, device=device)
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100):
+        """Adds a batch of logits [N, C] and labels [N]; k larger than C counts as C. Returns self."""
+        if logits.dim() != 2 or labels.shape != (logits.shape[0],):
+            raise ValueError(f"logits must be [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        valid = labels != ignore_index
+        k_max = min(max(self.ks), logits.shape[1])
+        top = logits.detach().topk(k_max, dim=1).indices if logits.shape[0] else logits.new_zeros((0, k_max), dtype=torch.long)
+        hit = (top == labels[:, None]) & valid[:, None]
+        for i, k in enumerate(self.ks):
+            self.correct[i] += hit[:, : min(k, k_max)].any(dim=1).sum()
+        self.total += valid.sum()
+        return self
+
+    def accuracy(self, k: int) -> float:
+        """Fraction of rows with the label in the top k (NaN before any row)."""
+        total = float(self.total)
+        return float(self.correct[self.ks.index(k)]) / total if total else float("nan")
+
+    def all_reduce(self, group=None):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.correct, group=group)
+            torch.distributed.all_reduce(self.total, group=group)
+        return self
+
+    def state_dict(self):
+        return {"ks": self.ks, "correct": self.correct.clone(), "total": self.total.clone()}
+
+    def load_state_dict(self, state):
+        if tuple(state["ks"]) != self.ks:
+            raise ValueError(f"state has ks {state['ks']}, this accumulator {self.ks}")
+        self.correct.copy_(state["correct"])
+        self.total.copy_(state["total"])

@@ -1,0 +1,133 @@
+"""Calibration errors that need more than the top-label histogram: adaptive (equal-mass) ECE and
+classwise ECE, both streaming and mergeable in fixed-size state."""
+import torch
+from torch import Tensor
+
+__all__ = ["AdaptiveCalibrationStats", "ClasswiseCalibrationStats"]
+
+
+def _gap_sum(count, conf_sum, correct_sum):
+    """sum_b |correct_b - conf_b| over bins, i.e. N * ECE for those bins."""
+    return (correct_sum - conf_sum).abs().sum()
+
+
+class AdaptiveCalibrationStats:
+    r"""Adaptive (equal-mass) ECE: bins hold equal numbers of rows instead of equal confidence widths
+    (Nixon et al. 2019, "Measuring Calibration in Deep Learning", arXiv:1904.01685).
+
+    Streaming: rows go into a fine histogram of ``resolution`` equal-width confidence cells (count,
+    confidence sum, correct count); :attr:`ece` groups consecutive cells into ``n_bins`` bins of about
+    equal mass. The result equals the exact sort-based value up to the cell width (1 / resolution): rows
+    of one cell are never split between bins.
+
+    Args:
+        n_bins (int): equal-mass bins. Default: 15.
+        resolution (int): fine cells. Default: 10000.
+        device (torch.device or str, optional): Default: CPU.
+    """
+
+    def __init__(self, n_bins: int = 15, resolution: int = 10000, device=None):
+        if n_bins < 1 or resolution < n_bins:
+            raise ValueError(f"need 1 <= n_bins <= resolution, got n_bins={n_bins}, resolution={resolution}")
+        self.n_bins = int(n_bins)
+        self.cells = torch.zeros(int(resolution), 3, dtype=torch.float64, device=device)
+
+    def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100):
+        valid = labels != ignore_index
+        p = torch.softmax(logits.detach()[valid].double(), dim=1)
+        conf, pred = p.max(dim=1) if p.numel() else (p.new_zeros(0), labels.new_zeros(0))
+        cell = (torch.ceil(conf * len(self.cells)).long() - 1).clamp(0, len(self.cells) - 1)
+        self.cells[:, 0].index_add_(0, cell, torch.ones_like(conf))
+        self.cells[:, 1].index_add_(0, cell, conf)
+        self.cells[:, 2].index_add_(0, cell, (pred == labels[valid]).double())
+        return self
+
+    @property
+    def ece(self) -> float:
+        cells = self.cells.cpu()
+        total = float(cells[:, 0].sum())
+        if total == 0:
+            return float("nan")
+        # Bin b collects the cells whose cumulative count falls in (b/M, (b+1)/M] of the total.
+        cum = cells[:, 0].cumsum(0)
+        bin_of_cell = torch.ceil(cum / total * self.n_bins).long().clamp(1, self.n_bins) - 1
+        bins = torch.zeros(self.n_bins, 3, dtype=torch.float64).index_add_(0, bin_of_cell, cells)
+        return float(_gap_sum(*bins.unbind(1)) / total)
+
+    def __add__(self, other):
+        out = AdaptiveCalibrationStats(self.n_bins, len(self.cells), self.cells.device)
+        out.cells = self.cells + other.cells.to(self.cells.device)
+        return out
+
+    def all_reduce(self, group=None):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.cells, group=group)
+        return self
+
+    def state_dict(self):
+        return {"n_bins": self.n_bins, "cells": self.cells.clone()}
+
+    def load_state_dict(self, state):
+        self.n_bins = int(state["n_bins"])
+        self.cells = state["cells"].to(self.cells)
+
+
+class ClasswiseCalibrationStats:
+    r"""Classwise ECE (Kull et al. 2019, arXiv:1910.12656): for every class c, an equal-width histogram of
+    :math:`p_c` over all rows with the frequency of label c in each bin;
+    :math:`\mathrm{cwECE} = \frac{1}{C} \sum_c \sum_b \frac{|B_{cb}|}{N} |\mathrm{freq}_{cb} - \mathrm{conf}_{cb}|`.
+    State [C, M, 3] (count, probability sum, label count): no N x C storage across batches.
+
+    Args:
+        num_classes (int): C.
+        n_bins (int): Default: 15.
+        device (torch.device or str, optional): Default: CPU.
+    """
+
+    def __init__(self, num_classes: int, n_bins: int = 15, device=None):
+        self.num_classes, self.n_bins = int(num_classes), int(n_bins)
+        self.bins = torch.zeros(self.num_classes, self.n_bins, 3, dtype=torch.float64, device=device)
+        self.rows = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100):
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must have shape [N, {self.num_classes}], got {tuple(logits.shape)}")
+        valid = labels != ignore_index
+        p = torch.softmax(logits.detach()[valid].double(), dim=1)
+        y = labels[valid]
+        b = (torch.ceil(p * self.n_bins).long() - 1).clamp(0, self.n_bins - 1)  # [n, C]
+        flat = (torch.arange(self.num_classes, device=p.device) * self.n_bins + b).reshape(-1)
+        onehot = torch.nn.functional.one_hot(y, self.num_classes).double().reshape(-1)
+        view = self.bins.view(-1, 3)
+        view[:, 0].index_add_(0, flat, torch.ones_like(onehot))
+        view[:, 1].index_add_(0, flat, p.reshape(-1))
+        view[:, 2].index_add_(0, flat, onehot)
+        self.rows += valid.sum()
+        return self
+
+    @property
+    def ece(self) -> float:
+        rows = float(self.rows)
+        if rows == 0:
+            return float("nan")
+        bins = self.bins.cpu()
+        return float((bins[..., 2] - bins[..., 1]).abs().sum() / rows / self.num_classes)
+
+    def __add__(self, other):
+        out = ClasswiseCalibrationStats(self.num_classes, self.n_bins, self.bins.device)
+        out.bins = self.bins + other.bins.to(self.bins.device)
+        out.rows = self.rows + other.rows.to(self.bins.device)
+        return out
+
+    def all_reduce(self, group=None):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.bins, group=group)
+            torch.distributed.all_reduce(self.rows, group=group)
+        return self
+
+    def state_dict(self):
+        return {"bins": self.bins.clone(), "rows": self.rows.clone()}
+
+    def load_state_dict(self, state):
+        self.bins.copy_(state["bins"])
+        self.rows.copy_(state["rows"])

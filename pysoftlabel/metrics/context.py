@@ -1,0 +1,38 @@
+"""Context-only confidence, the evaluation of Adaptive Label Smoothing (Krothapalli & Abbott 2020,
+arXiv:2009.06432): the mean max-softmax on crops that contain no object. A well calibrated model is
+unsure on them (ideally 1 / C)."""
+import torch
+from torch import Tensor
+
+__all__ = ["ContextConfidence"]
+
+
+class ContextConfidence:
+    """Accumulates max-softmax confidences of context-only (background) crops; mergeable."""
+
+    def __init__(self, device=None):
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # confidence sum, crops
+
+    def update(self, logits: Tensor):
+        """Adds the logits [N, C] of N context-only crops. Returns self."""
+        if logits.dim() != 2:
+            raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+        conf = torch.softmax(logits.detach().double(), dim=1).amax(dim=1)
+        self.sums += torch.stack([conf.sum(), conf.new_tensor(float(conf.numel()))])
+        return self
+
+    @property
+    def mean(self) -> float:
+        total, n = self.sums.tolist()
+        return total / n if n else float("nan")
+
+    def all_reduce(self, group=None):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.sums, group=group)
+        return self
+
+    def state_dict(self):
+        return {"sums": self.sums.clone()}
+
+    def load_state_dict(self, state):
+        self.sums.copy_(state["sums"])

@@ -1,0 +1,200 @@
+"""ClassStats and CalibrationStats: native against reference, ECE against independent implementations,
+merging, state, DDP all_reduce, edge cases."""
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import pysoftlabel as psl
+from conftest import devices
+
+
+def independent_ece(logits, labels, n_bins=15):
+    """Guo et al. 2017, written with a Python loop over bins (b/M, (b+1)/M]."""
+    p = torch.softmax(logits.double(), 1)
+    conf, pred = p.max(1)
+    correct = (pred == labels).double()
+    ece, n = 0.0, len(labels)
+    for b in range(n_bins):
+        in_bin = (conf > b / n_bins) & (conf <= (b + 1) / n_bins)
+        if in_bin.any():
+            ece += in_bin.sum().item() / n * abs(correct[in_bin].mean().item() - conf[in_bin].mean().item())
+    return ece
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_calibration_native_matches_reference(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(500, 10, generator=g) * 3).to(device, dtype)
+    labels = torch.randint(0, 10, (500,), generator=g).to(device)
+    labels[::11] = -100
+    native = psl.calibration_stats(logits, labels, backend="native")
+    ref = psl.calibration_stats(logits, labels, backend="reference")
+    torch.testing.assert_close(native.bins, ref.bins, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(native.sums, ref.sums, rtol=1e-5, atol=1e-4)
+
+
+def test_ece_matches_independent_and_torchmetrics():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2000, 7, generator=g) * 2
+    labels = torch.randint(0, 7, (2000,), generator=g)
+    cal = psl.calibration_stats(logits, labels)
+    assert cal.ece == pytest.approx(independent_ece(logits, labels), abs=1e-6)
+    assert cal.accuracy == pytest.approx((logits.argmax(1) == labels).double().mean().item(), abs=1e-9)
+    nll = torch.nn.functional.cross_entropy(logits.double(), labels).item()
+    assert cal.nll == pytest.approx(nll, rel=1e-5)
+    tm = pytest.importorskip("torchmetrics.classification")
+    metric = tm.MulticlassCalibrationError(num_classes=7, n_bins=15, norm="l1")
+    assert cal.ece == pytest.approx(metric(logits, labels).item(), abs=1e-5)
+    mce = tm.MulticlassCalibrationError(num_classes=7, n_bins=15, norm="max")
+    assert cal.mce == pytest.approx(mce(logits, labels).item(), abs=1e-5)
+
+
+def test_merge_state_dict_and_reset():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(300, 5, generator=g)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    whole = psl.calibration_stats(logits, labels)
+    parts = psl.calibration_stats(logits[:100], labels[:100]) + psl.calibration_stats(logits[100:], labels[100:])
+    torch.testing.assert_close(parts.bins, whole.bins)
+    torch.testing.assert_close(parts.sums, whole.sums)
+    copy = psl.CalibrationStats()
+    copy.load_state_dict(whole.state_dict())
+    assert copy.ece == whole.ece and copy.count == 300
+    assert copy.reset().count == 0
+
+
+def test_calibration_edge_cases():
+    one_class = psl.calibration_stats(torch.randn(4, 1), torch.zeros(4, dtype=torch.long))
+    assert one_class.accuracy == 1.0 and one_class.ece == pytest.approx(0.0)
+    assert one_class.bins[-1, 0] == 4  # confidence exactly 1.0 lands in the last bin
+    sure = psl.calibration_stats(torch.tensor([[100.0, 0.0]]), torch.tensor([0]))
+    assert sure.bins[-1, 0] == 1 and sure.ece == pytest.approx(0.0, abs=1e-12)
+    all_wrong = psl.calibration_stats(torch.tensor([[5.0, 0.0], [0.0, 5.0]]), torch.tensor([1, 0]))
+    assert all_wrong.accuracy == 0.0 and all_wrong.ece == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item(), rel=1e-6)
+    empty = psl.calibration_stats(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    assert empty.count == 0 and empty.ece != empty.ece  # NaN: no rows
+    with pytest.raises(ValueError, match="logits"):
+        psl.calibration_stats(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="labels"):
+        psl.calibration_stats(torch.randn(2, 3), torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_class_stats_follow_ols_semantics(device):
+    """Official OLS: a correctly classified sample adds its softmax to its class's row; table = mean rows,
+    uniform where a class had no correct sample."""
+    logits = torch.tensor([[3.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]], device=device)
+    labels = torch.tensor([0, 0, 0, 1], device=device)  # rows 0, 1 correct (class 0); 2, 3 wrong
+    stats = psl.ClassStats(3, device).update(logits, labels)
+    p = torch.softmax(logits, 1)
+    expected = torch.full((3, 3), 1 / 3, device=device)
+    expected[0] = (p[0] + p[1]) / 2
+    torch.testing.assert_close(stats.table(), expected)
+    torch.testing.assert_close(stats.count, torch.tensor([2.0, 0.0, 0.0], device=device))
+    ref = psl.ClassStats(3, device).update(logits, labels, backend="reference")
+    torch.testing.assert_close(stats.sum, ref.sum)
+    state = stats.state_dict()
+    assert psl.ClassStats(3, device).load_state_dict(state) is None
+    with pytest.raises(ValueError, match="logits"):
+        stats.update(torch.randn(2, 4, device=device), torch.tensor([0, 1], device=device))
+
+
+def _ddp_worker(rank, world, init_file, out_file, logits, labels):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    shard = slice(rank, None, world)
+    cal = psl.calibration_stats(logits[shard], labels[shard]).all_reduce()
+    stats = psl.ClassStats(logits.shape[1]).update(logits[shard], labels[shard]).all_reduce()
+    if rank == 0:
+        torch.save({"bins": cal.bins, "sums": cal.sums, "table": stats.table(), "count": stats.count}, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_all_reduce_two_gloo_processes_equal_one_process():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(64, 6, generator=g) * 2
+    labels = torch.randint(0, 6, (64,), generator=g)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.pt")
+        mp.spawn(_ddp_worker, args=(2, os.path.join(tmp, "init"), out, logits, labels), nprocs=2, join=True)
+        got = torch.load(out)
+    cal = psl.calibration_stats(logits, labels)
+    stats = psl.ClassStats(6).update(logits, labels)
+    torch.testing.assert_close(got["bins"], cal.bins)
+    torch.testing.assert_close(got["sums"], cal.sums)
+    torch.testing.assert_close(got["table"], stats.table())
+    torch.testing.assert_close(got["count"], stats.count)
+
+
+def test_topk_accuracy():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    labels = torch.tensor([1, 2, 0])
+    acc = psl.metrics.AccuracyStats(ks=(1, 2)).update(logits, labels)
+    assert acc.accuracy(1) == pytest.approx(1 / 3) and acc.accuracy(2) == pytest.approx(1.0)
+    acc.update(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0]))
+    assert acc.accuracy(2) == pytest.approx(3 / 4)
+
+
+def test_adaptive_ece_matches_sorting():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3000, 10, generator=g) * 2
+    labels = torch.randint(0, 10, (3000,), generator=g)
+    p = torch.softmax(logits.double(), 1)
+    conf, pred = p.max(1)
+    order = conf.argsort()
+    exact = 0.0
+    for chunk in order.chunk(15):  # equal-mass bins by sorting, as Nixon et al.
+        exact += abs((pred[chunk] == labels[chunk]).double().sum().item() - conf[chunk].sum().item())
+    exact /= 3000
+    got = psl.metrics.AdaptiveCalibrationStats(15).update(logits, labels).ece
+    assert got == pytest.approx(exact, abs=2e-3)
+
+
+def test_classwise_ece_matches_loop():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(400, 4, generator=g)
+    labels = torch.randint(0, 4, (400,), generator=g)
+    p = torch.softmax(logits.double(), 1)
+    want = 0.0
+    for c in range(4):
+        for b in range(15):
+            m = (p[:, c] > b / 15) & (p[:, c] <= (b + 1) / 15)
+            want += abs((labels[m] == c).double().sum().item() - p[m, c].sum().item()) / 400
+    want /= 4
+    stats = psl.metrics.ClasswiseCalibrationStats(4).update(logits[:150], labels[:150])
+    stats = stats + psl.metrics.ClasswiseCalibrationStats(4).update(logits[150:], labels[150:])
+    assert stats.ece == pytest.approx(want, abs=1e-9)
+
+
+def test_temperature_scaling_recovers_temperature_and_lowers_ece():
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(20000, 10, generator=g) * 1.5
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g)[:, 0]
+    logits = 3.0 * z  # an over-confident model: the calibrated temperature is 3
+    t = psl.metrics.fit_temperature(logits, labels)
+    assert t == pytest.approx(3.0, rel=0.05)
+    before = psl.calibration_stats(logits, labels).ece
+    after = psl.calibration_stats(logits / t, labels).ece
+    assert after < before / 3
+
+
+def test_context_confidence():
+    ctx = psl.metrics.ContextConfidence().update(torch.zeros(3, 4)).update(torch.tensor([[10.0, 0, 0, 0]]))
+    p = torch.softmax(torch.tensor([10.0, 0, 0, 0]), 0).max().item()
+    assert ctx.mean == pytest.approx((3 * 0.25 + p) / 4)
+
+
+def test_report_and_reliability_diagram(tmp_path):
+    g = torch.Generator().manual_seed(8)
+    cal = psl.calibration_stats(torch.randn(500, 5, generator=g) * 3, torch.randint(0, 5, (500,), generator=g))
+    summary = psl.metrics.calibration_report(cal, tmp_path, extra={"ece_after_temperature": 0.01})
+    assert summary["ece"] == cal.ece and (tmp_path / "calibration.md").read_text().count("|") > 10
+    assert '"ece_after_temperature": 0.01' in (tmp_path / "calibration.json").read_text()
+    pytest.importorskip("matplotlib")
+    png = psl.metrics.reliability_diagram(cal, tmp_path / "reliability.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
