@@ -2,16 +2,20 @@
 import torch
 from torch import Tensor
 
+from .state import SummedState
+
 __all__ = ["AccuracyStats"]
 
 
-class AccuracyStats:
+class AccuracyStats(SummedState):
     """Counts of rows whose label is among the k highest logits, for each k in ``ks``.
 
     Args:
         ks (tuple of int): the k of each top-k accuracy. Default: (1, 5).
         device (torch.device or str, optional): where the state lives. Default: CPU.
     """
+
+    _state = ("correct", "total")
 
     def __init__(self, ks=(1, 5), device=None):
         if not ks or any(int(k) < 1 for k in ks):
@@ -37,18 +41,3 @@ class AccuracyStats:
         """Fraction of rows with the label in the top k (NaN before any row)."""
         total = float(self.total)
         return float(self.correct[self.ks.index(k)]) / total if total else float("nan")
-
-    def all_reduce(self, group=None):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.correct, group=group)
-            torch.distributed.all_reduce(self.total, group=group)
-        return self
-
-    def state_dict(self):
-        return {"ks": self.ks, "correct": self.correct.clone(), "total": self.total.clone()}
-
-    def load_state_dict(self, state):
-        if tuple(state["ks"]) != self.ks:
-            raise ValueError(f"state has ks {state['ks']}, this accumulator {self.ks}")
-        self.correct.copy_(state["correct"])
-        self.total.copy_(state["total"])

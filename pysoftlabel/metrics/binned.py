@@ -3,6 +3,8 @@ classwise ECE, both streaming and mergeable in fixed-size state."""
 import torch
 from torch import Tensor
 
+from .state import SummedState
+
 __all__ = ["AdaptiveCalibrationStats", "ClasswiseCalibrationStats"]
 
 
@@ -11,7 +13,7 @@ def _gap_sum(count, conf_sum, correct_sum):
     return (correct_sum - conf_sum).abs().sum()
 
 
-class AdaptiveCalibrationStats:
+class AdaptiveCalibrationStats(SummedState):
     r"""Adaptive (equal-mass) ECE: bins hold equal numbers of rows instead of equal confidence widths
     (Nixon et al. 2019, "Measuring Calibration in Deep Learning", arXiv:1904.01685).
 
@@ -25,6 +27,8 @@ class AdaptiveCalibrationStats:
         resolution (int): fine cells. Default: 10000.
         device (torch.device or str, optional): Default: CPU.
     """
+
+    _state = ("cells",)
 
     def __init__(self, n_bins: int = 15, resolution: int = 10000, device=None):
         if n_bins < 1 or resolution < n_bins:
@@ -54,25 +58,7 @@ class AdaptiveCalibrationStats:
         bins = torch.zeros(self.n_bins, 3, dtype=torch.float64).index_add_(0, bin_of_cell, cells)
         return float(_gap_sum(*bins.unbind(1)) / total)
 
-    def __add__(self, other):
-        out = AdaptiveCalibrationStats(self.n_bins, len(self.cells), self.cells.device)
-        out.cells = self.cells + other.cells.to(self.cells.device)
-        return out
-
-    def all_reduce(self, group=None):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.cells, group=group)
-        return self
-
-    def state_dict(self):
-        return {"n_bins": self.n_bins, "cells": self.cells.clone()}
-
-    def load_state_dict(self, state):
-        self.n_bins = int(state["n_bins"])
-        self.cells = state["cells"].to(self.cells)
-
-
-class ClasswiseCalibrationStats:
+class ClasswiseCalibrationStats(SummedState):
     r"""Classwise ECE (Kull et al. 2019, arXiv:1910.12656): for every class c, an equal-width histogram of
     :math:`p_c` over all rows with the frequency of label c in each bin;
     :math:`\mathrm{cwECE} = \frac{1}{C} \sum_c \sum_b \frac{|B_{cb}|}{N} |\mathrm{freq}_{cb} - \mathrm{conf}_{cb}|`.
@@ -83,6 +69,8 @@ class ClasswiseCalibrationStats:
         n_bins (int): Default: 15.
         device (torch.device or str, optional): Default: CPU.
     """
+
+    _state = ("bins", "rows")
 
     def __init__(self, num_classes: int, n_bins: int = 15, device=None):
         self.num_classes, self.n_bins = int(num_classes), int(n_bins)
@@ -112,22 +100,3 @@ class ClasswiseCalibrationStats:
             return float("nan")
         bins = self.bins.cpu()
         return float((bins[..., 2] - bins[..., 1]).abs().sum() / rows / self.num_classes)
-
-    def __add__(self, other):
-        out = ClasswiseCalibrationStats(self.num_classes, self.n_bins, self.bins.device)
-        out.bins = self.bins + other.bins.to(self.bins.device)
-        out.rows = self.rows + other.rows.to(self.bins.device)
-        return out
-
-    def all_reduce(self, group=None):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.bins, group=group)
-            torch.distributed.all_reduce(self.rows, group=group)
-        return self
-
-    def state_dict(self):
-        return {"bins": self.bins.clone(), "rows": self.rows.clone()}
-
-    def load_state_dict(self, state):
-        self.bins.copy_(state["bins"])
-        self.rows.copy_(state["rows"])

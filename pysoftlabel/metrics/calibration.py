@@ -3,11 +3,12 @@ import torch
 from torch import Tensor
 
 from ..ops.calibration import calibration_update
+from .state import SummedState
 
 __all__ = ["CalibrationStats", "calibration_stats"]
 
 
-class CalibrationStats:
+class CalibrationStats(SummedState):
     r"""Expected calibration error and friends, accumulated over batches (and ranks) in O(M) state.
 
     Each row has confidence :math:`\hat p_i = \max_c \mathrm{softmax}(x_i)_c` and is correct when its
@@ -28,6 +29,8 @@ class CalibrationStats:
         n_bins (int): M. Default: 15.
         device (torch.device or str, optional): where the state lives. Default: CPU.
     """
+
+    _state = ("bins", "sums")
 
     def __init__(self, n_bins: int = 15, device=None):
         if int(n_bins) < 1:
@@ -121,36 +124,6 @@ class CalibrationStats:
         """ece, mce, nll, brier, accuracy, count as plain floats."""
         return {"ece": self.ece, "mce": self.mce, "nll": self.nll, "brier": self.brier,
                 "accuracy": self.accuracy, "count": self.count}
-
-    def __add__(self, other):
-        if not isinstance(other, CalibrationStats) or other.n_bins != self.n_bins:
-            raise ValueError("can only add CalibrationStats with the same n_bins")
-        out = CalibrationStats(self.n_bins, self.device)
-        out.bins = self.bins + other.bins.to(self.device)
-        out.sums = self.sums + other.sums.to(self.device)
-        return out
-
-    def reset(self):
-        self.bins.zero_()
-        self.sums.zero_()
-        return self
-
-    def all_reduce(self, group=None):
-        """Sums the state over the ranks of a torch.distributed group (no-op without one)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.bins, group=group)
-            torch.distributed.all_reduce(self.sums, group=group)
-        return self
-
-    def state_dict(self):
-        return {"bins": self.bins.clone(), "sums": self.sums.clone()}
-
-    def load_state_dict(self, state):
-        if state["bins"].shape != self.bins.shape:
-            raise ValueError(f"state has {state['bins'].shape[0]} bins, this accumulator {self.n_bins}")
-        self.bins.copy_(state["bins"])
-        self.sums.copy_(state["sums"])
-
 
 def calibration_stats(logits: Tensor, labels: Tensor, n_bins: int = 15, ignore_index: int = -100,
                       backend: str = "auto") -> CalibrationStats:

@@ -3,11 +3,12 @@ import torch
 from torch import Tensor
 
 from ..ops.class_stats import class_stats_update
+from .state import SummedState
 
 __all__ = ["ClassStats"]
 
 
-class ClassStats:
+class ClassStats(SummedState):
     """Per class c: the sum of the softmax vectors of training rows of class c that the model classified
     correctly, and their count (Zhang et al. 2021, "Delving Deep into Label Smoothing", arXiv:2011.12562).
 
@@ -18,6 +19,8 @@ class ClassStats:
         num_classes (int): C.
         device (torch.device or str, optional): where the state lives (the logits' device). Default: CPU.
     """
+
+    _state = ("sum", "count")
 
     def __init__(self, num_classes: int, device=None):
         if int(num_classes) < 1:
@@ -51,24 +54,3 @@ class ClassStats:
         uniform = torch.full_like(self.sum, 1.0 / self.num_classes)
         mean = self.sum / self.count.clamp(min=1)[:, None]
         return torch.where(self.count[:, None] > 0, mean, uniform)
-
-    def reset(self):
-        self.sum.zero_()
-        self.count.zero_()
-        return self
-
-    def all_reduce(self, group=None):
-        """Sums the statistics over the ranks of a torch.distributed group (no-op without one)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.sum, group=group)
-            torch.distributed.all_reduce(self.count, group=group)
-        return self
-
-    def state_dict(self):
-        return {"num_classes": self.num_classes, "sum": self.sum.clone(), "count": self.count.clone()}
-
-    def load_state_dict(self, state):
-        if int(state["num_classes"]) != self.num_classes:
-            raise ValueError(f"state has {state['num_classes']} classes, this ClassStats {self.num_classes}")
-        self.sum.copy_(state["sum"])
-        self.count.copy_(state["count"])

@@ -4,11 +4,15 @@ unsure on them (ideally 1 / C)."""
 import torch
 from torch import Tensor
 
+from .state import SummedState
+
 __all__ = ["ContextConfidence"]
 
 
-class ContextConfidence:
+class ContextConfidence(SummedState):
     """Accumulates max-softmax confidences of context-only (background) crops; mergeable."""
+
+    _state = ("sums",)
 
     def __init__(self, device=None):
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # confidence sum, crops
@@ -25,14 +29,3 @@ class ContextConfidence:
     def mean(self) -> float:
         total, n = self.sums.tolist()
         return total / n if n else float("nan")
-
-    def all_reduce(self, group=None):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.sums, group=group)
-        return self
-
-    def state_dict(self):
-        return {"sums": self.sums.clone()}
-
-    def load_state_dict(self, state):
-        self.sums.copy_(state["sums"])
