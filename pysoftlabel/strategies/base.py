@@ -1,0 +1,58 @@
+"""The lifecycle every soft-label strategy follows (DESIGN.md, "Layers")."""
+import torch
+
+from ..target import SoftTarget
+
+__all__ = ["Strategy", "hard_target"]
+
+
+def hard_target(batch, **parts) -> SoftTarget:
+    """The batch's (possibly mixed) hard labels as a SoftTarget: ``label``, and with mixing augmentation
+    ``label2`` + ``lam`` (see :mod:`pysoftlabel.strategies.mix`); ``parts`` adds the other SoftTarget
+    arguments (smoothing, table, dense, ...)."""
+    if batch.get("label2") is not None:
+        parts.update(labels2=batch["label2"], lam=batch["lam"])
+    return SoftTarget(batch["label"], **parts)
+
+
+class Strategy:
+    """A soft-label strategy: it turns a batch into the target of the fused cross-entropy.
+
+    The batch is a dict with ``image`` [N, 3, H, W], ``label`` [N] and, after mixing augmentation,
+    ``label2`` [N] and ``lam`` (float or [N]); ALS also reads ``object_fraction`` [N].
+
+    Lifecycle: ``targets(batch, model)`` before the loss (it may run a teacher); ``after_step(model)``
+    after the optimiser step; ``end_epoch()`` at the end of each training epoch; ``state_dict()`` /
+    ``load_state_dict()`` for checkpoints; ``all_reduce()`` before ``end_epoch()`` under DDP.
+    ``stats`` is a :class:`~pysoftlabel.ClassStats` to pass to the loss (or None).
+    """
+
+    name = "base"
+    stats = None
+
+    def targets(self, batch, model=None) -> SoftTarget:
+        raise NotImplementedError
+
+    def after_step(self, model=None):
+        pass
+
+    def end_epoch(self):
+        pass
+
+    def all_reduce(self, group=None):
+        if self.stats is not None:
+            self.stats.all_reduce(group)
+        return self
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def to(self, device):
+        return self
+
+    def _check_batch(self, batch):
+        if "label" not in batch or not torch.is_tensor(batch["label"]):
+            raise ValueError(f"{self.name}: the batch needs a 'label' tensor, got keys {sorted(batch)}")

@@ -1,0 +1,117 @@
+"""Each strategy's targets against a hand computation; OLS's epoch update against the official semantics."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pysoftlabel as psl
+from pysoftlabel import strategies as S
+from pysoftlabel.reference import target_distribution
+
+
+def batch(n=6, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randn(n, 3, 8, 8, generator=g), "label": torch.randint(0, c, (n,), generator=g)}
+
+
+def test_ce_and_label_smoothing():
+    b = batch()
+    onehot = F.one_hot(b["label"], 4).float()
+    torch.testing.assert_close(target_distribution(S.CrossEntropy().targets(b), 4), onehot)
+    torch.testing.assert_close(target_distribution(S.LabelSmoothing(0.2).targets(b), 4), 0.8 * onehot + 0.05)
+    mixed = {**b, "label2": b["label"].flip(0), "lam": 0.7}
+    want = 0.9 * (0.7 * onehot + 0.3 * onehot.flip(0)) + 0.025
+    torch.testing.assert_close(target_distribution(S.LabelSmoothing(0.1).targets(mixed), 4), want)
+    with pytest.raises(ValueError, match="eps"):
+        S.LabelSmoothing(1.5)
+
+
+def test_ols_epochs_follow_the_official_semantics():
+    ols = S.OnlineLabelSmoothing(3, alpha=0.5)
+    b = {"image": None, "label": torch.tensor([0, 0, 1, 2])}
+    # Epoch 0, zero table: the soft term is 0, the target is alpha on the label.
+    torch.testing.assert_close(target_distribution(ols.targets(b), 3), 0.5 * F.one_hot(b["label"], 3).float())
+    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.0]])
+    psl.soft_cross_entropy(logits, ols.targets(b), stats=ols.stats)  # the loss gathers the statistics
+    ols.end_epoch()
+    p = torch.softmax(logits, 1)
+    table = torch.full((3, 3), 1 / 3)
+    table[0] = (p[0] + p[1]) / 2  # both class-0 rows correct
+    table[1] = p[2]               # class 2's only row is wrong: uniform row stays
+    torch.testing.assert_close(ols.table, table)
+    assert ols.stats.count.sum() == 0  # reset for the next epoch
+    want = 0.5 * F.one_hot(b["label"], 3).float() + 0.5 * table[b["label"]]
+    torch.testing.assert_close(target_distribution(ols.targets(b), 3), want)
+    state = ols.state_dict()
+    other = S.OnlineLabelSmoothing(3)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.table, ols.table)
+
+
+def test_ols_freezes_confident_rows():
+    ols = S.OnlineLabelSmoothing(2, freeze_at=0.88, init="uniform")
+    logits = torch.tensor([[5.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    ols.stats.update(logits, labels)
+    ols.end_epoch()
+    frozen_row = ols.table[0].clone()
+    assert ols.frozen.tolist() == [True, False]
+    ols.stats.update(torch.tensor([[1.0, 0.0], [0.0, 3.0]]), labels)
+    ols.end_epoch()
+    torch.testing.assert_close(ols.table[0], frozen_row)
+    torch.testing.assert_close(ols.table[1], torch.softmax(torch.tensor([0.0, 3.0]), 0))
+
+
+def test_als_smoothing_from_object_fraction():
+    als = S.AdaptiveLabelSmoothing(eps_min=0.05, eps_max=0.9, eps_no_box=0.1)
+    b = {"image": None, "label": torch.tensor([0, 1, 2, 3]), "object_fraction": torch.tensor([1.0, 0.3, 0.0, -1.0])}
+    torch.testing.assert_close(als.smoothing(b["object_fraction"]), torch.tensor([0.05, 0.7, 0.9, 0.1]))
+    t = target_distribution(als.targets(b), 4)
+    torch.testing.assert_close(t[1], 0.3 * F.one_hot(torch.tensor(1), 4).float() + 0.7 / 4)
+    with pytest.raises(ValueError, match="object_fraction"):
+        als.targets({"label": b["label"]})
+
+
+def test_ldl_uses_the_teacher_on_the_mixed_image_and_ignores_mixed_labels():
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    b = S.Mixup(seed=1)(batch())
+    t = target_distribution(S.LabelDistribution(teacher).targets(b), 4)
+    with torch.no_grad():
+        torch.testing.assert_close(t, torch.softmax(teacher(b["image"]), 1))
+
+
+def test_online_ldl_ramps_and_tracks_the_student():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    online = S.OnlineLabelDistribution(model, decay=0.5, weight=0.8, warmup_epochs=2)
+    b = batch()
+    torch.testing.assert_close(target_distribution(online.targets(b), 4), F.one_hot(b["label"], 4).float())
+    before = online.ema[1].weight.clone()
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    online.after_step(model)
+    torch.testing.assert_close(online.ema[1].weight, 0.5 * before + 0.5 * model[1].weight)
+    online.end_epoch()  # weight 0.4 in epoch 1
+    with torch.no_grad():
+        want = 0.6 * F.one_hot(b["label"], 4).float() + 0.4 * torch.softmax(online.ema(b["image"]), 1)
+    torch.testing.assert_close(target_distribution(online.targets(b), 4), want)
+
+
+def test_mixup_and_cutmix():
+    import numpy as np
+    b = batch(n=8)
+    m = S.Mixup(alpha=1.0, seed=3)(b)
+    lam = np.random.default_rng(3).beta(1.0, 1.0)  # the same draws, made by hand
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    assert m["lam"] == pytest.approx(lam)
+    torch.testing.assert_close(m["image"], lam * b["image"] + (1 - lam) * b["image"][perm])
+    torch.testing.assert_close(m["label2"], b["label"][perm])
+    c = S.CutMix(alpha=1.0, seed=3)(b)
+    changed = (c["image"] != b["image"]).any(dim=1)  # [N, H, W]
+    rows_with_new_partner = c["label2"] != b["label"]
+    if rows_with_new_partner.any():
+        i = int(rows_with_new_partner.nonzero()[0])
+        assert changed[i].float().mean().item() == pytest.approx(1 - c["lam"], abs=1e-6)
+    mix = S.Mixup(seed=4)
+    state = mix.state_dict()
+    first = mix(b)["lam"]
+    mix.load_state_dict(state)
+    assert mix(b)["lam"] == first  # resumable randomness
