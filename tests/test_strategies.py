@@ -115,3 +115,26 @@ def test_mixup_and_cutmix():
     first = mix(b)["lam"]
     mix.load_state_dict(state)
     assert mix(b)["lam"] == first  # resumable randomness
+
+
+def test_kd_matches_hinton():
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    b = batch()
+    logits = torch.randn(6, 4, requires_grad=True)
+    kd = S.KnowledgeDistillation(teacher, alpha=0.1, temperature=3.0)
+    ours = kd.loss(logits, b)
+    with torch.no_grad():
+        t = teacher(b["image"])
+    kl = F.kl_div(F.log_softmax(logits / 3, 1), F.log_softmax(t / 3, 1), reduction="batchmean", log_target=True)
+    want = 0.9 * F.cross_entropy(logits, b["label"]) + 0.1 * 9 * kl
+    torch.testing.assert_close(ours, want)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(want, logits)[0])
+
+
+def test_default_loss_gathers_ols_statistics():
+    ols = S.OnlineLabelSmoothing(4)
+    b = batch()
+    logits = torch.randn(6, 4)
+    ols.loss(logits, b)
+    ref = psl.ClassStats(4).update(logits, b["label"])
+    torch.testing.assert_close(ols.stats.count, ref.count)

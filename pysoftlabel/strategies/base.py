@@ -1,6 +1,7 @@
 """The lifecycle every soft-label strategy follows (DESIGN.md, "Layers")."""
 import torch
 
+from ..ops.soft_cross_entropy import soft_cross_entropy
 from ..target import SoftTarget
 
 __all__ = ["Strategy", "hard_target"]
@@ -21,7 +22,8 @@ class Strategy:
     The batch is a dict with ``image`` [N, 3, H, W], ``label`` [N] and, after mixing augmentation,
     ``label2`` [N] and ``lam`` (float or [N]); ALS also reads ``object_fraction`` [N].
 
-    Lifecycle: ``targets(batch, model)`` before the loss (it may run a teacher); ``after_step(model)``
+    Lifecycle: ``loss(logits, batch, model, calib)`` computes the training loss through the fused
+    operator, by default of ``targets(batch, model)`` (which may run a teacher); ``after_step(model)``
     after the optimiser step; ``end_epoch()`` at the end of each training epoch; ``state_dict()`` /
     ``load_state_dict()`` for checkpoints; ``all_reduce()`` before ``end_epoch()`` under DDP.
     ``stats`` is a :class:`~pysoftlabel.ClassStats` to pass to the loss (or None).
@@ -32,6 +34,10 @@ class Strategy:
 
     def targets(self, batch, model=None) -> SoftTarget:
         raise NotImplementedError
+
+    def loss(self, logits, batch, model=None, calib=None):
+        """The training loss of ``logits`` for ``batch``; gathers ``self.stats`` and ``calib`` in the same pass."""
+        return soft_cross_entropy(logits, self.targets(batch, model), stats=self.stats, calib=calib)
 
     def after_step(self, model=None):
         pass
