@@ -3,7 +3,7 @@
 Fused soft-target cross-entropy (label smoothing, Online Label Smoothing tables, mixup/CutMix,
 label distribution learning, distillation) with calibration statistics in the same pass.
 """
-from . import reference, strategies
+from . import data, reference, strategies
 from ._extension import extension_info
 from .metrics import CalibrationStats, ClassStats, calibration_stats
 from .ops import soft_cross_entropy

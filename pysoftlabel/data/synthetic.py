@@ -1,0 +1,122 @@
+"""The built-in synthetic dataset: procedurally drawn objects, one kind of shape per class, at varied
+sizes, colours and positions on textured backgrounds, written as JPEGs in ImageNet's folder layout with
+PASCAL-VOC XML boxes as ImageNet ships them. Deterministic by seed; the default data of every tool.
+
+    ROOT/train/<class>/<stem>.JPEG     ROOT/val/<class>/<stem>.JPEG     ROOT/boxes/<stem>.xml
+"""
+import math
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["SHAPES", "make_synthetic_dataset"]
+
+SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon", "bar", "arrow",
+          "ellipse", "pentagon")
+
+
+def _polygon(kind, cx, cy, r, angle):
+    if kind in ("triangle", "square", "pentagon", "hexagon"):
+        sides = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}[kind]
+        offset = math.pi / 4 if kind == "square" else 0.0
+        return [(cx + r * math.cos(angle + offset + 2 * math.pi * k / sides),
+                 cy + r * math.sin(angle + offset + 2 * math.pi * k / sides)) for k in range(sides)]
+    if kind == "star":
+        return [(cx + (r if k % 2 == 0 else r * 0.45) * math.cos(angle + math.pi * k / 5),
+                 cy + (r if k % 2 == 0 else r * 0.45) * math.sin(angle + math.pi * k / 5)) for k in range(10)]
+    if kind == "arrow":
+        pts = [(-1, -0.3), (0.2, -0.3), (0.2, -0.7), (1, 0), (0.2, 0.7), (0.2, 0.3), (-1, 0.3)]
+    elif kind == "diamond":  # a rhombus: a rotated square would be a square
+        pts = [(0, -1), (0.55, 0), (0, 1), (-0.55, 0)]
+    elif kind == "cross":
+        pts = [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1),
+               (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]
+    else:  # bar
+        pts = [(-1, -0.25), (1, -0.25), (1, 0.25), (-1, 0.25)]
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+
+
+def _background(rng, size):
+    """Noise, a colour gradient and stripes of random frequency: texture that no class owns."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = rng.uniform(40, 215, 3)
+    slope = rng.uniform(-60, 60, (2, 3))
+    freq, phase = rng.uniform(2, 12), rng.uniform(0, 2 * np.pi)
+    stripes = 18 * np.sin(2 * np.pi * freq * (xx * np.cos(phase) + yy * np.sin(phase)))[..., None]
+    img = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + stripes + rng.normal(0, 14, (size, size, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _draw(rng, kind, size):
+    """One image with one object of `kind`; returns the image and the object's box (xmin, ymin, xmax, ymax)."""
+    img = _background(rng, size)
+    draw = ImageDraw.Draw(img)
+    r = rng.uniform(0.12, 0.42) * size
+    cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+    angle = rng.uniform(0, 2 * math.pi)
+    if kind in ("disc", "ring", "ellipse"):
+        ry = r * (0.55 if kind == "ellipse" else 1.0)
+        bbox = (cx - r, cy - ry, cx + r, cy + ry)
+        if kind == "ring":
+            draw.ellipse(bbox, outline=colour, width=max(2, int(r * 0.3)))
+        else:
+            draw.ellipse(bbox, fill=colour)
+        points = [(bbox[0], bbox[1]), (bbox[2], bbox[3])]
+    else:
+        points = _polygon(kind, cx, cy, r, angle)
+        draw.polygon(points, fill=colour)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    box = tuple(int(round(v)) for v in (max(min(xs), 0), max(min(ys), 0), min(max(xs), size - 1), min(max(ys), size - 1)))
+    return img, box
+
+
+def _voc_xml(stem, folder, size, name, box):
+    xmin, ymin, xmax, ymax = box
+    return (f"<annotation><folder>{escape(folder)}</folder><filename>{escape(stem)}</filename>"
+            f"<size><width>{size}</width><height>{size}</height><depth>3</depth></size>"
+            f"<object><name>{escape(name)}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object></annotation>\n")
+
+
+def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 100, val_per_class: int = 25,
+                           image_size: int = 64, box_fraction: float = 0.9, seed: int = 0, quality: int = 90):
+    """Writes the synthetic dataset under ``root`` and returns a summary dict.
+
+    Args:
+        root (str or Path): output folder (created).
+        num_classes (int): at most ``len(SHAPES)``. Default: 10.
+        train_per_class, val_per_class (int): images per class. Default: 100, 25.
+        image_size (int): side in pixels. Default: 64.
+        box_fraction (float): fraction of images that get a VOC box file (the rest test the no-box
+            path of Adaptive Label Smoothing). Default: 0.9.
+        seed (int): everything is a function of it. Default: 0.
+        quality (int): JPEG quality. Default: 90.
+    """
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16, got {image_size}")
+    root = Path(root)
+    boxes_dir = root / "boxes"
+    boxes_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"train": 0, "val": 0, "boxes": 0}
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for label, kind in enumerate(SHAPES[:num_classes]):
+            name = f"c{label:02d}_{kind}"
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                # One generator per image: any image can be regenerated alone, in any order.
+                rng = np.random.default_rng([seed, label, i, 0 if split == "train" else 1])
+                img, box = _draw(rng, kind, image_size)
+                stem = f"{name}_{split}_{i:05d}"
+                img.save(folder / f"{stem}.JPEG", quality=quality)
+                counts[split] += 1
+                if rng.uniform() < box_fraction:
+                    (boxes_dir / f"{stem}.xml").write_text(_voc_xml(stem, name, image_size, name, box))
+                    counts["boxes"] += 1
+    return {"root": str(root), "classes": num_classes, **counts}

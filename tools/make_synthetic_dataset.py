@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Write pysoftlabel's synthetic dataset (ImageNet layout + VOC boxes), deterministic by seed.
+
+    python tools/make_synthetic_dataset.py OUT [--classes 10 --train-per-class 100 --val-per-class 25 --size 64 --seed 0]
+"""
+import argparse
+
+from pysoftlabel.data import make_synthetic_dataset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    parser.add_argument("--train-per-class", type=int, default=100, help="training images per class (default: 100)")
+    parser.add_argument("--val-per-class", type=int, default=25, help="validation images per class (default: 25)")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
+    parser.add_argument("--box-fraction", type=float, default=0.9, help="images with a box file (default: 0.9)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    args = parser.parse_args(argv)
+    try:
+        summary = make_synthetic_dataset(args.out, args.classes, args.train_per_class, args.val_per_class, args.size,
+                                         args.box_fraction, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
