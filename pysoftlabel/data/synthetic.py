@@ -1,5 +1,5 @@
-"""The built-in synthetic dataset: procedurally drawn objects, one kind of shape per class, at varied
-sizes, colours and positions on textured backgrounds, written as JPEGs in ImageNet's folder layout with
+"""The built-in synthetic dataset: procedurally drawn objects, one kind of shape (and a hue range) per
+class, at varied sizes, colours and positions on textured backgrounds, written as JPEGs in ImageNet's folder layout with
 PASCAL-VOC XML boxes as ImageNet ships them. Deterministic by seed; the default data of every tool.
 
     ROOT/train/<class>/<stem>.JPEG     ROOT/val/<class>/<stem>.JPEG     ROOT/boxes/<stem>.xml
@@ -46,17 +46,25 @@ def _background(rng, size):
     slope = rng.uniform(-60, 60, (2, 3))
     freq, phase = rng.uniform(2, 12), rng.uniform(0, 2 * np.pi)
     stripes = 18 * np.sin(2 * np.pi * freq * (xx * np.cos(phase) + yy * np.sin(phase)))[..., None]
-    img = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + stripes + rng.normal(0, 14, (size, size, 3))
+    img = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + stripes + rng.normal(0, 10, (size, size, 3))
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _draw(rng, kind, size):
+def _colour(rng, label, num_classes):
+    """The object's colour: a hue owned by the class, jittered so that neighbouring classes overlap, at a
+    random saturation and brightness. Shape and hue together make the class; neither alone is certain."""
+    import colorsys
+    hue = (label / num_classes + rng.normal(0, 0.6 / num_classes)) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _draw(rng, kind, size, colour):
     """One image with one object of `kind`; returns the image and the object's box (xmin, ymin, xmax, ymax)."""
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.12, 0.42) * size
+    r = rng.uniform(0.2, 0.45) * size
     cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
-    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
     angle = rng.uniform(0, 2 * math.pi)
     if kind in ("disc", "ring", "ellipse"):
         ry = r * (0.55 if kind == "ellipse" else 1.0)
@@ -112,7 +120,7 @@ def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 1
             for i in range(per_class):
                 # One generator per image: any image can be regenerated alone, in any order.
                 rng = np.random.default_rng([seed, label, i, 0 if split == "train" else 1])
-                img, box = _draw(rng, kind, image_size)
+                img, box = _draw(rng, kind, image_size, _colour(rng, label, num_classes))
                 stem = f"{name}_{split}_{i:05d}"
                 img.save(folder / f"{stem}.JPEG", quality=quality)
                 counts[split] += 1

@@ -1,0 +1,5 @@
+"""Training and evaluation loops: functions of (model, loader, strategy, optimizer, scaler), no argparse."""
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loop import evaluate, train_one_epoch
+
+__all__ = ["train_one_epoch", "evaluate", "save_checkpoint", "load_checkpoint"]

@@ -1,0 +1,68 @@
+"""One training epoch and one evaluation pass."""
+import time
+
+import torch
+
+from ..metrics import AccuracyStats, CalibrationStats
+
+__all__ = ["train_one_epoch", "evaluate"]
+
+
+def _to(batch, device):
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
+                    amp_dtype=None, progress=None):
+    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s"}``.
+
+    ``mix`` (Mixup / CutMix) mixes each batch; ``strategy.loss`` computes the loss through the fused
+    operator and gathers training calibration (against the first label) in the same pass."""
+    model.train()
+    calib = CalibrationStats(device=device)
+    total_loss, images, start = torch.zeros((), device=device), 0, time.perf_counter()
+    for step, batch in enumerate(loader):
+        batch = _to(batch, device)
+        if mix is not None:
+            batch = mix(batch)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(batch["image"])
+        loss = strategy.loss(logits.float() if amp_dtype is not None else logits, batch, model, calib=calib)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        strategy.after_step(model)
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.detach() * len(batch["label"])
+        images += len(batch["label"])
+        if progress is not None:
+            progress(step + 1, len(loader))
+    elapsed = time.perf_counter() - start
+    calib.all_reduce()
+    return {"train_loss": float(total_loss) / max(images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
+            "img_per_s": images / elapsed if elapsed > 0 else float("nan")}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp_dtype=None, temperature=1.0):
+    """Evaluates; returns val_acc1, val_acc5, val_ece, val_mce, val_nll, val_brier and the accumulators
+    (``calib``, and the logits/labels when asked for temperature fitting by the caller)."""
+    model.eval()
+    calib = CalibrationStats(device=device)
+    acc = AccuracyStats((1, 5), device=device)
+    for batch in loader:
+        batch = _to(batch, device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(batch["image"]).float() / temperature
+        calib.update(logits, batch["label"])
+        acc.update(logits, batch["label"])
+    calib.all_reduce()
+    acc.all_reduce()
+    return {"val_acc1": acc.accuracy(1), "val_acc5": acc.accuracy(5), "val_ece": calib.ece, "val_mce": calib.mce,
+            "val_nll": calib.nll, "val_brier": calib.brier}, calib

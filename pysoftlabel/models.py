@@ -1,0 +1,61 @@
+"""Models by name: torchvision's, plus the CIFAR ResNets of the papers (He et al. 2016, §4.2:
+resnet20/32/44/56/110) and CIFAR-stem ResNet-18/34 (3x3 stem, no max-pool)."""
+import torch
+from torch import nn
+
+__all__ = ["create_model", "CIFAR_RESNETS"]
+
+CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+
+
+class _Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """3 stages of ``blocks`` basic blocks (16, 32, 64 channels), global pooling, linear head."""
+
+    def __init__(self, blocks: int, num_classes: int, widths=(16, 32, 64)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers, cin = [], widths[0]
+        for i, width in enumerate(widths):
+            for j in range(blocks):
+                layers.append(_Block(cin, width, 2 if (i > 0 and j == 0) else 1))
+                cin = width
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
+
+
+def create_model(arch: str, num_classes: int) -> nn.Module:
+    """A model by name: resnet20/32/44/56/110 (CIFAR), cifar_resnet18/34 (torchvision ResNet with a CIFAR
+    stem), or any torchvision classification model (resnet50, ...)."""
+    import torchvision
+
+    if arch in CIFAR_RESNETS:
+        return CifarResNet(CIFAR_RESNETS[arch], num_classes)
+    if arch in ("cifar_resnet18", "cifar_resnet34"):
+        model = getattr(torchvision.models, arch.removeprefix("cifar_"))(num_classes=num_classes)
+        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+        return model
+    try:
+        return torchvision.models.get_model(arch, num_classes=num_classes)
+    except ValueError:
+        names = sorted(CIFAR_RESNETS) + ["cifar_resnet18", "cifar_resnet34"]
+        raise ValueError(f"arch: unknown model {arch!r}; use one of {names} or a torchvision model name") from None

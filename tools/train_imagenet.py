@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Train an image classifier with a soft-label strategy and report its calibration.
+
+    python tools/train_imagenet.py --strategy ldl                 # built-in synthetic data, teacher included
+    python tools/train_imagenet.py --strategy ols --data ROOT --arch resnet50 --image-size 224 --epochs 90
+
+With no --data the built-in synthetic dataset is written once (to --data-cache) and used. For ldl and kd
+without --teacher, a teacher is first trained with ce on the same recipe (OUT/teacher), then the student.
+Each epoch appends one JSON object to OUT/metrics.jsonl and writes OUT/checkpoint.pt atomically; --resume
+continues from it exactly (model, optimiser, scheduler, strategy state, augmentation and RNG states). At the
+end: OUT/report.md (with ECE after temperature scaling) and OUT/reliability.png.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pysoftlabel as psl
+from pysoftlabel import strategies as S
+from pysoftlabel.data import make_synthetic_dataset
+from pysoftlabel.data.folder import scan_image_folder
+from pysoftlabel.data.imagenet import ImageNetLoader
+from pysoftlabel.engine import evaluate, load_checkpoint, save_checkpoint, train_one_epoch
+from pysoftlabel.metrics import calibration_report, fit_temperature, reliability_diagram
+from pysoftlabel.models import create_model
+
+STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
+SYNTHETIC = dict(num_classes=10, train_per_class=200, val_per_class=50, image_size=48, seed=0)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("Dataset")
+    g.add_argument("--data", default=None, help="ImageNet-layout root (default: the built-in synthetic dataset)")
+    g.add_argument("--data-cache", default=os.path.expanduser("~/.cache/pysoftlabel/synthetic-v2"),
+                   help="where the synthetic dataset is written (default: %(default)s)")
+    g.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root for als (default: DATA/boxes if present)")
+    g.add_argument("--image-size", type=int, default=32, help="training crop side (default: 32)")
+    g.add_argument("--batch-size", type=int, default=32, help="batch size per process (default: 32)")
+    g.add_argument("--min-scale", type=float, default=None,
+                   help="smallest random-resized-crop area (default: 0.08; 0.35 on the synthetic data, whose "
+                        "objects smaller crops would cut away)")
+    g.add_argument("--threads", type=int, default=2, help="DALI threads (default: 2)")
+    g = p.add_argument_group("Model")
+    g.add_argument("--arch", default="resnet20", help="model name (default: resnet20)")
+    g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd (default: train one first)")
+    g = p.add_argument_group("Strategy")
+    g.add_argument("--strategy", default="ldl", help=f"one of {', '.join(STRATEGIES)} (default: ldl)")
+    g.add_argument("--eps", type=float, default=0.1, help="label smoothing for ls (default: 0.1)")
+    g.add_argument("--ols-alpha", type=float, default=0.5, help="OLS hard-label weight (default: 0.5)")
+    g.add_argument("--kd-alpha", type=float, default=0.1, help="KD weight (default: 0.1)")
+    g.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature (default: 3)")
+    g.add_argument("--ema-decay", type=float, default=0.999, help="online-ldl EMA decay (default: 0.999)")
+    g.add_argument("--aug", default="none", choices=("none", "mixup", "cutmix"), help="mixing (default: none)")
+    g = p.add_argument_group("Optimiser and schedule")
+    g.add_argument("--epochs", type=int, default=12, help="epochs (default: 12)")
+    g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate for batch 64 (default: 0.1)")
+    g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
+    g.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up epochs (default: 1)")
+    g = p.add_argument_group("Run")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<strategy>)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="stop cleanly after this many epochs in this invocation (time-sliced jobs; --resume goes on)")
+    args = p.parse_args(argv)
+    if args.strategy not in STRATEGIES:
+        p.error(f"--strategy: unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if args.data is not None and not Path(args.data, "train").is_dir():
+        p.error(f"--data: {args.data} has no train/ folder (ImageNet layout ROOT/train/<class>/<image>)")
+    if args.teacher is not None and not Path(args.teacher).is_file():
+        p.error(f"--teacher: {args.teacher} does not exist")
+    args.out = Path(args.out or f"runs/{args.strategy}")
+    if args.min_scale is None:
+        args.min_scale = 0.08 if args.data is not None else 0.35
+    return args
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def data_root(args):
+    if args.data is not None:
+        return Path(args.data)
+    root = Path(args.data_cache)
+    if not (root / "done").exists():
+        print(f"writing the synthetic dataset to {root} ...", flush=True)
+        make_synthetic_dataset(root, **SYNTHETIC)
+        (root / "done").write_text(json.dumps(SYNTHETIC))
+    return root
+
+
+def make_strategy(name, args, model, num_classes, teacher, device):
+    if name == "ce":
+        return S.CrossEntropy()
+    if name == "ls":
+        return S.LabelSmoothing(args.eps)
+    if name == "ols":
+        return S.OnlineLabelSmoothing(num_classes, args.ols_alpha, device=device)
+    if name == "als":
+        raise SystemExit("--strategy als: the crop-fraction data pipeline is not built yet (issue 4)")
+    if name == "ldl":
+        return S.LabelDistribution(teacher)
+    if name == "online-ldl":
+        return S.OnlineLabelDistribution(model, decay=args.ema_decay)
+    return S.KnowledgeDistillation(teacher, args.kd_alpha, args.kd_temperature)
+
+
+def train(args, strategy_name, out, teacher=None):
+    """One full run; returns the path of its final checkpoint."""
+    device = torch.device(args.device)
+    seed_everything(args.seed)
+    root = data_root(args)
+    val = ImageNetLoader(root, "val", args.batch_size, args.image_size, device, seed=args.seed, num_threads=args.threads)
+    num_classes = len(val.classes)
+    model = create_model(args.arch, num_classes).to(device, memory_format=torch.channels_last)
+    strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device)
+    mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed)}[args.aug]
+    lr = args.lr * args.batch_size / 64
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
+                                weight_decay=args.weight_decay)
+    steps = len(ImageNetLoader(root, "train", args.batch_size, args.image_size, device, classes=val.classes,
+                               seed=args.seed, num_threads=args.threads))
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, total_iters=max(1, args.warmup_epochs * steps))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, (args.epochs - args.warmup_epochs) * steps))
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [args.warmup_epochs * steps])
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()} | {"strategy": strategy_name}, indent=1))
+    start = 0
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        strategy.load_state_dict(state["strategy"])
+        if mix is not None:
+            mix.load_state_dict(state["mix"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start = state["epoch"] + 1
+        print(f"resumed {out} at epoch {start}", flush=True)
+    elif not args.resume:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+
+    stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
+    for epoch in range(start, stop):
+        # The training loader is rebuilt per epoch with a seed of (seed, epoch): a resumed run sees the
+        # same shuffles and crops as an uninterrupted one.
+        loader = ImageNetLoader(root, "train", args.batch_size, args.image_size, device, classes=val.classes,
+                                seed=args.seed * 1000 + epoch, num_threads=args.threads, min_scale=args.min_scale)
+        metrics = train_one_epoch(model, loader, strategy, optimizer, device, scheduler, mix=mix, amp_dtype=amp)
+        strategy.all_reduce()
+        strategy.end_epoch()
+        val_metrics, _ = evaluate(model, val, device, amp)
+        record = {"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics}
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
+                         "mix": mix.state_dict() if mix is not None else None,
+                         "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "arch": args.arch,
+                         "classes": val.classes}, ckpt_path)
+        print(f"[{strategy_name}] epoch {epoch + 1}/{args.epochs}  loss {record['train_loss']:.3f}  "
+              f"train acc {record['train_acc1']:.3f}  val acc {record['val_acc1']:.3f}  val ECE "
+              f"{record['val_ece']:.4f}  {record['img_per_s']:.0f} img/s", flush=True)
+    if stop == args.epochs:
+        write_report(model, val, device, amp, out)
+    return ckpt_path
+
+
+def write_report(model, val, device, amp, out):
+    logits, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in val:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits.append(model(batch["image"].to(device)).float())
+            labels.append(batch["label"].to(device))
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    cal = psl.calibration_stats(logits, labels)
+    t = fit_temperature(logits, labels)
+    after = psl.calibration_stats(logits / t, labels)
+    calibration_report(cal, out, "report", extra={"temperature": t, "ece_after_temperature": after.ece})
+    try:
+        reliability_diagram(cal, out / "reliability.png")
+    except ImportError as error:
+        print(f"no reliability.png: {error}")
+
+
+def load_teacher(path, arch, num_classes, device):
+    state = load_checkpoint(path, map_location=device)
+    teacher = create_model(state.get("arch", arch), num_classes).to(device, memory_format=torch.channels_last)
+    head = [v for k, v in state["model"].items() if v.dim() == 2][-1]
+    if head.shape[0] != num_classes:
+        raise SystemExit(f"--teacher: {path} has {head.shape[0]} classes, the data has {num_classes}")
+    teacher.load_state_dict(state["model"])
+    return teacher
+
+
+def _interrupt(signum, frame):
+    """SIGTERM (a scheduler's pre-emption) ends the run like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        teacher = None
+        if args.strategy in ("ldl", "kd"):
+            path = args.teacher
+            if path is None:
+                print("no --teacher: training one with ce on the same recipe first", flush=True)
+                path = train(args, "ce", args.out / "teacher")
+            num_classes = len(scan_image_folder(data_root(args), "train")[2])
+            teacher = load_teacher(path, args.arch, num_classes, torch.device(args.device))
+        train(args, args.strategy, args.out, teacher)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last finished epoch is in {args.out}/checkpoint.pt; continue with --resume",
+              file=sys.stderr)
+        raise SystemExit(130)
+    except ValueError as error:
+        raise SystemExit(str(error))
+
+
+if __name__ == "__main__":
+    main()
