@@ -69,3 +69,12 @@ def test_teacher_of_another_class_count(data, tmp_path):
     run(other, tmp_path / "t2", "--strategy", "ce", "--epochs", "1")
     with pytest.raises(SystemExit, match="classes"):
         run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "t2" / "checkpoint.pt"))
+
+
+def test_evaluate_writes_the_report(data, tmp_path, capsys):
+    import evaluate
+    run(data, tmp_path / "ce", "--strategy", "ce", "--epochs", "1")
+    evaluate.main([str(tmp_path / "ce" / "checkpoint.pt"), "--data", str(data), "--device", "cpu"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"ece", "accuracy", "temperature", "ece_after_temperature", "acc5"} <= set(summary)
+    assert (tmp_path / "ce" / "eval" / "report.md").exists()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything GPU-side in one call: build the extension in place, run the CUDA tests, benchmark the kernels,
-# run the CUDA tests again under compute-sanitizer memcheck, and print a one-screen summary.
+# run the CUDA tests again under compute-sanitizer memcheck, benchmark the data loader (stage "loader":
+# needs NVIDIA DALI importable, on the device tool's machine from the parts of ../shared/device/dali-chunks.sh,
+# PYTHONPATH=/tmp/site), and print a one-screen summary.
 # Logs and the benchmark table go to $OUT (the device tool's output folder) or ./gpu-results.
 #
 #   bash tools/gpu_check.sh                 # all stages: build test bench sanitize
@@ -13,7 +15,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-STAGES=${*:-build test bench sanitize}
+if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench loader sanitize"; else DEFAULT_STAGES="build test bench sanitize"; fi
+STAGES=${*:-$DEFAULT_STAGES}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for tools/*.py
 declare -A STATUS
@@ -41,9 +44,10 @@ for stage in $STAGES; do
     build) run_stage build build.log $PY setup.py build_ext --inplace ;;
     test) run_stage test test.log $PY -m pytest -q -p no:cacheprovider tests ;;
     bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
+    loader) run_stage loader loader.log $PY tools/bench_loader.py --device cuda --out "$OUT/bench_loader.json" ;;
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
                 $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps" tests ;;
-    *) echo "unknown stage $stage (build, test, bench, sanitize)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, test, bench, loader, sanitize)"; exit 2 ;;
   esac
 done
 
@@ -54,3 +58,4 @@ for stage in $STAGES; do echo "$stage: ${STATUS[$stage]:-not run}"; done
 [ -f "$OUT/test.log" ] && grep -E "passed|failed" "$OUT/test.log" | tail -1
 [ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -2
 [ -f "$OUT/bench_kernels.md" ] && cat "$OUT/bench_kernels.md"
+[ -f "$OUT/bench_loader.json" ] && cat "$OUT/bench_loader.json"

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Evaluate a checkpoint of tools/train_imagenet.py: the same validation metrics, the calibration report
+(with temperature scaling fitted on the validation logits, reported beside) and the reliability diagram.
+
+    python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--out DIR --image-size 32]
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import pysoftlabel as psl
+from pysoftlabel.data.imagenet import ImageNetLoader
+from pysoftlabel.engine import load_checkpoint
+from pysoftlabel.metrics import AccuracyStats, calibration_report, fit_temperature, reliability_diagram
+from pysoftlabel.models import create_model
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint.pt written by tools/train_imagenet.py")
+    p.add_argument("--data", required=True, help="ImageNet-layout root with val/")
+    p.add_argument("--image-size", type=int, default=None, help="evaluation crop (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, eval/)")
+    args = p.parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        p.error(f"checkpoint: {args.checkpoint} does not exist")
+    if not Path(args.data, "val").is_dir():
+        p.error(f"--data: {args.data} has no val/ folder")
+    state = load_checkpoint(args.checkpoint)
+    run_args = json.loads(Path(args.checkpoint).with_name("args.json").read_text()) \
+        if Path(args.checkpoint).with_name("args.json").exists() else {}
+    image_size = args.image_size or int(run_args.get("image_size", 224))
+    device = torch.device(args.device)
+    val = ImageNetLoader(args.data, "val", args.batch_size, image_size, device, classes=state["classes"])
+    model = create_model(state["arch"], len(state["classes"])).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in val:
+            logits.append(model(batch["image"].to(device)).float())
+            labels.append(batch["label"].to(device))
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    cal = psl.calibration_stats(logits, labels)
+    acc = AccuracyStats((1, 5), device).update(logits, labels)
+    t = fit_temperature(logits, labels)
+    after = psl.calibration_stats(logits / t, labels)
+    out = Path(args.out or Path(args.checkpoint).parent / "eval")
+    summary = calibration_report(cal, out, "report", extra={"acc5": acc.accuracy(5), "temperature": t,
+                                                           "ece_after_temperature": after.ece})
+    try:
+        reliability_diagram(cal, out / "reliability.png")
+    except ImportError as error:
+        print(f"no reliability.png: {error}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
+
+
+if __name__ == "__main__":
+    main()
