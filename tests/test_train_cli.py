@@ -78,3 +78,12 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"ece", "accuracy", "temperature", "ece_after_temperature", "acc5"} <= set(summary)
     assert (tmp_path / "ce" / "eval" / "report.md").exists()
+
+
+def test_resident_small_dataset_path_resumes_exactly(data, tmp_path):
+    common = ("--strategy", "ls", "--resident", "--cutout", "8", "--aug", "cutmix")
+    whole = run(data, tmp_path / "whole", *common)
+    run(data, tmp_path / "parts", *common, "--stop-after", "1")
+    parts = run(data, tmp_path / "parts", *common, "--resume")
+    assert KEYS <= set(whole[-1])
+    assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)

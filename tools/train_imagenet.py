@@ -26,6 +26,7 @@ from pysoftlabel import strategies as S
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.folder import scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader
+from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.engine import evaluate, load_checkpoint, save_checkpoint, train_one_epoch
 from pysoftlabel.metrics import calibration_report, fit_temperature, reliability_diagram
 from pysoftlabel.models import create_model
@@ -47,6 +48,11 @@ def parse_args(argv=None):
                    help="smallest random-resized-crop area (default: 0.08; 0.35 on the synthetic data, whose "
                         "objects smaller crops would cut away)")
     g.add_argument("--threads", type=int, default=2, help="DALI threads (default: 2)")
+    g.add_argument("--val-split", default="val", help="validation folder name (default: val; CIFAR: test)")
+    g.add_argument("--resident", action="store_true",
+                   help="small same-size images (CIFAR-style): decode once, keep them on the device, crop with "
+                        "4-pixel padding + flip per batch instead of the DALI pipeline")
+    g.add_argument("--cutout", type=int, default=0, help="Cutout side with --resident (default: 0, none)")
     g = p.add_argument_group("Model")
     g.add_argument("--arch", default="resnet20", help="model name (default: resnet20)")
     g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd (default: train one first)")
@@ -101,6 +107,27 @@ def data_root(args):
     return root
 
 
+def make_loaders(args, root, device):
+    """(val loader, classes, train loader for an epoch): the DALI pipeline, or the resident small-image path.
+    The training loader of epoch e is a function of (seed, e), so that a resumed run sees the same batches."""
+    if args.resident:
+        train_data = ResidentImages(root, "train", device)
+        val = ResidentLoader(ResidentImages(root, args.val_split, device, train_data.classes), args.batch_size, False)
+        train = ResidentLoader(train_data, args.batch_size, True, cutout=args.cutout, seed=args.seed)
+
+        def train_for_epoch(epoch):
+            train.set_epoch(epoch)
+            return train
+        return val, train_data.classes, train_for_epoch
+    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, seed=args.seed,
+                         num_threads=args.threads)
+
+    def train_for_epoch(epoch):
+        return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, classes=val.classes,
+                              seed=args.seed * 1000 + epoch, num_threads=args.threads, min_scale=args.min_scale)
+    return val, val.classes, train_for_epoch
+
+
 def make_strategy(name, args, model, num_classes, teacher, device):
     if name == "ce":
         return S.CrossEntropy()
@@ -122,16 +149,15 @@ def train(args, strategy_name, out, teacher=None):
     device = torch.device(args.device)
     seed_everything(args.seed)
     root = data_root(args)
-    val = ImageNetLoader(root, "val", args.batch_size, args.image_size, device, seed=args.seed, num_threads=args.threads)
-    num_classes = len(val.classes)
+    val, classes, train_for_epoch = make_loaders(args, root, device)
+    num_classes = len(classes)
     model = create_model(args.arch, num_classes).to(device, memory_format=torch.channels_last)
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device)
     mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed)}[args.aug]
     lr = args.lr * args.batch_size / 64
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
-    steps = len(ImageNetLoader(root, "train", args.batch_size, args.image_size, device, classes=val.classes,
-                               seed=args.seed, num_threads=args.threads))
+    steps = len(train_for_epoch(0))
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, total_iters=max(1, args.warmup_epochs * steps))
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, (args.epochs - args.warmup_epochs) * steps))
     scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [args.warmup_epochs * steps])
@@ -156,11 +182,8 @@ def train(args, strategy_name, out, teacher=None):
 
     stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     for epoch in range(start, stop):
-        # The training loader is rebuilt per epoch with a seed of (seed, epoch): a resumed run sees the
-        # same shuffles and crops as an uninterrupted one.
-        loader = ImageNetLoader(root, "train", args.batch_size, args.image_size, device, classes=val.classes,
-                                seed=args.seed * 1000 + epoch, num_threads=args.threads, min_scale=args.min_scale)
-        metrics = train_one_epoch(model, loader, strategy, optimizer, device, scheduler, mix=mix, amp_dtype=amp)
+        metrics = train_one_epoch(model, train_for_epoch(epoch), strategy, optimizer, device, scheduler, mix=mix,
+                                  amp_dtype=amp)
         strategy.all_reduce()
         strategy.end_epoch()
         val_metrics, _ = evaluate(model, val, device, amp)
@@ -171,7 +194,7 @@ def train(args, strategy_name, out, teacher=None):
                          "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
                          "mix": mix.state_dict() if mix is not None else None,
                          "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "arch": args.arch,
-                         "classes": val.classes}, ckpt_path)
+                         "classes": classes}, ckpt_path)
         print(f"[{strategy_name}] epoch {epoch + 1}/{args.epochs}  loss {record['train_loss']:.3f}  "
               f"train acc {record['train_acc1']:.3f}  val acc {record['val_acc1']:.3f}  val ECE "
               f"{record['val_ece']:.4f}  {record['img_per_s']:.0f} img/s", flush=True)

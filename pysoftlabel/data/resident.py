@@ -1,0 +1,110 @@
+"""Small datasets (CIFAR-style class folders of small images) decoded once and kept resident, on the GPU
+when there is one, with each batch augmented by tensor ops on that device: random crop with zero padding,
+horizontal flip, optional Cutout (DeVries & Taylor 2017, arXiv:1708.04552), normalisation."""
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .folder import scan_image_folder
+from .imagenet import MEAN, STD
+
+__all__ = ["ResidentImages", "ResidentLoader"]
+
+
+class ResidentImages:
+    """All images of ``root/split`` as one uint8 tensor [N, 3, H, W] on ``device`` plus labels [N].
+
+    Images must share one size; unreadable files raise ValueError naming the file.
+    """
+
+    def __init__(self, root, split, device="cpu", classes=None):
+        files, labels, self.classes = scan_image_folder(root, split, classes)
+        arrays = []
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    arrays.append(np.asarray(img.convert("RGB")))
+            except (OSError, ValueError) as error:
+                raise ValueError(f"data: cannot decode {path}: {error}") from None
+        sizes = {a.shape for a in arrays}
+        if len(sizes) != 1:
+            raise ValueError(f"data: images of {Path(root) / split} differ in size ({sorted(sizes)[:3]}); the resident "
+                             "path needs one size (use the DALI pipeline for such data)")
+        self.images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.tensor(labels, dtype=torch.long, device=device)
+
+    def __len__(self):
+        return len(self.labels)
+
+
+class ResidentLoader:
+    """Batches ``{"image": float [B, 3, H, W], "label": [B]}`` from :class:`ResidentImages`.
+
+    Training: a fresh permutation per epoch (a torch Generator seeded by ``seed`` and the epoch, so a
+    resumed run sees the same batches), random crop after ``pad`` pixels of zero padding, flip, Cutout of
+    side ``cutout`` (0: none); the last partial batch is dropped. Evaluation: in order, every row once.
+    ``shard_id`` / ``num_shards`` split the rows between DDP ranks.
+    """
+
+    def __init__(self, data: ResidentImages, batch_size, training, pad=4, flip=True, cutout=0, seed=0,
+                 shard_id=0, num_shards=1):
+        self.data, self.batch_size, self.training = data, int(batch_size), bool(training)
+        self.pad, self.flip, self.cutout = int(pad), bool(flip), int(cutout)
+        self.seed, self.shard_id, self.num_shards, self.epoch = int(seed), int(shard_id), int(num_shards), 0
+        device = data.images.device
+        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    def _rows(self):
+        n = len(self.data)
+        if self.training:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        return order[self.shard_id::self.num_shards]
+
+    def __len__(self):
+        rows = len(self._rows())
+        return rows // self.batch_size if self.training else -(-rows // self.batch_size)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def _augment(self, images, g):
+        b, _, h, w = images.shape
+        device = images.device
+        if self.pad:  # random crop of the zero-padded image: per-row offsets, one gather
+            padded = torch.nn.functional.pad(images, (self.pad,) * 4)
+            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=g).to(device)
+            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=g).to(device)
+            ys = (dy[:, None] + torch.arange(h, device=device))[:, :, None]
+            xs = (dx[:, None] + torch.arange(w, device=device))[:, None, :]
+            batch = torch.arange(b, device=device)[:, None, None]
+            images = padded[batch, :, ys, xs].permute(0, 3, 1, 2)  # [b, h, w, 3] -> [b, 3, h, w]
+        if self.flip:
+            flip = (torch.rand(b, generator=g) < 0.5).to(device)
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+        if self.cutout:
+            cy = torch.randint(0, h, (b,), generator=g).to(device)
+            cx = torch.randint(0, w, (b,), generator=g).to(device)
+            ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
+            inside = ((ys[None, :, None] - cy[:, None, None]).abs() <= self.cutout // 2) & \
+                     ((xs[None, None, :] - cx[:, None, None]).abs() <= self.cutout // 2)
+            images = images * ~inside[:, None]
+        return images
+
+    def __iter__(self):
+        rows = self._rows()
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch + 7)
+        count = len(self)
+        for i in range(count):
+            index = rows[i * self.batch_size:(i + 1) * self.batch_size].to(self.data.images.device)
+            images = self.data.images[index].float()
+            if self.training:
+                images = self._augment(images, g)
+            yield {"image": (images - self.mean) / self.std, "label": self.data.labels[index]}
+        if self.training:
+            self.epoch += 1

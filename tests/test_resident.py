@@ -1,0 +1,87 @@
+"""The resident small-dataset path: decoding, augmentation semantics, epochs, shards; CIFAR-10 from
+../shared/data when present."""
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pysoftlabel.data import make_synthetic_dataset
+from pysoftlabel.data.imagenet import MEAN, STD
+from pysoftlabel.data.resident import ResidentImages, ResidentLoader
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    make_synthetic_dataset(root, num_classes=3, train_per_class=10, val_per_class=4, image_size=32, seed=2)
+    return ResidentImages(root, "train")
+
+
+def denormalise(x):
+    return x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+
+
+def test_eval_batches_are_the_images_in_order(images):
+    loader = ResidentLoader(images, 8, training=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 4 and sum(len(b["label"]) for b in batches) == 30
+    got = torch.cat([denormalise(b["image"]) for b in batches])
+    torch.testing.assert_close(got, images.images.float(), atol=1e-3, rtol=0)
+
+
+def test_training_crop_is_a_shifted_window_and_epochs_differ(images):
+    loader = ResidentLoader(images, 6, training=True, pad=4, flip=False, seed=1)
+    batch = next(iter(loader))
+    x = denormalise(batch["image"]).round()
+    for i, label in enumerate(batch["label"]):
+        # each crop equals some window of the zero-padded original of its row
+        candidates = (images.labels == label).nonzero()[:, 0]
+        padded = torch.nn.functional.pad(images.images[candidates].float(), (4,) * 4)
+        windows = padded.unfold(2, 32, 1).unfold(3, 32, 1)  # [k, 3, 9, 9, 32, 32]
+        match = (windows == x[i][None, :, None, None]).flatten(4).all(-1).all(1)
+        assert match.any()
+    assert len(loader) == 5  # 30 rows, batch 6, last partial dropped
+    first = [b["label"] for b in ResidentLoader(images, 6, True, seed=1)]
+    again = [b["label"] for b in ResidentLoader(images, 6, True, seed=1)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    loader2 = ResidentLoader(images, 6, True, seed=1)
+    list(loader2)
+    second_epoch = [b["label"] for b in loader2]
+    assert not all(torch.equal(a, b) for a, b in zip(first, second_epoch))
+
+
+def test_shards_cover_the_set_once(images):
+    shards = [torch.cat([denormalise(b["image"]) for b in ResidentLoader(images, 4, False, shard_id=r, num_shards=2)])
+              for r in range(2)]
+    together = torch.cat(shards).round().flatten(1)
+    assert len(together) == 30 and len(torch.unique(together, dim=0)) == len(torch.unique(images.images.flatten(1), dim=0))
+
+
+def test_cutout_zeroes_a_square(images):
+    loader = ResidentLoader(images, 30, training=True, pad=0, flip=False, cutout=8, seed=3)
+    x = denormalise(next(iter(loader))["image"]).round()
+    zero = (x == 0).all(1)  # [b, h, w]
+    assert (zero.flatten(1).sum(1) >= 16).all()  # at least a corner quarter of the 9x9 square
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="../shared/data/cifar10.tar.gz is not beside the checkout")
+def test_cifar10_subset_from_shared(tmp_path):
+    with tarfile.open(SHARED_CIFAR) as tar:
+        members, per_class = [], {}
+        for m in tar:
+            parts = Path(m.name).parts
+            if m.isfile() and len(parts) >= 3 and parts[-3] == "train":
+                if per_class.get(parts[-2], 0) < 20:
+                    per_class[parts[-2]] = per_class.get(parts[-2], 0) + 1
+                    members.append(m)
+            if len(per_class) == 10 and all(v == 20 for v in per_class.values()):
+                break
+        tar.extractall(tmp_path, members=members, filter="data")
+    root = next(tmp_path.rglob("*.jpg")).parents[2]
+    data = ResidentImages(root, "train")
+    assert len(data) == 200 and data.images.shape[1:] == (3, 32, 32) and len(data.classes) == 10
+    assert sorted(data.classes) == data.classes and "airplane" in data.classes
+    assert data.labels.bincount().tolist() == [20] * 10
