@@ -16,6 +16,17 @@
 namespace psl {
 namespace {
 
+// Numbers and shapes in messages are formatted with std::to_string, not iostreams: built with GCC 13
+// against PyTorch 2.11's headers, the module carried its own copy of ostream's numeric insertion, and
+// formatting an integer in an error message crashed there.
+std::string num(int64_t v) { return std::to_string(v); }
+std::string num(double v) { return std::to_string(v); }
+std::string shape(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+
 void check_device(const at::Tensor& t, const at::Tensor& logits, const char* name) {
   TORCH_CHECK_VALUE(t.device() == logits.device(), name, " is on ", t.device(), " but logits is on ",
                     logits.device());
@@ -25,7 +36,7 @@ void check_rows(const std::optional<at::Tensor>& t, const at::Tensor& logits, co
   if (!t) return;
   check_device(*t, logits, name);
   TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == logits.size(0), name, " must have shape [N] = [",
-                    logits.size(0), "], got ", t->sizes());
+                    num(logits.size(0)), "], got ", shape(t->sizes()));
 }
 
 // A contiguous copy in dtype `dtype` (no copy when it already is one).
@@ -40,11 +51,11 @@ PerRow<acc_t> per_row(const std::optional<at::Tensor>& t, double value, std::opt
 }
 
 void check_state(const std::optional<at::Tensor>& t, const at::Tensor& logits, at::ScalarType dtype,
-                 at::IntArrayRef shape, const char* name) {
+                 at::IntArrayRef expected, const char* name) {
   if (!t) return;
   check_device(*t, logits, name);
   TORCH_CHECK_VALUE(t->scalar_type() == dtype, name, " must be ", dtype, ", got ", t->scalar_type());
-  TORCH_CHECK_VALUE(t->sizes() == shape, name, " must have shape ", shape, ", got ", t->sizes());
+  TORCH_CHECK_VALUE(t->sizes() == expected, name, " must have shape ", shape(expected), ", got ", shape(t->sizes()));
   TORCH_CHECK_VALUE(t->is_contiguous(), name, " must be contiguous");
 }
 
@@ -52,11 +63,11 @@ void check_state(const std::optional<at::Tensor>& t, const at::Tensor& logits, a
 
 RowOutputs run_rows(const RowArgs& a) {
   const at::Tensor& logits_in = a.logits;
-  TORCH_CHECK_VALUE(logits_in.dim() == 2, "logits must have shape [N, C], got ", logits_in.sizes());
+  TORCH_CHECK_VALUE(logits_in.dim() == 2, "logits must have shape [N, C], got ", shape(logits_in.sizes()));
   TORCH_CHECK_VALUE(at::isFloatingType(logits_in.scalar_type()), "logits must be floating point, got ",
                     logits_in.scalar_type());
   const int64_t N = logits_in.size(0), C = logits_in.size(1);
-  TORCH_CHECK_VALUE(C >= 1, "logits must have at least one class, got C = ", C);
+  TORCH_CHECK_VALUE(C >= 1, "logits must have at least one class, got C = ", num(C));
   check_rows(a.labels, logits_in, "labels");
   TORCH_CHECK_VALUE(!at::isFloatingType(a.labels.scalar_type()) && a.labels.scalar_type() != at::kBool,
                     "labels must be integer class indices, got ", a.labels.scalar_type());
@@ -69,19 +80,19 @@ RowOutputs run_rows(const RowArgs& a) {
   if (a.table) {
     check_device(*a.table, logits_in, "table");
     TORCH_CHECK_VALUE(a.table->dim() == 2 && a.table->size(0) == C && a.table->size(1) == C,
-                      "table must have shape [C, C] = [", C, ", ", C, "], got ", a.table->sizes());
+                      "table must have shape [C, C] = [", num(C), ", ", num(C), "], got ", shape(a.table->sizes()));
   }
   if (a.dense) {
     check_device(*a.dense, logits_in, "dense");
     TORCH_CHECK_VALUE(a.dense->sizes() == logits_in.sizes(), "dense must have the shape of logits ",
-                      logits_in.sizes(), ", got ", a.dense->sizes());
+                      shape(logits_in.sizes()), ", got ", shape(a.dense->sizes()));
     TORCH_CHECK_VALUE(at::isFloatingType(a.dense->scalar_type()), "dense must be floating point");
   }
-  TORCH_CHECK_VALUE(a.temperature > 0, "temperature must be positive, got ", a.temperature);
+  TORCH_CHECK_VALUE(a.temperature > 0, "temperature must be positive, got ", num(a.temperature));
   if (a.grad_output) {
     check_device(*a.grad_output, logits_in, "grad_output");
     TORCH_CHECK_VALUE(a.grad_output->numel() == 1 || a.grad_output->numel() == N,
-                      "grad_output must have one value or N values, got ", a.grad_output->sizes());
+                      "grad_output must have one value or N values, got ", shape(a.grad_output->sizes()));
   }
   check_state(a.class_sum, logits_in, at::kFloat, {C, C}, "class_sum");
   check_state(a.class_count, logits_in, at::kFloat, {C}, "class_count");
@@ -91,7 +102,7 @@ RowOutputs run_rows(const RowArgs& a) {
                     "calib_bins and calib_sums come together");
   if (a.calib_bins) {
     TORCH_CHECK_VALUE(a.calib_bins->dim() == 2 && a.calib_bins->size(1) == 3 && a.calib_bins->size(0) >= 1,
-                      "calib_bins must have shape [M, 3], got ", a.calib_bins->sizes());
+                      "calib_bins must have shape [M, 3], got ", shape(a.calib_bins->sizes()));
     check_state(a.calib_bins, logits_in, at::kDouble, {a.calib_bins->size(0), 3}, "calib_bins");
     check_state(a.calib_sums, logits_in, at::kDouble, {3}, "calib_sums");
   }
@@ -180,7 +191,7 @@ RowOutputs run_rows(const RowArgs& a) {
     }
 #endif
     const RowStatus status = run_rows_cpu<scalar_t>(job);
-    TORCH_CHECK_VALUE(status.code == kRowOk, row_error_message(status.code), " (row ", status.row, ")");
+    TORCH_CHECK_VALUE(status.code == kRowOk, row_error_message(status.code), " (row ", num(status.row), ")");
   });
   return out;
 }
@@ -190,7 +201,7 @@ void scale_rows(at::Tensor& grad, const at::Tensor& factor) {
   check_device(factor, grad, "grad_output");
   const int64_t N = grad.size(0), C = grad.size(1);
   TORCH_CHECK_VALUE(factor.numel() == 1 || factor.numel() == N,
-                    "grad_output must have one value or N values, got ", factor.sizes());
+                    "grad_output must have one value or N values, got ", shape(factor.sizes()));
 #if defined(PSL_WITH_CUDA)
   std::optional<c10::cuda::CUDAGuard> guard;
   if (grad.is_cuda()) guard.emplace(grad.device());

@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> soft_cross_entropy(
   a.want_loss = true;
   a.want_grad = compute_grad;
   TORCH_CHECK_VALUE(reduction >= at::Reduction::None && reduction <= at::Reduction::Sum,
-                    "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+                    "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", std::to_string(reduction));
   a.reduction = reduction;  // reduced by the kernels: no extra ops, no synchronisation
   a.grad_output = grad_output;
   a.class_sum = class_sum;
