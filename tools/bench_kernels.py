@@ -147,8 +147,8 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows,
                 case = make_case(n, c, dtype, device, kind, g)
                 if case["target"] is None:
                     continue  # C x C table of 128000^2 floats does not fit: no OLS at that size
-                x = case["x"]
-                ours = fwd_bwd(lambda: psl.soft_cross_entropy(x, case["target"]), x)
+                x, y, target = case["x"], case["y"], case["target"]
+                ours = fwd_bwd(lambda: psl.soft_cross_entropy(x, target), x)
                 eager = fwd_bwd(eager_loss(kind, case), x)
                 row[f"ours_{kind}"] = measure(ours)
                 row[f"eager_{kind}"] = measure(eager)
@@ -163,8 +163,7 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows,
                     if liger is not None:
                         row["liger_ls"] = measure(fwd_bwd(liger, x))
                 if kind == "ls" and device.type == "cpu":
-                    row["eager_ce"] = measure(fwd_bwd(lambda: F.cross_entropy(x, case["y"]), x))
-                del case
+                    row["eager_ce"] = measure(fwd_bwd(lambda: F.cross_entropy(x, y), x))
             bench_statistics(device, dtype, n, c, measure, row, g, bandwidth)
             rows.append(row)
             print(json.dumps(row), flush=True)

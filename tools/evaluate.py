@@ -10,10 +10,8 @@ from pathlib import Path
 
 import torch
 
-import pysoftlabel as psl
 from pysoftlabel.data.imagenet import ImageNetLoader
-from pysoftlabel.engine import load_checkpoint
-from pysoftlabel.metrics import AccuracyStats, calibration_report, fit_temperature, reliability_diagram
+from pysoftlabel.engine import load_checkpoint, write_calibration_report
 from pysoftlabel.models import create_model
 
 
@@ -38,24 +36,8 @@ def main(argv=None):
     val = ImageNetLoader(args.data, "val", args.batch_size, image_size, device, classes=state["classes"])
     model = create_model(state["arch"], len(state["classes"])).to(device)
     model.load_state_dict(state["model"])
-    model.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for batch in val:
-            logits.append(model(batch["image"].to(device)).float())
-            labels.append(batch["label"].to(device))
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    cal = psl.calibration_stats(logits, labels)
-    acc = AccuracyStats((1, 5), device).update(logits, labels)
-    t = fit_temperature(logits, labels)
-    after = psl.calibration_stats(logits / t, labels)
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
-    summary = calibration_report(cal, out, "report", extra={"acc5": acc.accuracy(5), "temperature": t,
-                                                           "ece_after_temperature": after.ece})
-    try:
-        reliability_diagram(cal, out / "reliability.png")
-    except ImportError as error:
-        print(f"no reliability.png: {error}")
+    summary = write_calibration_report(model, val, device, out)
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
 
 

@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import pysoftlabel as psl
 from pysoftlabel import strategies as S
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.folder import scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
-from pysoftlabel.engine import evaluate, load_checkpoint, save_checkpoint, train_one_epoch
-from pysoftlabel.metrics import calibration_report, fit_temperature, reliability_diagram
+from pysoftlabel.engine import evaluate, load_checkpoint, save_checkpoint, train_one_epoch, write_calibration_report
 from pysoftlabel.models import create_model
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
@@ -119,13 +117,14 @@ def make_loaders(args, root, device):
             train.set_epoch(epoch)
             return train
         return val, train_data.classes, train_for_epoch
-    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, seed=args.seed,
-                         num_threads=args.threads)
+    listing = scan_image_folder(root, "train")  # once: a large folder takes seconds to list
+    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, classes=listing[2],
+                         seed=args.seed, num_threads=args.threads)
 
     def train_for_epoch(epoch):
-        return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, classes=val.classes,
-                              seed=args.seed * 1000 + epoch, num_threads=args.threads, min_scale=args.min_scale)
-    return val, val.classes, train_for_epoch
+        return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
+                              num_threads=args.threads, min_scale=args.min_scale, listing=listing)
+    return val, listing[2], train_for_epoch
 
 
 def make_strategy(name, args, model, num_classes, teacher, device):
@@ -199,27 +198,8 @@ def train(args, strategy_name, out, teacher=None):
               f"train acc {record['train_acc1']:.3f}  val acc {record['val_acc1']:.3f}  val ECE "
               f"{record['val_ece']:.4f}  {record['img_per_s']:.0f} img/s", flush=True)
     if stop == args.epochs:
-        write_report(model, val, device, amp, out)
+        write_calibration_report(model, val, device, out, amp)
     return ckpt_path
-
-
-def write_report(model, val, device, amp, out):
-    logits, labels = [], []
-    model.eval()
-    with torch.no_grad():
-        for batch in val:
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits.append(model(batch["image"].to(device)).float())
-            labels.append(batch["label"].to(device))
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    cal = psl.calibration_stats(logits, labels)
-    t = fit_temperature(logits, labels)
-    after = psl.calibration_stats(logits / t, labels)
-    calibration_report(cal, out, "report", extra={"temperature": t, "ece_after_temperature": after.ece})
-    try:
-        reliability_diagram(cal, out / "reliability.png")
-    except ImportError as error:
-        print(f"no reliability.png: {error}")
 
 
 def load_teacher(path, arch, num_classes, device):

@@ -60,13 +60,15 @@ class ImageNetLoader:
         classes (list of str, optional): class order (val uses train's).
         seed (int), num_threads (int).
         min_scale (float): smallest crop area of the training random-resized crop. Default: 0.08.
+        listing (tuple, optional): (files, labels, classes) of ``scan_image_folder(root, split)``, to scan a
+            large folder once rather than for every loader.
     """
 
     def __init__(self, root, split, batch_size, image_size, device, shard_id=0, num_shards=1, classes=None,
-                 seed=0, num_threads=2, min_scale=0.08):
+                 seed=0, num_threads=2, min_scale=0.08, listing=None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self.files, self.labels, self.classes = scan_image_folder(root, split, classes)
+        self.files, self.labels, self.classes = listing or scan_image_folder(root, split, classes)
         self.training = split == "train"
         gpu = torch.device(device).type == "cuda"
         self.pipe = imagenet_pipeline(self.files, self.labels, image_size, self.training, shard_id, num_shards, gpu,

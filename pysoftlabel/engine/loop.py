@@ -50,16 +50,15 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None, temperature=1.0):
-    """Evaluates; returns val_acc1, val_acc5, val_ece, val_mce, val_nll, val_brier and the accumulators
-    (``calib``, and the logits/labels when asked for temperature fitting by the caller)."""
+def evaluate(model, loader, device, amp_dtype=None):
+    """Evaluates; returns ({val_acc1, val_acc5, val_ece, val_mce, val_nll, val_brier}, the CalibrationStats)."""
     model.eval()
     calib = CalibrationStats(device=device)
     acc = AccuracyStats((1, 5), device=device)
     for batch in loader:
         batch = _to(batch, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(batch["image"]).float() / temperature
+            logits = model(batch["image"]).float()
         calib.update(logits, batch["label"])
         acc.update(logits, batch["label"])
     calib.all_reduce()

@@ -8,7 +8,6 @@
 // keeps one copy of such a template, which then serves every caller in the process.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
-#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
 #include <cmath>

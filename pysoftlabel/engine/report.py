@@ -1,0 +1,30 @@
+"""The end-of-run calibration report of a model on a loader, shared by train_imagenet.py and evaluate.py."""
+import torch
+
+from ..metrics import (AccuracyStats, calibration_report, calibration_stats, fit_temperature,
+                       reliability_diagram)
+
+__all__ = ["write_calibration_report"]
+
+
+@torch.no_grad()
+def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report") -> dict:
+    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE, MCE, NLL, Brier, top-1/top-5 and the ECE after
+    temperature scaling fitted on these logits) and ``out/reliability.png``; returns the summary."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits.append(model(batch["image"].to(device)).float())
+        labels.append(batch["label"].to(device))
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    cal = calibration_stats(logits, labels)
+    t = fit_temperature(logits, labels)
+    extra = {"acc5": AccuracyStats((1, 5), device).update(logits, labels).accuracy(5), "temperature": t,
+             "ece_after_temperature": calibration_stats(logits / t, labels).ece}
+    summary = calibration_report(cal, out, name, extra=extra)
+    try:
+        reliability_diagram(cal, out / "reliability.png")
+    except ImportError as error:
+        print(f"no reliability.png: {error}")
+    return summary
