@@ -117,6 +117,34 @@ def test_mixup_and_cutmix():
     assert mix(b)["lam"] == first  # resumable randomness
 
 
+def test_ricap_patches_weights_and_loss():
+    n, c = 8, 5
+    labels = torch.arange(n) % c
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 12, 16).clone()  # pixel = source
+    r = S.RICAP(seed=2)({"image": images, "label": labels})
+    first, second = r["ricap"]
+    weights = [first * r["lam"], first * (1 - r["lam"]), (1 - first) * second["lam"], (1 - first) * (1 - second["lam"])]
+    patch_labels = [r["label"], r["label2"], second["label"], second["label2"]]
+    assert sum(weights) == pytest.approx(1.0)
+    for i in range(n):  # each label's weight is the area its source image covers in the output
+        source = r["image"][i, 0].long().flatten()
+        for k in range(4):
+            covered = 0
+            if weights[k] > 0:  # the patch's pixels come from one image, whose label is the patch's label
+                area = {j: float((source == j).float().mean()) for j in source.unique().tolist()}
+                covered = sum(a for j, a in area.items() if int(labels[j]) == int(patch_labels[k][i]))
+                assert covered >= weights[k] - 1e-6
+    assert (r["image"][:, 0, 0, 0].long() == torch.arange(n)).all() or weights[0] == 0  # top-left: the sample
+    logits = torch.randn(n, c, requires_grad=True)
+    for strategy, eps in ((S.CrossEntropy(), 0.0), (S.LabelSmoothing(0.1), 0.1)):
+        ours = S.mixed_loss(strategy, logits, r)
+        want = sum(w * F.cross_entropy(logits, y, label_smoothing=eps) for w, y in zip(weights, patch_labels))
+        torch.testing.assert_close(ours, want)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 16, c))
+    ldl = S.LabelDistribution(teacher)
+    torch.testing.assert_close(S.mixed_loss(ldl, logits, r), ldl.loss(logits, r))  # labels unused: one pass
+
+
 def test_kd_matches_hinton():
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     b = batch()

@@ -8,7 +8,11 @@ With no --data the built-in synthetic dataset is written once (to --data-cache) 
 without --teacher, a teacher is first trained with ce on the same recipe (OUT/teacher), then the student.
 Each epoch appends one JSON object to OUT/metrics.jsonl and writes OUT/checkpoint.pt atomically; --resume
 continues from it exactly (model, optimiser, scheduler, strategy state, augmentation and RNG states). At the
-end: OUT/report.md (with ECE after temperature scaling) and OUT/reliability.png.
+end: OUT/report.md (with ECE after temperature scaling) and OUT/reliability.png; TensorBoard logs in OUT/tb
+when tensorboard is installed.
+
+Several GPUs or nodes: torchrun --nproc_per_node 8 tools/train_imagenet.py ... (DDP; --batch-size is per
+process; data sharded per rank; strategy statistics and metrics all-reduced). On CPUs torchrun uses gloo.
 """
 import argparse
 import json
@@ -27,6 +31,7 @@ from pysoftlabel.data.folder import scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.engine import evaluate, load_checkpoint, save_checkpoint, train_one_epoch, write_calibration_report
+from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
 from pysoftlabel.models import create_model
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
@@ -47,6 +52,8 @@ def parse_args(argv=None):
                         "objects smaller crops would cut away)")
     g.add_argument("--threads", type=int, default=2, help="DALI threads (default: 2)")
     g.add_argument("--val-split", default="val", help="validation folder name (default: val; CIFAR: test)")
+    g.add_argument("--train-per-class", type=int, default=None,
+                   help="train on the first N images (by file name) of each class: a stated subset (default: all)")
     g.add_argument("--resident", action="store_true",
                    help="small same-size images (CIFAR-style): decode once, keep them on the device, crop with "
                         "4-pixel padding + flip per batch instead of the DALI pipeline")
@@ -61,15 +68,21 @@ def parse_args(argv=None):
     g.add_argument("--kd-alpha", type=float, default=0.1, help="KD weight (default: 0.1)")
     g.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature (default: 3)")
     g.add_argument("--ema-decay", type=float, default=0.999, help="online-ldl EMA decay (default: 0.999)")
-    g.add_argument("--aug", default="none", choices=("none", "mixup", "cutmix"), help="mixing (default: none)")
+    g.add_argument("--aug", default="none", choices=("none", "mixup", "cutmix", "ricap"),
+                   help="mixing augmentation (default: none)")
     g = p.add_argument_group("Optimiser and schedule")
     g.add_argument("--epochs", type=int, default=12, help="epochs (default: 12)")
     g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate for batch 64 (default: 0.1)")
     g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: 0.9)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
     g.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up epochs (default: 1)")
+    g.add_argument("--schedule", default="cosine", choices=("cosine", "multistep"),
+                   help="after warm-up: cosine to 0, or x0.1 at each --milestones epoch (default: cosine)")
+    g.add_argument("--milestones", type=int, nargs="+", default=None,
+                   help="multistep epochs (default: 50%% and 75%% of --epochs)")
     g = p.add_argument_group("Run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g.add_argument("--out", default=None, help="run folder (default: runs/<strategy>)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -98,33 +111,42 @@ def data_root(args):
     if args.data is not None:
         return Path(args.data)
     root = Path(args.data_cache)
-    if not (root / "done").exists():
+    if not (root / "done").exists() and is_main_process():
         print(f"writing the synthetic dataset to {root} ...", flush=True)
         make_synthetic_dataset(root, **SYNTHETIC)
         (root / "done").write_text(json.dumps(SYNTHETIC))
+    barrier()
     return root
 
 
-def make_loaders(args, root, device):
-    """(val loader, classes, train loader for an epoch): the DALI pipeline, or the resident small-image path.
-    The training loader of epoch e is a function of (seed, e), so that a resumed run sees the same batches."""
+def make_loaders(args, root, device, rank, world):
+    """(val loader, classes, train loader for an epoch): the DALI pipeline, or the resident small-image path,
+    sharded per rank. The training loader of epoch e is a function of (seed, e), so that a resumed run sees
+    the same batches."""
     if args.resident:
-        train_data = ResidentImages(root, "train", device)
-        val = ResidentLoader(ResidentImages(root, args.val_split, device, train_data.classes), args.batch_size, False)
-        train = ResidentLoader(train_data, args.batch_size, True, cutout=args.cutout, seed=args.seed)
+        train_data = ResidentImages(root, "train", device, per_class=args.train_per_class)
+        val = ResidentLoader(ResidentImages(root, args.val_split, device, train_data.classes), args.batch_size, False,
+                             shard_id=rank, num_shards=world)
+        train = ResidentLoader(train_data, args.batch_size, True, cutout=args.cutout, seed=args.seed, shard_id=rank,
+                               num_shards=world)
 
         def train_for_epoch(epoch):
             train.set_epoch(epoch)
             return train
         return val, train_data.classes, train_for_epoch
-    listing = scan_image_folder(root, "train")  # once: a large folder takes seconds to list
-    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, classes=listing[2],
-                         seed=args.seed, num_threads=args.threads)
+    files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)  # once: seconds on ImageNet
+    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, shard_id=rank,
+                         num_shards=world, classes=classes, seed=args.seed, num_threads=args.threads)
 
     def train_for_epoch(epoch):
-        return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
-                              num_threads=args.threads, min_scale=args.min_scale, listing=listing)
-    return val, listing[2], train_for_epoch
+        # A global shuffle per epoch (the same on every rank, which then reads its own block): DALI's reader
+        # shuffles only within its prefetch buffer, which on a class-sorted listing gives few-class batches.
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(files))
+        listing = ([files[i] for i in order], [labels[i] for i in order], classes)
+        return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, shard_id=rank, num_shards=world,
+                              seed=args.seed * 1000 + epoch, num_threads=args.threads, min_scale=args.min_scale,
+                              listing=listing)
+    return val, classes, train_for_epoch
 
 
 def make_strategy(name, args, model, num_classes, teacher, device):
@@ -143,26 +165,87 @@ def make_strategy(name, args, model, num_classes, teacher, device):
     return S.KnowledgeDistillation(teacher, args.kd_alpha, args.kd_temperature)
 
 
-def train(args, strategy_name, out, teacher=None):
+def make_scheduler(args, optimizer, steps):
+    """Linear warm-up over --warmup-epochs, then cosine to zero or x0.1 at each milestone; stepped per batch."""
+    warm = args.warmup_epochs * steps
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, total_iters=max(1, warm))
+    if args.schedule == "cosine":
+        after = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, args.epochs * steps - warm))
+    else:
+        milestones = args.milestones or [args.epochs // 2, args.epochs * 3 // 4]
+        after = torch.optim.lr_scheduler.MultiStepLR(optimizer, [max(1, m * steps - warm) for m in milestones], 0.1)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, after], [warm])
+
+
+class EpochLog:
+    """Rank 0's outputs of each epoch: OUT/metrics.jsonl, the console line, TensorBoard when installed."""
+
+    def __init__(self, out, name, epochs, start):
+        self.out, self.name, self.epochs = out, name, epochs
+        path = out / "metrics.jsonl"
+        # A run stopped between its metrics line and its checkpoint would repeat that epoch: keep the lines
+        # of the epochs the checkpoint holds.
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < start] \
+            if start and path.exists() else []
+        path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(out / "tb"))
+        except ImportError:  # tensorboard is optional
+            self.tensorboard = None
+
+    def progress(self, epoch):
+        """A live progress bar for the training batches (tqdm; off when stderr is not a terminal)."""
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        bar = tqdm(desc=f"[{self.name}] epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=None)
+
+        def update(step, steps):
+            bar.total = steps
+            bar.update(step - bar.n)
+            if step == steps:
+                bar.close()
+        return update
+
+    def write(self, record):
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(key, value, record["epoch"])
+            self.tensorboard.flush()
+        print(f"[{self.name}] epoch {record['epoch'] + 1}/{self.epochs}  loss {record['train_loss']:.3f}  "
+              f"train acc {record['train_acc1']:.3f}  val acc {record['val_acc1']:.3f}  val ECE "
+              f"{record['val_ece']:.4f}  {record['img_per_s']:.0f} img/s", flush=True)
+
+
+def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     """One full run; returns the path of its final checkpoint."""
-    device = torch.device(args.device)
     seed_everything(args.seed)
     root = data_root(args)
-    val, classes, train_for_epoch = make_loaders(args, root, device)
+    val, classes, train_for_epoch = make_loaders(args, root, device, rank, world)
     num_classes = len(classes)
     model = create_model(args.arch, num_classes).to(device, memory_format=torch.channels_last)
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device)
-    mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed)}[args.aug]
-    lr = args.lr * args.batch_size / 64
+    mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
+           "ricap": S.RICAP(seed=args.seed)}[args.aug]
+    lr = args.lr * args.batch_size * world / 64
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
-    steps = len(train_for_epoch(0))
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, total_iters=max(1, args.warmup_epochs * steps))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, (args.epochs - args.warmup_epochs) * steps))
-    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [args.warmup_epochs * steps])
+    scheduler = make_scheduler(args, optimizer, len(train_for_epoch(0)))
     amp = torch.bfloat16 if device.type == "cuda" else None
+    run_model = model
+    if world > 1:
+        run_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
+    if args.compile:
+        run_model = torch.compile(run_model)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()} | {"strategy": strategy_name}, indent=1))
+    if is_main_process():
+        (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}
+                                                  | {"strategy": strategy_name, "world_size": world}, indent=1))
     start = 0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
@@ -175,30 +258,30 @@ def train(args, strategy_name, out, teacher=None):
             mix.load_state_dict(state["mix"])
         torch.set_rng_state(state["rng"]["torch"])
         start = state["epoch"] + 1
-        print(f"resumed {out} at epoch {start}", flush=True)
-    elif not args.resume:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        if is_main_process():
+            print(f"resumed {out} at epoch {start}", flush=True)
+    log = EpochLog(out, strategy_name, args.epochs, start) if is_main_process() else None
 
     stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     for epoch in range(start, stop):
-        metrics = train_one_epoch(model, train_for_epoch(epoch), strategy, optimizer, device, scheduler, mix=mix,
-                                  amp_dtype=amp)
+        metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler, mix=mix,
+                                  amp_dtype=amp, progress=log.progress(epoch) if log else None)
         strategy.all_reduce()
         strategy.end_epoch()
-        val_metrics, _ = evaluate(model, val, device, amp)
-        record = {"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics}
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
-                         "mix": mix.state_dict() if mix is not None else None,
-                         "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "arch": args.arch,
-                         "classes": classes}, ckpt_path)
-        print(f"[{strategy_name}] epoch {epoch + 1}/{args.epochs}  loss {record['train_loss']:.3f}  "
-              f"train acc {record['train_acc1']:.3f}  val acc {record['val_acc1']:.3f}  val ECE "
-              f"{record['val_ece']:.4f}  {record['img_per_s']:.0f} img/s", flush=True)
-    if stop == args.epochs:
-        write_calibration_report(model, val, device, out, amp)
+        val_metrics, _ = evaluate(run_model, val, device, amp)
+        if log is not None:
+            log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics})
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
+                             "mix": mix.state_dict() if mix is not None else None,
+                             "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "arch": args.arch,
+                             "classes": classes}, ckpt_path)
+        barrier()  # no rank starts the next epoch (or a --resume) before the checkpoint is complete
+    if stop == args.epochs and is_main_process():
+        # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
+        full_val = val if world == 1 else make_loaders(args, root, device, 0, 1)[0]
+        write_calibration_report(model, full_val, device, out, amp)
+    barrier()
     return ckpt_path
 
 
@@ -220,22 +303,30 @@ def _interrupt(signum, frame):
 def main(argv=None):
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    rank, world, local_rank = init_distributed(torch.device(args.device).type)
+    device = torch.device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
     try:
         teacher = None
         if args.strategy in ("ldl", "kd"):
             path = args.teacher
             if path is None:
-                print("no --teacher: training one with ce on the same recipe first", flush=True)
-                path = train(args, "ce", args.out / "teacher")
+                if is_main_process():
+                    print("no --teacher: training one with ce on the same recipe first", flush=True)
+                path = train(args, "ce", args.out / "teacher", device, rank, world)
             num_classes = len(scan_image_folder(data_root(args), "train")[2])
-            teacher = load_teacher(path, args.arch, num_classes, torch.device(args.device))
-        train(args, args.strategy, args.out, teacher)
+            teacher = load_teacher(path, args.arch, num_classes, device)
+        train(args, args.strategy, args.out, device, rank, world, teacher)
     except KeyboardInterrupt:
         print(f"interrupted: the last finished epoch is in {args.out}/checkpoint.pt; continue with --resume",
               file=sys.stderr)
         raise SystemExit(130)
     except ValueError as error:
         raise SystemExit(str(error))
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ __all__ = ["ResidentImages", "ResidentLoader"]
 class ResidentImages:
     """All images of ``root/split`` as one uint8 tensor [N, 3, H, W] on ``device`` plus labels [N].
 
-    Images must share one size; unreadable files raise ValueError naming the file.
+    Images must share one size; unreadable files raise ValueError naming the file. ``per_class``: keep the
+    first N images of each class (see :func:`scan_image_folder`).
     """
 
-    def __init__(self, root, split, device="cpu", classes=None):
-        files, labels, self.classes = scan_image_folder(root, split, classes)
+    def __init__(self, root, split, device="cpu", classes=None, per_class=None):
+        files, labels, self.classes = scan_image_folder(root, split, classes, per_class)
         arrays = []
         for path in files:
             try:
@@ -98,7 +99,8 @@ class ResidentLoader:
 
     def __iter__(self):
         rows = self._rows()
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch + 7)
+        # per rank: the same seed everywhere would give every rank the same crops and flips
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch + 7 + 1000003 * self.shard_id)
         count = len(self)
         for i in range(count):
             index = rows[i * self.batch_size:(i + 1) * self.batch_size].to(self.data.images.device)

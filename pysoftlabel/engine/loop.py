@@ -4,6 +4,8 @@ import time
 import torch
 
 from ..metrics import AccuracyStats, CalibrationStats
+from ..strategies.mix import mixed_loss
+from .distributed import all_reduce_
 
 __all__ = ["train_one_epoch", "evaluate"]
 
@@ -14,20 +16,23 @@ def _to(batch, device):
 
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
                     amp_dtype=None, progress=None):
-    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s"}``.
+    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s"}`` over all ranks.
 
-    ``mix`` (Mixup / CutMix) mixes each batch; ``strategy.loss`` computes the loss through the fused
-    operator and gathers training calibration (against the first label) in the same pass."""
+    ``mix`` (Mixup / CutMix / RICAP) mixes each batch; ``strategy.loss`` computes the loss through the fused
+    operator and gathers training calibration (against the first label) in the same pass. ``progress(step,
+    steps)`` is called after each step. Under DDP every rank runs the smallest rank's number of steps, since
+    a rank that stopped early would leave the others waiting in the gradient all-reduce."""
     model.train()
     calib = CalibrationStats(device=device)
+    steps = int(all_reduce_(torch.tensor(len(loader), device=device), torch.distributed.ReduceOp.MIN))
     total_loss, images, start = torch.zeros((), device=device), 0, time.perf_counter()
-    for step, batch in enumerate(loader):
+    for step, batch in zip(range(steps), loader):
         batch = _to(batch, device)
         if mix is not None:
             batch = mix(batch)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(batch["image"])
-        loss = strategy.loss(logits.float() if amp_dtype is not None else logits, batch, model, calib=calib)
+        loss = mixed_loss(strategy, logits.float() if amp_dtype is not None else logits, batch, model, calib)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -42,10 +47,12 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
         total_loss += loss.detach() * len(batch["label"])
         images += len(batch["label"])
         if progress is not None:
-            progress(step + 1, len(loader))
+            progress(step + 1, steps)
     elapsed = time.perf_counter() - start
     calib.all_reduce()
-    return {"train_loss": float(total_loss) / max(images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
+    totals = all_reduce_(torch.stack([total_loss.double(), torch.tensor(float(images), device=device)]))
+    loss_sum, images = totals.tolist()
+    return {"train_loss": loss_sum / max(images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
             "img_per_s": images / elapsed if elapsed > 0 else float("nan")}
 
 

@@ -4,9 +4,10 @@ from .binned import AdaptiveCalibrationStats, ClasswiseCalibrationStats
 from .calibration import CalibrationStats, calibration_stats
 from .class_stats import ClassStats
 from .context import ContextConfidence
-from .report import calibration_report, reliability_diagram
+from .report import calibration_report, reliability_diagram, reliability_diagrams
 from .temperature import fit_temperature
 
 __all__ = ["AccuracyStats", "AdaptiveCalibrationStats", "ClasswiseCalibrationStats", "CalibrationStats",
            "calibration_stats", "ClassStats", "ContextConfidence", "calibration_report", "reliability_diagram",
+           "reliability_diagrams",
            "fit_temperature"]

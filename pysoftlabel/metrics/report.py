@@ -3,44 +3,69 @@
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .calibration import CalibrationStats
 
-__all__ = ["reliability_diagram", "calibration_report"]
+__all__ = ["reliability_diagram", "reliability_diagrams", "calibration_report"]
 
 
-def reliability_diagram(cal: CalibrationStats, path, title: str = "") -> Path:
-    """Writes a PNG with the reliability diagram (accuracy against confidence per bin, gap shaded) above
-    the confidence histogram. Needs matplotlib (``pip install matplotlib``)."""
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("reliability_diagram needs matplotlib: pip install matplotlib") from error
-    table = cal.reliability()
-    lower, upper, count, conf, acc = (table[:, i].numpy() for i in range(5))
-    width = upper - lower
-    centre = (lower + upper) / 2
-    used = count > 0
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+        raise ImportError("reliability diagrams need matplotlib: pip install matplotlib") from error
+    return plt
+
+
+def _draw(top, bottom, table, title):
+    """One reliability diagram (accuracy per confidence bin, gap shaded) over its confidence histogram;
+    ``table`` holds rows (lower, upper, count, confidence, accuracy) as ``CalibrationStats.reliability()``."""
+    lower, upper, count, conf, acc = (np.asarray(table, dtype=float)[:, i] for i in range(5))
+    width, centre, used = upper - lower, (lower + upper) / 2, count > 0
     top.bar(centre[used], acc[used], width=width[used], edgecolor="black", color="#4c72b0", label="accuracy")
     top.bar(centre[used], conf[used] - acc[used], bottom=acc[used], width=width[used], color="#dd8452",
             alpha=0.5, edgecolor="#dd8452", label="gap")
     top.plot([0, 1], [0, 1], "k--", linewidth=1)
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1)
-    top.set_title(title or f"ECE {cal.ece:.4f}  (n = {cal.count})")
+    top.set_title(title)
     top.legend(loc="upper left")
     bottom.bar(centre, count / max(count.sum(), 1), width=width, edgecolor="black", color="#8c8c8c")
     bottom.set_xlabel("confidence")
     bottom.set_ylabel("fraction")
     bottom.set_xlim(0, 1)
+
+
+def _save(fig, path, plt):
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def reliability_diagram(cal: CalibrationStats, path, title: str = "") -> Path:
+    """Writes a PNG with the reliability diagram (accuracy against confidence per bin, gap shaded) above
+    the confidence histogram. Needs matplotlib (``pip install matplotlib``)."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    _draw(top, bottom, cal.reliability().numpy(), title or f"ECE {cal.ece:.4f}  (n = {cal.count})")
+    return _save(fig, path, plt)
+
+
+def reliability_diagrams(tables: dict, path) -> Path:
+    """Writes the reliability diagrams of several models side by side, as in the papers' figures:
+    ``tables`` maps a title to a reliability table (rows lower, upper, count, confidence, accuracy)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(tables), figsize=(3.2 * len(tables), 5), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for column, (title, table) in enumerate(tables.items()):
+        _draw(axes[0, column], axes[1, column], table, title)
+    return _save(fig, path, plt)
 
 
 def calibration_report(cal: CalibrationStats, out_dir, name: str = "calibration", extra: dict = None) -> dict:

@@ -26,11 +26,13 @@ class Strategy:
     operator, by default of ``targets(batch, model)`` (which may run a teacher); ``after_step(model)``
     after the optimiser step; ``end_epoch()`` at the end of each training epoch; ``state_dict()`` /
     ``load_state_dict()`` for checkpoints; ``all_reduce()`` before ``end_epoch()`` under DDP.
-    ``stats`` is a :class:`~pysoftlabel.ClassStats` to pass to the loss (or None).
+    ``stats`` is a :class:`~pysoftlabel.ClassStats` to pass to the loss (or None); ``label_free``
+    strategies' targets do not depend on the hard labels.
     """
 
     name = "base"
     stats = None
+    label_free = False
 
     def targets(self, batch, model=None) -> SoftTarget:
         raise NotImplementedError

@@ -28,6 +28,7 @@ class LabelDistribution(Strategy):
     """
 
     name = "ldl"
+    label_free = True
 
     def __init__(self, teacher: torch.nn.Module, temperature: float = 1.0):
         self.teacher = teacher.eval().requires_grad_(False)

@@ -1,14 +1,30 @@
 """Mixing augmentations that compose with every strategy: they mix the images of a batch and record the
 partner labels (``label2``) and the weight of the first label (``lam``) for the target.
 
-Mixup: Zhang et al. 2018, arXiv:1710.09412. CutMix: Yun et al. 2019, arXiv:1905.04899. One lam per
-batch, partners by a random permutation; randomness from a numpy Generator and a torch Generator seeded
-by ``seed`` (no global state), so a resumed run can restore them from ``state_dict()``.
+Mixup: Zhang et al. 2018, arXiv:1710.09412. CutMix: Yun et al. 2019, arXiv:1905.04899. RICAP: Takahashi
+et al. 2018, arXiv:1811.09030. One lam per batch, partners by a random permutation; randomness from a numpy
+Generator and a torch Generator seeded by ``seed`` (no global state), so a resumed run can restore them
+from ``state_dict()``.
 """
 import numpy as np
 import torch
 
-__all__ = ["Mixup", "CutMix"]
+__all__ = ["Mixup", "CutMix", "RICAP", "mixed_loss"]
+
+
+def mixed_loss(strategy, logits, batch, model=None, calib=None):
+    """``strategy.loss`` of a batch, mixed or not. A RICAP batch has four labels; the target of every strategy
+    is linear in the hard labels, so its loss is the weighted sum of the losses of two two-label batches
+    (two fused passes; training calibration and class statistics count the second pair's first label too).
+    A strategy whose target ignores the labels (``label_free``, LDL) needs one pass."""
+    if "ricap" not in batch:
+        return strategy.loss(logits, batch, model, calib=calib)
+    weight, second = batch["ricap"]
+    first = {k: v for k, v in batch.items() if k != "ricap"}
+    if strategy.label_free:
+        return strategy.loss(logits, first, model, calib=calib)
+    return (weight * strategy.loss(logits, first, model, calib=calib)
+            + (1.0 - weight) * strategy.loss(logits, {**first, **second}, model))
 
 
 class _Mix:
@@ -78,3 +94,39 @@ class CutMix(_Mix):
         mixed[..., top:bottom, left:right] = images[perm][..., top:bottom, left:right]
         lam = 1.0 - (bottom - top) * (right - left) / (height * width)
         return {**batch, "image": mixed, "label2": labels[perm], "lam": lam}
+
+
+class RICAP(_Mix):
+    """Random image cropping and patching: a boundary point (w, h) with w / W, h / H ~ Beta(beta, beta) splits
+    the output into four patches, each a random crop of a different image (the first the sample itself,
+    the others random partners); each label weighs its patch's area.
+
+    The batch carries the first two patches as ``label`` / ``label2`` / ``lam`` and the other two, with
+    their total weight, under ``ricap``; see :func:`mixed_loss`.
+
+    Args:
+        beta (float): Default: 0.3 (the paper).
+        seed (int): Default: 0.
+    """
+
+    def __init__(self, beta: float = 0.3, seed: int = 0):
+        super().__init__(beta, seed)
+
+    def __call__(self, batch):
+        images, labels = batch["image"], batch["label"]
+        n, (height, width) = len(labels), images.shape[-2:]
+        w = int(round(width * self.rng.beta(self.alpha, self.alpha)))
+        h = int(round(height * self.rng.beta(self.alpha, self.alpha)))
+        out = torch.empty_like(images)
+        parts = []
+        for k, (top, left, ph, pw) in enumerate(((0, 0, h, w), (0, w, h, width - w), (h, 0, height - h, w),
+                                                 (h, w, height - h, width - w))):
+            perm = torch.arange(n) if k == 0 else self._partners(n)
+            perm = perm.to(labels.device)
+            y, x = int(self.rng.integers(height - ph + 1)), int(self.rng.integers(width - pw + 1))
+            out[..., top:top + ph, left:left + pw] = images[perm][..., y:y + ph, x:x + pw]
+            parts.append((labels[perm], ph * pw / (height * width)))
+        (y1, w1), (y2, w2), (y3, w3), (y4, w4) = parts
+        first = w1 + w2
+        return {**batch, "image": out, "label2": y2, "lam": w1 / first if first > 0 else 1.0,
+                "ricap": (first, {"label": y3, "label2": y4, "lam": w3 / (w3 + w4) if w3 + w4 > 0 else 1.0})}

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Reproduce the papers' comparisons: train a list of strategies on one dataset and recipe, over seeds, and
+write one table (top-1, ECE, MCE, NLL, Brier, ECE after temperature scaling; mean ± std over seeds) with
+the reliability diagrams side by side.
+
+    python tools/reproduce.py --preset cifar10-cpu                 # CIFAR-10, resnet20, 2-core CPU budget
+    python tools/reproduce.py --preset cifar10-gpu --seeds 0 1 2   # ResNet-18 (CIFAR stem), 30 epochs, bf16
+    python tools/reproduce.py --preset imagenette-cpu --only ce,ls
+
+Each run is one `tools/train_imagenet.py` process in OUT/<run>/seed<k>; a finished run (its report.json
+exists) is skipped and an unfinished one resumed, so a long table can be spread over several sessions:
+run the same command again. ldl and kd take the same seed's ce run as their teacher (the same recipe).
+The data come from --data-dir, unpacked there from ../shared/data archives when missing.
+"""
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CIFAR_RUNS = ["ce", "ls", "ols", "ldl", "online-ldl", "kd", "ce+cutmix", "ldl+cutmix"]
+IMAGENETTE_RUNS = ["ce", "ls", "ols", "ldl"]
+PRESETS = {
+    # 2-core CPU: resnet20 at ~400-500 img/s; 1,000 images per class and 15 epochs keep the whole table
+    # (8 runs, every epoch evaluated on the full 10,000-image test set) near one to two hours.
+    "cifar10-cpu": {"dataset": "cifar10", "runs": CIFAR_RUNS, "args": [
+        "--resident", "--val-split", "test", "--arch", "resnet20", "--train-per-class", "1000", "--epochs", "15",
+        "--batch-size", "128", "--lr", "0.05", "--weight-decay", "5e-4", "--warmup-epochs", "1", "--device", "cpu"]},
+    "cifar10-gpu": {"dataset": "cifar10", "runs": CIFAR_RUNS, "args": [
+        "--resident", "--val-split", "test", "--arch", "cifar_resnet18", "--epochs", "30", "--batch-size", "512",
+        "--lr", "0.05", "--weight-decay", "5e-4", "--warmup-epochs", "1", "--device", "cuda"]},
+    # Imagenette at a reduced size on the CPU: ImageNet-stem resnet18 at 64 px.
+    "imagenette-cpu": {"dataset": "imagenette2-224", "runs": IMAGENETTE_RUNS, "args": [
+        "--arch", "resnet18", "--image-size", "64", "--epochs", "8", "--batch-size", "64", "--lr", "0.1",
+        "--min-scale", "0.25", "--device", "cpu"]},
+    "imagenette-gpu": {"dataset": "imagenette2-224", "runs": IMAGENETTE_RUNS, "args": [
+        "--arch", "resnet50", "--image-size", "160", "--epochs", "40", "--batch-size", "128", "--lr", "0.1",
+        "--threads", "8", "--device", "cuda"]},
+}
+ARCHIVES = {"cifar10": ["cifar10.tar.gz"],
+            "imagenette2-224": [f"imagenette2-224.tar.gz.part{i}" for i in range(3)]}
+METRICS = [("top-1", "val_acc1"), ("ECE", "val_ece"), ("MCE", "val_mce"), ("NLL", "val_nll"),
+           ("Brier", "val_brier"), ("ECE after TS", "ece_after_temperature")]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    p.add_argument("--only", default=None, help="comma-separated subset of the preset's runs, e.g. ce,ls")
+    p.add_argument("--out", default=None, help="table folder (default: runs/reproduce/<preset>)")
+    p.add_argument("--data-dir", default=str(HERE.parent / ".data"), help="where datasets are (default: %(default)s)")
+    p.add_argument("--archives", default=str(HERE.parent.parent / "shared" / "data"),
+                   help="where the dataset archives are, to unpack missing data (default: %(default)s)")
+    p.add_argument("--table-only", action="store_true", help="write the table from finished runs, train nothing")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more train_imagenet.py arguments")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.runs = preset["runs"] if args.only is None else args.only.split(",")
+    unknown = [r for r in args.runs if r not in preset["runs"]]
+    if unknown:
+        p.error(f"--only: {unknown} not in preset {args.preset}: {', '.join(preset['runs'])}")
+    args.out = Path(args.out or f"runs/reproduce/{args.preset}")
+    args.extra = [a for a in args.extra if a != "--"]
+    return args
+
+
+def dataset(args, name):
+    """The dataset folder, unpacked from the archives when missing."""
+    root = Path(args.data_dir) / name
+    if (root / "train").is_dir():
+        return root
+    parts = [Path(args.archives) / a for a in ARCHIVES[name]]
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise SystemExit(f"data: {root} does not exist and the archives {missing} are missing (--archives)")
+    print(f"unpacking {name} into {args.data_dir} ...", flush=True)
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    cat = subprocess.Popen(["cat", *map(str, parts)], stdout=subprocess.PIPE)
+    with tarfile.open(fileobj=cat.stdout, mode="r|gz") as tar:
+        tar.extractall(args.data_dir, filter="data")
+    cat.wait()
+    return root
+
+
+def run_dir(args, run, seed):
+    return args.out / run / f"seed{seed}"
+
+
+def train_run(args, run, seed, data):
+    """Trains (or resumes) one run in its own process; returns its wall time in seconds."""
+    strategy, _, aug = run.partition("+")
+    cmd = [sys.executable, str(HERE / "train_imagenet.py"), "--data", str(data), "--strategy", strategy,
+           "--aug", aug or "none", "--seed", str(seed), "--out", str(run_dir(args, run, seed)), "--resume",
+           *PRESETS[args.preset]["args"], *args.extra]
+    if strategy in ("ldl", "kd"):
+        teacher = run_dir(args, "ce", seed) / "checkpoint.pt"
+        if not (run_dir(args, "ce", seed) / "report.json").exists():
+            train_run(args, "ce", seed, data)
+        cmd += ["--teacher", str(teacher)]
+    print(" ".join(cmd), flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True)
+    return time.time() - start
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def collect(args, run):
+    """Per seed: final-epoch metrics (+ ECE after temperature scaling) and the best epoch by top-1."""
+    rows = []
+    for seed in args.seeds:
+        folder = run_dir(args, run, seed)
+        if not (folder / "report.json").exists():
+            continue
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        report = json.loads((folder / "report.json").read_text())
+        final = dict(records[-1], ece_after_temperature=report["ece_after_temperature"])
+        best = max(records, key=lambda r: r["val_acc1"])
+        rows.append({"final": final, "best": best, "bins": report["bins"], "epochs": len(records)})
+    return rows
+
+
+def write_table(args):
+    header = ["run", "seeds"] + [name for name, _ in METRICS] + ["best-epoch top-1 (ECE) ⚑", "train img/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    diagrams = {}
+    for run in args.runs:
+        rows = collect(args, run)
+        if not rows:
+            lines.append(f"| {run} | 0 |" + " – |" * (len(header) - 2))
+            continue
+        cells = [run, str(len(rows))] + [mean_std([r["final"][key] for r in rows]) for _, key in METRICS]
+        best = ", ".join(f"{r['best']['val_acc1']:.4f} ({r['best']['val_ece']:.4f}) @ {r['best']['epoch'] + 1}"
+                         for r in rows)
+        cells += [best, f"{statistics.mean(r['final']['img_per_s'] for r in rows):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+        first = rows[0]
+        diagrams[f"{run}  ECE {first['final']['val_ece']:.3f}"] = [
+            [b["lower"], b["upper"], b["count"], b["confidence"], b["accuracy"]] for b in first["bins"]]
+    preset = PRESETS[args.preset]
+    text = "\n".join([f"# {args.preset}: {preset['dataset']}, seeds {args.seeds}", "",
+                      "Final epoch (mean ± std over seeds); ⚑ the best epoch by validation top-1 is what the papers'",
+                      "code reports (picked on the test set: optimistic).", "",
+                      "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "", *lines, ""])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(text)
+    print(text, flush=True)
+    if diagrams:
+        try:
+            from pysoftlabel.metrics import reliability_diagrams
+            reliability_diagrams(diagrams, args.out / "reliability.png")
+        except ImportError as error:
+            print(f"no reliability.png: {error}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.table_only:
+        data = dataset(args, PRESETS[args.preset]["dataset"])
+        for seed in args.seeds:
+            for run in args.runs:
+                if (run_dir(args, run, seed) / "report.json").exists():
+                    print(f"{run} seed {seed}: done", flush=True)
+                    continue
+                seconds = train_run(args, run, seed, data)
+                print(f"{run} seed {seed}: {seconds:.0f} s", flush=True)
+    write_table(args)
+
+
+if __name__ == "__main__":
+    main()
