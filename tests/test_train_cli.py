@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("nvidia.dali", reason="the data layer needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -87,3 +88,17 @@ def test_resident_small_dataset_path_resumes_exactly(data, tmp_path):
     parts = run(data, tmp_path / "parts", *common, "--resume")
     assert KEYS <= set(whole[-1])
     assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
+
+
+def test_multistep_schedule_after_warmup():
+    args = train_imagenet.parse_args(["--schedule", "multistep", "--epochs", "4", "--milestones", "2", "3",
+                                      "--warmup-epochs", "1"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = train_imagenet.make_scheduler(args, optimizer, steps=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0)  # warm-up from 0.1x over epoch 1
+    assert lrs[19] == pytest.approx(1.0) and lrs[20] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)

@@ -1,0 +1,89 @@
+"""DDP on CPUs (two gloo processes) against one process over the same data: the training loop, the OLS
+table and every metric must agree; and tools/train_imagenet.py under torchrun."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pysoftlabel import strategies as S
+from pysoftlabel.data import make_synthetic_dataset
+from pysoftlabel.data.resident import ResidentImages, ResidentLoader
+from pysoftlabel.engine import evaluate, train_one_epoch
+
+BATCH = 8  # per process with two processes; one process takes 2 * BATCH
+
+
+def _train(root, rank, world):
+    """Two OLS epochs of a BN-free model (BatchNorm statistics are per rank by design) without random
+    augmentation, so that two ranks' batches are exactly halves of one process's batches."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    train_data = ResidentImages(root, "train")
+    train = ResidentLoader(train_data, BATCH * 2 // world, True, pad=0, flip=False, seed=5, shard_id=rank,
+                           num_shards=world)
+    val = ResidentLoader(ResidentImages(root, "val", classes=train_data.classes), 5, False, shard_id=rank,
+                         num_shards=world)
+    run_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    strategy = S.OnlineLabelSmoothing(3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    records = []
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        metrics = train_one_epoch(run_model, train, strategy, optimizer, torch.device("cpu"))
+        strategy.all_reduce()
+        strategy.end_epoch()
+        records.append({**metrics, **evaluate(run_model, val, torch.device("cpu"))[0]})
+    return {"records": records, "table": strategy.table.clone(), "weight": model[1].weight.detach().clone()}
+
+
+def _worker(rank, world, init_file, out_file, root):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    result = _train(root, rank, world)
+    if rank == 0:
+        torch.save(result, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=5, image_size=32, seed=2)
+    return root
+
+
+def test_two_gloo_processes_train_like_one(data):
+    one = _train(data, 0, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.pt")
+        mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), out, data), nprocs=2, join=True)
+        two = torch.load(out)
+    assert one["table"].abs().sum() > 0  # the OLS table was filled by the first epoch
+    torch.testing.assert_close(two["table"], one["table"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(two["weight"], one["weight"], rtol=1e-5, atol=1e-6)
+    for got, want in zip(two["records"], one["records"]):
+        for key, value in want.items():
+            if key != "img_per_s":
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_train_imagenet_under_torchrun(data, tmp_path):
+    pytest.importorskip("nvidia.dali", reason="train_imagenet.py needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tools / "train_imagenet.py"), "--data", str(data), "--out", str(tmp_path / "run"), "--strategy", "ols",
+           "--epochs", "2", "--batch-size", "4", "--image-size", "16", "--device", "cpu", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]  # one line per epoch, written by rank 0 only
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["world_size"] == 2
+    assert (tmp_path / "run" / "report.md").exists()
