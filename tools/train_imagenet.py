@@ -27,10 +27,12 @@ import torch
 
 from pysoftlabel import strategies as S
 from pysoftlabel.data import make_synthetic_dataset
-from pysoftlabel.data.folder import scan_image_folder
-from pysoftlabel.data.imagenet import ImageNetLoader
+from pysoftlabel.data.boxes import load_boxes
+from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
+from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
-from pysoftlabel.engine import evaluate, load_checkpoint, save_checkpoint, train_one_epoch, write_calibration_report
+from pysoftlabel.engine import (context_confidence, evaluate, load_checkpoint, save_checkpoint, train_one_epoch,
+                                write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
 from pysoftlabel.models import create_model
 
@@ -63,7 +65,9 @@ def parse_args(argv=None):
     g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd (default: train one first)")
     g = p.add_argument_group("Strategy")
     g.add_argument("--strategy", default="ldl", help=f"one of {', '.join(STRATEGIES)} (default: ldl)")
-    g.add_argument("--eps", type=float, default=0.1, help="label smoothing for ls (default: 0.1)")
+    g.add_argument("--eps", type=float, default=0.1, help="label smoothing for ls, and als without a box (default: 0.1)")
+    g.add_argument("--als-eps", type=float, nargs=2, default=(0.0, 1.0), metavar=("MIN", "MAX"),
+                   help="als smoothing range, eps = clamp(1 - object fraction of the crop) (default: 0 1)")
     g.add_argument("--ols-alpha", type=float, default=0.5, help="OLS hard-label weight (default: 0.5)")
     g.add_argument("--kd-alpha", type=float, default=0.1, help="KD weight (default: 0.1)")
     g.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature (default: 3)")
@@ -96,6 +100,10 @@ def parse_args(argv=None):
     if args.teacher is not None and not Path(args.teacher).is_file():
         p.error(f"--teacher: {args.teacher} does not exist")
     args.out = Path(args.out or f"runs/{args.strategy}")
+    if args.boxes is not None and not Path(args.boxes).is_dir():
+        p.error(f"--boxes: {args.boxes} does not exist")
+    if args.strategy == "als" and args.resident:
+        p.error("--strategy als needs the DALI pipeline's crop windows: drop --resident")
     if args.min_scale is None:
         args.min_scale = 0.08 if args.data is not None else 0.35
     return args
@@ -119,10 +127,18 @@ def data_root(args):
     return root
 
 
-def make_loaders(args, root, device, rank, world):
-    """(val loader, classes, train loader for an epoch): the DALI pipeline, or the resident small-image path,
-    sharded per rank. The training loader of epoch e is a function of (seed, e), so that a resumed run sees
-    the same batches."""
+def boxes_root(args, root):
+    """--boxes, else DATA/boxes when it exists (the synthetic dataset writes its boxes there), else None."""
+    if args.boxes is not None:
+        return Path(args.boxes)
+    return root / "boxes" if (root / "boxes").is_dir() else None
+
+
+def make_loaders(args, root, device, rank, world, strategy_name):
+    """(val loader, classes, train loader for an epoch, data facts): the DALI pipeline, or the resident
+    small-image path, sharded per rank. The training loader of epoch e is a function of (seed, e), so that a
+    resumed run sees the same batches. For als the training batches carry the crops' object fractions and the
+    facts include the context-only crops of the validation images."""
     if args.resident:
         train_data = ResidentImages(root, "train", device, per_class=args.train_per_class)
         val = ResidentLoader(ResidentImages(root, args.val_split, device, train_data.classes), args.batch_size, False,
@@ -133,20 +149,37 @@ def make_loaders(args, root, device, rank, world):
         def train_for_epoch(epoch):
             train.set_epoch(epoch)
             return train
-        return val, train_data.classes, train_for_epoch
+        return val, train_data.classes, train_for_epoch, {}
     files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)  # once: seconds on ImageNet
-    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, shard_id=rank,
-                         num_shards=world, classes=classes, seed=args.seed, num_threads=args.threads)
+    files, labels, skipped = drop_unreadable(files, labels)
+    if skipped and is_main_process():
+        print(f"skipping {len(skipped)} unreadable training images, e.g. {skipped[0][0]} {skipped[0][1]}", flush=True)
+    facts = {"skipped_images": len(skipped)}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    common = dict(shard_id=rank, num_shards=world, num_threads=args.threads, dtype=dtype)
+    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, classes=classes,
+                         seed=args.seed, **common)
+    boxes = None
+    if strategy_name == "als":
+        box_root = boxes_root(args, root)
+        if box_root is None:
+            raise ValueError("--strategy als needs bounding boxes: --boxes ROOT (PASCAL-VOC XML, BOXES/**/<stem>.xml)")
+        boxes = load_boxes(box_root, files, labels, classes)
+        facts.update(boxes_matched=boxes.matched,
+                     context=context_crops(root, args.val_split, box_root, args.batch_size, args.image_size, device,
+                                           classes, seed=args.seed, **common))
+        if is_main_process():
+            print(f"boxes: {boxes.matched} of {len(files)} training images have a box of their class", flush=True)
 
     def train_for_epoch(epoch):
         # A global shuffle per epoch (the same on every rank, which then reads its own block): DALI's reader
         # shuffles only within its prefetch buffer, which on a class-sorted listing gives few-class batches.
         order = np.random.default_rng([args.seed, epoch]).permutation(len(files))
         listing = ([files[i] for i in order], [labels[i] for i in order], classes)
-        return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, shard_id=rank, num_shards=world,
-                              seed=args.seed * 1000 + epoch, num_threads=args.threads, min_scale=args.min_scale,
-                              listing=listing)
-    return val, classes, train_for_epoch
+        return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
+                              min_scale=args.min_scale, listing=listing, check_files=False,
+                              boxes=None if boxes is None else boxes.select(order), **common)
+    return val, classes, train_for_epoch, facts
 
 
 def make_strategy(name, args, model, num_classes, teacher, device):
@@ -157,7 +190,7 @@ def make_strategy(name, args, model, num_classes, teacher, device):
     if name == "ols":
         return S.OnlineLabelSmoothing(num_classes, args.ols_alpha, device=device)
     if name == "als":
-        raise SystemExit("--strategy als: the crop-fraction data pipeline is not built yet (issue 4)")
+        return S.AdaptiveLabelSmoothing(*args.als_eps, eps_no_box=args.eps)
     if name == "ldl":
         return S.LabelDistribution(teacher)
     if name == "online-ldl":
@@ -226,7 +259,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     """One full run; returns the path of its final checkpoint."""
     seed_everything(args.seed)
     root = data_root(args)
-    val, classes, train_for_epoch = make_loaders(args, root, device, rank, world)
+    val, classes, train_for_epoch, facts = make_loaders(args, root, device, rank, world, strategy_name)
+    context = facts.pop("context", None)
     num_classes = len(classes)
     model = create_model(args.arch, num_classes).to(device, memory_format=torch.channels_last)
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device)
@@ -269,8 +303,10 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
         strategy.all_reduce()
         strategy.end_epoch()
         val_metrics, _ = evaluate(run_model, val, device, amp)
+        if context is not None:
+            val_metrics["val_context_conf"] = context_confidence(run_model, context, device, amp)
         if log is not None:
-            log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics})
+            log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics, **facts})
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
                              "mix": mix.state_dict() if mix is not None else None,
@@ -279,7 +315,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
         barrier()  # no rank starts the next epoch (or a --resume) before the checkpoint is complete
     if stop == args.epochs and is_main_process():
         # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
-        full_val = val if world == 1 else make_loaders(args, root, device, 0, 1)[0]
+        full_val = val if world == 1 else make_loaders(args, root, device, 0, 1, "ce")[0]
         write_calibration_report(model, full_val, device, out, amp)
     barrier()
     return ckpt_path

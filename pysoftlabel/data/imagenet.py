@@ -2,9 +2,10 @@
 augmentation ("mixed") where a GPU is present, CPU-only DALI (device_id=None) elsewhere."""
 import torch
 
-from .folder import scan_image_folder
+from .boxes import context_window, load_boxes, object_fraction
+from .folder import drop_unreadable, scan_image_folder
 
-__all__ = ["imagenet_pipeline", "ImageNetLoader"]
+__all__ = ["imagenet_pipeline", "ImageNetLoader", "context_crops"]
 
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
@@ -19,38 +20,60 @@ def _dali():
     return fn, pipeline_def, types
 
 
-def imagenet_pipeline(files, labels, image_size, is_training, shard_id, num_shards, gpu, seed, batch_size,
-                      num_threads, device_id, min_scale=0.08):
-    """The DALI pipeline. Train: random-resized crop (scale min_scale-1, ratio 3/4-4/3), horizontal flip,
-    normalisation. Val: resize the shorter side to image_size / 0.875, centre crop. Output: float CHW."""
+def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu, seed, batch_size, num_threads,
+                      device_id, min_scale=0.08, half=False, windows=None):
+    """The DALI pipeline over ``files`` (the reader's label is the file's index in the listing).
+
+    Train: random-resized crop (area min_scale-1, ratio 3/4-4/3, decoded region only), horizontal flip,
+    normalisation; also outputs the crop window (anchor, shape) and the image's shape for the object
+    fraction. Val: resize the shorter side to image_size / 0.875, centre crop. ``windows`` (4 lists of
+    fractions x0, y0, x1, y1 per file): decode exactly that region and resize it to the square (context
+    crops). Output HWC (channels-last), float16 when ``half`` else float32."""
     fn, pipeline_def, types = _dali()
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     def pipeline():
-        jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=is_training, shard_id=shard_id,
-                                       num_shards=num_shards, pad_last_batch=True, name="Reader", seed=seed)
+        jpegs, index = fn.readers.file(files=files, labels=list(range(len(files))), random_shuffle=is_training,
+                                       shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
+                                       seed=seed)
         decoder = "mixed" if gpu else "cpu"
+        extra = ()
         if is_training:
-            images = fn.decoders.image_random_crop(jpegs, device=decoder, output_type=types.RGB,
-                                                   random_area=[min_scale, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+            shape = fn.peek_image_shape(jpegs)
+            anchor, crop = fn.random_crop_generator(shape, random_area=[min_scale, 1.0],
+                                                    random_aspect_ratio=[3 / 4, 4 / 3])
+            images = fn.decoders.image_slice(jpegs, anchor, crop, axes=[0, 1], device=decoder, output_type=types.RGB)
             images = fn.resize(images, resize_x=image_size, resize_y=image_size)
             mirror = fn.random.coin_flip(probability=0.5)
+            extra = (anchor, crop, shape)
+        elif windows is not None:
+            x0, y0, x1, y1 = (fn.lookup_table(index, keys=list(range(len(files))), values=v, dtype=types.FLOAT)
+                              for v in windows)
+            images = fn.decoders.image_slice(jpegs, fn.stack(y0, x0), fn.stack(y1 - y0, x1 - x0), axes=[0, 1],
+                                             device=decoder, output_type=types.RGB)
+            images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+            mirror = False
         else:
             images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
             images = fn.resize(images, resize_shorter=round(image_size / 0.875))
             mirror = False
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if half else types.FLOAT, output_layout="HWC",
                                           crop=(image_size, image_size), mean=MEAN, std=STD, mirror=mirror)
-        return images, label
+        return (images, index, *extra)
 
     return pipeline()
 
 
 class ImageNetLoader:
-    """Batches ``{"image": [N, 3, S, S] float, "label": [N] int64}`` from ``root/split``, sharded per DDP rank.
+    """Batches ``{"image": [N, 3, S, S], "label": [N] int64, "index": [N]}`` (index: the file's position in
+    ``files``) from ``root/split``, sharded per DDP rank;
+    with ``boxes`` also ``"object_fraction"`` [N] (training: the fraction of each random crop covered by
+    the boxes of its label, -1 without such a box; see :mod:`pysoftlabel.data.boxes`).
 
-    Evaluation keeps the last partial batch (no sample dropped or repeated); training drops it. On a GPU
-    machine images are decoded and augmented on the GPU and arrive there.
+    Images arrive channels-last (an NCHW view of NHWC memory) in ``dtype``. Evaluation keeps the last
+    partial batch (no sample dropped or repeated); training drops it. Unreadable files (empty, truncated,
+    not an image) are skipped and listed in ``skipped``; a file DALI still cannot decode stops the run with
+    DALI's message, which names it. On a GPU machine images are decoded and augmented on the GPU.
 
     Args:
         root (str): dataset root in ImageNet layout. split (str): "train" or "val".
@@ -62,26 +85,86 @@ class ImageNetLoader:
         min_scale (float): smallest crop area of the training random-resized crop. Default: 0.08.
         listing (tuple, optional): (files, labels, classes) of ``scan_image_folder(root, split)``, to scan a
             large folder once rather than for every loader.
+        dtype (torch.dtype): float32, float16 or bfloat16. Default: float32.
+        boxes (ImageBoxes, optional): the listing's boxes (:func:`~pysoftlabel.data.boxes.load_boxes`).
+        windows (Tensor[N, 4], optional): decode only these windows (fractions x0, y0, x1, y1) of the
+            listing's images, resized to the square: the context-only crops of ALS.
+        check_files (bool): skip unreadable files (:func:`~pysoftlabel.data.folder.unreadable_image`);
+            False when the listing was checked already. Default: True.
     """
 
     def __init__(self, root, split, batch_size, image_size, device, shard_id=0, num_shards=1, classes=None,
-                 seed=0, num_threads=2, min_scale=0.08, listing=None):
+                 seed=0, num_threads=2, min_scale=0.08, listing=None, dtype=torch.float32, boxes=None, windows=None,
+                 check_files=True):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self.files, self.labels, self.classes = listing or scan_image_folder(root, split, classes)
-        self.training = split == "train"
-        gpu = torch.device(device).type == "cuda"
-        self.pipe = imagenet_pipeline(self.files, self.labels, image_size, self.training, shard_id, num_shards, gpu,
-                                      seed, batch_size, num_threads, torch.device(device).index or 0 if gpu else None,
-                                      min_scale)
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        files, labels, self.classes = listing or scan_image_folder(root, split, classes)
+        self.files, labels, self.skipped = drop_unreadable(files, labels) if check_files else (files, labels, [])
+        if boxes is not None and self.skipped:
+            boxes = boxes.select([f not in {s for s, _ in self.skipped} for f in files])
+        if not self.files:
+            raise ValueError(f"data: none of the {len(files)} images of {root}/{split} can be read")
+        self.training, self.dtype, self.boxes = split == "train", dtype, boxes
+        self.device = torch.device(device)
+        gpu = self.device.type == "cuda"
+        self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
+        self.pipe = imagenet_pipeline(self.files, image_size, self.training, shard_id, num_shards, gpu, seed, batch_size,
+                                      num_threads, self.device.index or 0 if gpu else None, min_scale,
+                                      half=dtype != torch.float32,
+                                      windows=None if windows is None else windows.t().tolist())
         self.pipe.build()
         policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
-        self.iterator = DALIGenericIterator([self.pipe], ["image", "label"], reader_name="Reader",
+        self.outputs = ["image", "index", "anchor", "crop", "shape"] if self.training else ["image", "index"]
+        self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="Reader",
                                             last_batch_policy=policy, auto_reset=True)
 
     def __len__(self):
         return len(self.iterator)
 
     def __iter__(self):
-        for (out,) in self.iterator:
-            yield {"image": out["image"], "label": out["label"].reshape(-1).long()}
+        try:
+            for (out,) in self.iterator:
+                yield self._batch(out)
+        except RuntimeError as error:
+            if "Critical error in pipeline" not in str(error):
+                raise
+            raise ValueError(f"data: DALI could not read a file of {len(self.files)} in this listing: "
+                             f"{str(error).splitlines()[-1][:500]}") from None
+
+    def _batch(self, out):
+        index = out["index"].reshape(-1).long().to(self.labels.device)
+        image = out["image"].permute(0, 3, 1, 2)  # NHWC memory: channels-last NCHW
+        batch = {"image": image.to(self.dtype) if image.dtype != self.dtype else image, "label": self.labels[index],
+                 "index": index}
+        if self.training and self.boxes is not None:
+            anchor, crop, shape = (out[k].float().cpu() for k in ("anchor", "crop", "shape"))
+            height, width = shape[:, 0:1], shape[:, 1:2]
+            windows = torch.cat([anchor[:, 1:2] / width, anchor[:, 0:1] / height, (anchor[:, 1:2] + crop[:, 1:2]) / width,
+                                 (anchor[:, 0:1] + crop[:, 0:1]) / height], dim=1)
+            rows = index.cpu()
+            batch["object_fraction"] = object_fraction(self.boxes.boxes[rows], self.boxes.own[rows],
+                                                       windows).to(image.device)
+        return batch
+
+
+def context_crops(root, split, boxes_root, batch_size, image_size, device, classes, min_area=0.1, **kwargs):
+    """The context-only crops of ``root/split`` for the ALS evaluation: of each image with boxes, the largest
+    window that overlaps no box of any object (:func:`~pysoftlabel.data.boxes.context_window`), when it
+    covers at least ``min_area`` of the image. Returns an :class:`ImageNetLoader` of those crops (labels are
+    the images' classes, unused by the metric), or None when no image has such a window."""
+    files, labels, classes = scan_image_folder(root, split, classes)
+    files, labels, _ = drop_unreadable(files, labels)
+    boxes = load_boxes(boxes_root, files, labels, classes)
+    rows, windows = [], []
+    for i in range(len(files)):
+        window = context_window(boxes.boxes[i][boxes.valid[i]].numpy(), min_area) if boxes.valid[i].any() else None
+        if window is not None:
+            rows.append(i)
+            windows.append(window)
+    if not rows:
+        return None
+    listing = ([files[i] for i in rows], [labels[i] for i in rows], classes)
+    return ImageNetLoader(root, split, batch_size, image_size, device, listing=listing, windows=torch.tensor(windows),
+                          check_files=False, **kwargs)

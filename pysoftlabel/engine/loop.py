@@ -3,11 +3,11 @@ import time
 
 import torch
 
-from ..metrics import AccuracyStats, CalibrationStats
+from ..metrics import AccuracyStats, CalibrationStats, ContextConfidence
 from ..strategies.mix import mixed_loss
 from .distributed import all_reduce_
 
-__all__ = ["train_one_epoch", "evaluate"]
+__all__ = ["train_one_epoch", "evaluate", "context_confidence"]
 
 
 def _to(batch, device):
@@ -72,3 +72,14 @@ def evaluate(model, loader, device, amp_dtype=None):
     acc.all_reduce()
     return {"val_acc1": acc.accuracy(1), "val_acc5": acc.accuracy(5), "val_ece": calib.ece, "val_mce": calib.mce,
             "val_nll": calib.nll, "val_brier": calib.brier}, calib
+
+
+@torch.no_grad()
+def context_confidence(model, loader, device, amp_dtype=None) -> float:
+    """Mean max-softmax of the model on context-only crops (the ALS evaluation), over all ranks."""
+    model.eval()
+    conf = ContextConfidence(device=device)
+    for batch in loader:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            conf.update(model(batch["image"].to(device)).float())
+    return conf.all_reduce().mean

@@ -1,0 +1,178 @@
+"""The DALI ImageNet-layout loader on CPU-only DALI: shapes, dtypes, labels against folder names, object
+fractions against the pixels of the output crops, context-only crops, determinism, sharding, bad data, and
+Imagenette from ../shared when it is there."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("nvidia.dali", reason="the data layer needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
+
+from pysoftlabel.data.boxes import load_boxes  # noqa: E402
+from pysoftlabel.data.folder import scan_image_folder  # noqa: E402
+from pysoftlabel.data.imagenet import MEAN, STD, ImageNetLoader, context_crops  # noqa: E402
+
+CLASSES = ("blue", "green", "red")  # sorted folder names; the background is dark in that channel
+WIDTH, HEIGHT = 64, 48  # not square, so that swapped x and y would show
+
+
+def draw(path, label, box, fmt="JPEG"):
+    img = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    img[..., 2 - label] = 120  # blue -> channel 2, green -> 1, red -> 0
+    if box is not None:
+        x0, y0, x1, y1 = box
+        img[y0:y1, x0:x1] = 255
+    Image.fromarray(img).save(path, format=fmt, quality=95)
+
+
+def write_xml(path, name, box):
+    x0, y0, x1, y1 = box
+    path.write_text(f"<annotation><size><width>{WIDTH}</width><height>{HEIGHT}</height></size><object><name>{name}"
+                    f"</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>"
+                    "</object></annotation>")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("boxes_data")
+    rng = np.random.default_rng(0)
+    (root / "boxes").mkdir()
+    for split, per_class in (("train", 8), ("val", 7)):
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                x0, y0 = int(rng.integers(0, WIDTH // 2)), int(rng.integers(0, HEIGHT // 2))
+                box = (x0, y0, x0 + int(rng.integers(8, WIDTH // 2)), y0 + int(rng.integers(8, HEIGHT // 2)))
+                stem = f"{split}_{name}_{i}"
+                draw(root / split / name / f"{stem}.JPEG", label, box)
+                if i != 0:  # the first image of each class has no annotation
+                    write_xml(root / "boxes" / f"{stem}.xml", name, box)
+    return root
+
+
+def pixels(batch):
+    """The images back in 0-255 RGB, [N, H, W, 3]."""
+    img = batch["image"].float().permute(0, 2, 3, 1)
+    return img * torch.tensor(STD) + torch.tensor(MEAN)
+
+
+def train_loader(data, seed=0, **kwargs):
+    listing = scan_image_folder(data, "train")
+    boxes = load_boxes(data / "boxes", *listing)
+    return ImageNetLoader(data, "train", 6, 32, "cpu", seed=seed, listing=listing, boxes=boxes, min_scale=0.2,
+                          num_threads=1, **kwargs)
+
+
+def test_train_batches_labels_and_object_fractions(data):
+    loader = train_loader(data)
+    seen = 0
+    for batch in loader:
+        img = pixels(batch)
+        assert batch["image"].shape == (6, 3, 32, 32) and batch["image"].dtype == torch.float32
+        assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+        white = (img > 200).all(dim=-1)
+        background = img.masked_fill(white[..., None], 0).sum(dim=(1, 2))
+        assert (2 - background.argmax(dim=1) == batch["label"]).all()  # label of the folder the file is in
+        for i in range(6):
+            fraction = float(batch["object_fraction"][i])
+            is_first = Path(loader.files[int(batch["index"][i])]).stem.endswith("_0")
+            if is_first:
+                assert fraction == -1
+            else:  # the crop's share of white pixels, after resizing: a few pixels of blur at the edges
+                assert fraction == pytest.approx(float(white[i].float().mean()), abs=0.07)
+        seen += 6
+    assert seen == len(loader) * 6 == 24
+
+
+def test_dtypes_determinism_and_sharding(data):
+    first = next(iter(train_loader(data, seed=3, dtype=torch.bfloat16)))
+    assert first["image"].dtype == torch.bfloat16
+    again = next(iter(train_loader(data, seed=3, dtype=torch.bfloat16)))
+    other = next(iter(train_loader(data, seed=4, dtype=torch.bfloat16)))
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["index"], again["index"])
+    assert not torch.equal(first["image"], other["image"])
+    assert next(iter(train_loader(data, dtype=torch.float16)))["image"].dtype == torch.float16
+    seen = []
+    for shard in range(3):  # 21 validation images, batches of 4: every image exactly once, partial batches kept
+        loader = ImageNetLoader(data, "val", 4, 32, "cpu", shard_id=shard, num_shards=3, num_threads=1)
+        seen += [int(i) for batch in loader for i in batch["index"]]
+    assert sorted(seen) == list(range(21))
+
+
+def test_context_crops_avoid_every_box(data):
+    loader = context_crops(data, "val", data / "boxes", 4, 32, "cpu", list(CLASSES), min_area=0.1, num_threads=1)
+    crops = 0
+    for batch in loader:
+        white = (pixels(batch) > 200).all(dim=-1).float().mean(dim=(1, 2))
+        assert (white < 0.03).all()  # at most resize blur from a box edge
+        crops += len(batch["label"])
+    assert 0 < crops <= 18  # 18 validation images have boxes
+
+
+def test_greyscale_cmyk_and_png_named_jpeg_decode_to_rgb(tmp_path):
+    (tmp_path / "train" / "x").mkdir(parents=True)
+    Image.new("L", (40, 30), 90).save(tmp_path / "train" / "x" / "grey.JPEG")
+    Image.new("CMYK", (40, 30), (0, 0, 0, 0)).save(tmp_path / "train" / "x" / "cmyk.JPEG")
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "train" / "x" / "png.JPEG", format="PNG")
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "train" / "x" / "upper.JPG")
+    loader = ImageNetLoader(tmp_path, "train", 4, 16, "cpu", num_threads=1)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (4, 3, 16, 16) and len(loader.files) == 4
+
+
+def test_unreadable_files_are_skipped_and_counted(data, tmp_path):
+    import shutil
+    # DALI maps the files into memory: each case gets its own copy rather than truncating files in use.
+    for case in ("some", "class", "all"):
+        shutil.copytree(data / "train", tmp_path / case / "train")
+    good = (tmp_path / "some" / "train" / "red" / "train_red_1.JPEG").read_bytes()
+    (tmp_path / "some" / "train" / "red" / "truncated.JPEG").write_bytes(good[: len(good) // 2])
+    (tmp_path / "some" / "train" / "red" / "empty.JPEG").write_bytes(b"")
+    (tmp_path / "some" / "train" / "blue" / "text.JPEG").write_text("not an image")
+    loader = ImageNetLoader(tmp_path / "some", "train", 6, 16, "cpu", num_threads=1)
+    assert sorted(Path(f).name for f, _ in loader.skipped) == ["empty.JPEG", "text.JPEG", "truncated.JPEG"]
+    assert sum(len(b["label"]) for b in loader) == 24  # the run goes on without them
+    for path in (tmp_path / "class" / "train" / "green").iterdir():
+        path.write_bytes(b"")
+    only_bad = ImageNetLoader(tmp_path / "class", "train", 6, 16, "cpu", num_threads=1)
+    assert len(only_bad.skipped) == 8 and not any("green" in f for f in only_bad.files)
+    for path in (tmp_path / "all" / "train").rglob("*.JPEG"):
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match="none of the"):
+        ImageNetLoader(tmp_path / "all", "train", 6, 16, "cpu", num_threads=1)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda root: (root / "train" / "a").mkdir(parents=True), "has no images"),
+    (lambda root: ((root / "train").mkdir(), (root / "train" / "x.JPEG").write_bytes(b"")), "no class folders"),
+    (lambda root: None, "does not exist"),
+])
+def test_bad_layouts_name_the_folder(tmp_path, make, match):
+    make(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        ImageNetLoader(tmp_path, "train", 4, 16, "cpu", num_threads=1)
+
+
+IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def imagenette(tmp_path_factory):
+    parts = sorted(IMAGENETTE.glob("imagenette2-224.tar.gz.part*"))
+    if not parts:
+        pytest.skip(f"Imagenette archives not found in {IMAGENETTE} (../shared/data beside the checkout)")
+    import subprocess
+    root = tmp_path_factory.mktemp("imagenette")
+    subprocess.run(f"cat {' '.join(map(str, parts))} | tar -xzf - -C {root}", shell=True, check=True)
+    return root / "imagenette2-224"
+
+
+def test_imagenette_validation_set(imagenette):
+    listing = scan_image_folder(imagenette, "val")
+    assert len(listing[2]) == 10 and len(listing[0]) == 3925
+    loader = ImageNetLoader(imagenette, "val", 256, 64, "cpu", listing=listing, num_threads=2)
+    labels = torch.cat([b["label"] for b in loader])
+    want = [len(list((imagenette / "val" / c).iterdir())) for c in listing[2]]
+    assert labels.bincount(minlength=10).tolist() == want  # greyscale ones included, none lost or repeated
