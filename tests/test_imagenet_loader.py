@@ -176,3 +176,29 @@ def test_imagenette_validation_set(imagenette):
     labels = torch.cat([b["label"] for b in loader])
     want = [len(list((imagenette / "val" / c).iterdir())) for c in listing[2]]
     assert labels.bincount(minlength=10).tolist() == want  # greyscale ones included, none lost or repeated
+
+
+def test_webdataset_shards(data, tmp_path):
+    from pysoftlabel.data.webdataset import write_webdataset
+    for split in ("train", "val"):
+        files, labels, _ = scan_image_folder(data, split)
+        write_webdataset(files, labels, tmp_path / split, per_shard=5)
+    train = ImageNetLoader(tmp_path, "train", 6, 16, "cpu", num_threads=1, seed=1)
+    assert train.webdataset and len(train.files) == 5 and train.classes == ["0", "1", "2"]
+    batch = next(iter(train))
+    assert batch["image"].shape == (6, 3, 16, 16)
+    img = pixels(batch)
+    background = img.masked_fill((img > 200).all(dim=-1)[..., None], 0).sum(dim=(1, 2))
+    assert (2 - background.argmax(dim=1) == batch["label"]).all()  # the .cls text parsed back
+    val = ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=train.classes)
+    labels = torch.cat([b["label"] for b in val])
+    assert labels.bincount().tolist() == [7, 7, 7]  # every sample once, the partial batch kept
+    import tarfile
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        info = tarfile.TarInfo("x.cls")
+        info.size = 3
+        tar.addfile(info, __import__("io").BytesIO(b"cat"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad.tar").rename(tmp_path / "bad" / "bad.tar")
+    with pytest.raises(ValueError, match="not a class index"):
+        ImageNetLoader(tmp_path, "bad", 4, 16, "cpu", num_threads=1)

@@ -39,6 +39,13 @@ def test_ols_run_writes_metrics_checkpoint_and_report(data, tmp_path):
         assert (tmp_path / "ols" / name).exists(), name
 
 
+def test_als_run_reports_boxes_and_context_confidence(data, tmp_path):
+    records = run(data, tmp_path / "als", "--strategy", "als", "--aug", "ricap")
+    matched = sum(1 for _ in (data / "boxes").glob("*_train_*.xml"))
+    assert records[-1]["boxes_matched"] == matched > 0 and records[-1]["skipped_images"] == 0
+    assert 1 / 3 - 1e-6 <= records[-1]["val_context_conf"] <= 1
+
+
 def test_resume_continues_exactly(data, tmp_path):
     whole = run(data, tmp_path / "whole", "--strategy", "ols", "--aug", "mixup")
     run(data, tmp_path / "parts", "--strategy", "ols", "--aug", "mixup", "--stop-after", "1")
@@ -78,6 +85,7 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     evaluate.main([str(tmp_path / "ce" / "checkpoint.pt"), "--data", str(data), "--device", "cpu"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"ece", "accuracy", "temperature", "ece_after_temperature", "acc5"} <= set(summary)
+    assert 1 / 3 - 1e-6 <= summary["context_confidence"] <= 1 and summary["context_crops"] > 0  # boxes in DATA/boxes
     assert (tmp_path / "ce" / "eval" / "report.md").exists()
 
 
@@ -102,3 +110,13 @@ def test_multistep_schedule_after_warmup():
         scheduler.step()
     assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0)  # warm-up from 0.1x over epoch 1
     assert lrs[19] == pytest.approx(1.0) and lrs[20] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)
+
+
+def test_trains_on_webdataset_shards(data, tmp_path):
+    from pysoftlabel.data.folder import scan_image_folder
+    from pysoftlabel.data.webdataset import write_webdataset
+    for split in ("train", "val"):
+        files, labels, _ = scan_image_folder(data, split)
+        write_webdataset(files, labels, tmp_path / "wds" / split, per_shard=10)
+    records = run(tmp_path / "wds", tmp_path / "out", "--strategy", "ls", "--epochs", "1")
+    assert len(records) == 1 and 0 <= records[0]["val_acc1"] <= 1

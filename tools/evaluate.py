@@ -2,7 +2,10 @@
 """Evaluate a checkpoint of tools/train_imagenet.py: the same validation metrics, the calibration report
 (with temperature scaling fitted on the validation logits, reported beside) and the reliability diagram.
 
-    python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--out DIR --image-size 32]
+    python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--out DIR --image-size 32 --boxes BOXES]
+
+Given boxes (--boxes, or DATA/boxes when it exists) it also reports the context-only confidence of Adaptive
+Label Smoothing: the mean max-softmax on the largest box-free window of each validation image.
 """
 import argparse
 import json
@@ -10,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pysoftlabel.data.imagenet import ImageNetLoader
-from pysoftlabel.engine import load_checkpoint, write_calibration_report
+from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
+from pysoftlabel.engine import context_confidence, load_checkpoint, write_calibration_report
 from pysoftlabel.models import create_model
 
 
@@ -23,6 +26,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, eval/)")
+    p.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root (default: DATA/boxes if present)")
     args = p.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         p.error(f"checkpoint: {args.checkpoint} does not exist")
@@ -37,7 +41,15 @@ def main(argv=None):
     model = create_model(state["arch"], len(state["classes"])).to(device)
     model.load_state_dict(state["model"])
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
-    summary = write_calibration_report(model, val, device, out)
+    boxes = Path(args.boxes) if args.boxes else Path(args.data, "boxes")
+    extra = {}
+    if boxes.is_dir():
+        context = context_crops(args.data, "val", boxes, args.batch_size, image_size, device, state["classes"])
+        if context is not None:
+            extra = {"context_confidence": context_confidence(model, context, device), "context_crops": len(context.files)}
+    elif args.boxes:
+        p.error(f"--boxes: {args.boxes} does not exist")
+    summary = write_calibration_report(model, val, device, out, extra=extra)
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
 
 

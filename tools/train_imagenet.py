@@ -31,6 +31,7 @@ from pysoftlabel.data.boxes import load_boxes
 from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
+from pysoftlabel.data.webdataset import find_shards, scan_webdataset
 from pysoftlabel.engine import (context_confidence, evaluate, load_checkpoint, save_checkpoint, train_one_epoch,
                                 write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
@@ -150,13 +151,22 @@ def make_loaders(args, root, device, rank, world, strategy_name):
             train.set_epoch(epoch)
             return train
         return val, train_data.classes, train_for_epoch, {}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    common = dict(shard_id=rank, num_shards=world, num_threads=args.threads, dtype=dtype)
+    if find_shards(root / "train"):  # webdataset shards: the loader shuffles the shard order per epoch
+        if strategy_name == "als" or args.train_per_class:
+            raise ValueError("data: --strategy als and --train-per-class need ImageNet-layout folders, not shards")
+        classes = ImageNetLoader(root, "train", args.batch_size, args.image_size, device, **common).classes
+        val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, classes=classes,
+                             seed=args.seed, **common)
+        return val, classes, lambda epoch: ImageNetLoader(
+            root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
+            min_scale=args.min_scale, **common), {}
     files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)  # once: seconds on ImageNet
     files, labels, skipped = drop_unreadable(files, labels)
     if skipped and is_main_process():
         print(f"skipping {len(skipped)} unreadable training images, e.g. {skipped[0][0]} {skipped[0][1]}", flush=True)
     facts = {"skipped_images": len(skipped)}
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    common = dict(shard_id=rank, num_shards=world, num_threads=args.threads, dtype=dtype)
     val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, classes=classes,
                          seed=args.seed, **common)
     boxes = None
@@ -351,7 +361,8 @@ def main(argv=None):
                 if is_main_process():
                     print("no --teacher: training one with ce on the same recipe first", flush=True)
                 path = train(args, "ce", args.out / "teacher", device, rank, world)
-            num_classes = len(scan_image_folder(data_root(args), "train")[2])
+            shards = find_shards(data_root(args) / "train")
+            num_classes = scan_webdataset(shards)[1] if shards else len(scan_image_folder(data_root(args), "train")[2])
             teacher = load_teacher(path, args.arch, num_classes, device)
         train(args, args.strategy, args.out, device, rank, world, teacher)
     except KeyboardInterrupt:

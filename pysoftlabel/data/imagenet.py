@@ -1,9 +1,13 @@
 """NVIDIA DALI pipelines for ImageNet-layout data: one definition for both machines, GPU decoding and
 augmentation ("mixed") where a GPU is present, CPU-only DALI (device_id=None) elsewhere."""
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from .boxes import context_window, load_boxes, object_fraction
 from .folder import drop_unreadable, scan_image_folder
+from .webdataset import find_shards, parse_class_text, scan_webdataset
 
 __all__ = ["imagenet_pipeline", "ImageNetLoader", "context_crops"]
 
@@ -21,8 +25,9 @@ def _dali():
 
 
 def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu, seed, batch_size, num_threads,
-                      device_id, min_scale=0.08, half=False, windows=None):
-    """The DALI pipeline over ``files`` (the reader's label is the file's index in the listing).
+                      device_id, min_scale=0.08, half=False, windows=None, webdataset=False):
+    """The DALI pipeline over image ``files`` (the second output is the file's index in the listing) or, with
+    ``webdataset``, over tar shards (the second output is the ``.cls`` text, zero-padded).
 
     Train: random-resized crop (area min_scale-1, ratio 3/4-4/3, decoded region only), horizontal flip,
     normalisation; also outputs the crop window (anchor, shape) and the image's shape for the object
@@ -33,9 +38,14 @@ def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu,
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     def pipeline():
-        jpegs, index = fn.readers.file(files=files, labels=list(range(len(files))), random_shuffle=is_training,
-                                       shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
-                                       seed=seed)
+        common = dict(random_shuffle=is_training, shard_id=shard_id, num_shards=num_shards, pad_last_batch=True,
+                      name="Reader", seed=seed)
+        if webdataset:
+            jpegs, index = fn.readers.webdataset(paths=files, ext=["jpg;jpeg;png", "cls"],
+                                                 missing_component_behavior="error", **common)
+            index = fn.pad(index, axes=[0], shape=[12], fill_value=0)
+        else:
+            jpegs, index = fn.readers.file(files=files, labels=list(range(len(files))), **common)
         decoder = "mixed" if gpu else "cpu"
         extra = ()
         if is_training:
@@ -66,7 +76,8 @@ def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu,
 
 class ImageNetLoader:
     """Batches ``{"image": [N, 3, S, S], "label": [N] int64, "index": [N]}`` (index: the file's position in
-    ``files``) from ``root/split``, sharded per DDP rank;
+    ``files``) from ``root/split`` (class folders, or webdataset shards ``*.tar``: then no index and no
+    boxes), sharded per DDP rank;
     with ``boxes`` also ``"object_fraction"`` [N] (training: the fraction of each random crop covered by
     the boxes of its label, -1 without such a box; see :mod:`pysoftlabel.data.boxes`).
 
@@ -100,20 +111,35 @@ class ImageNetLoader:
 
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        files, labels, self.classes = listing or scan_image_folder(root, split, classes)
-        self.files, labels, self.skipped = drop_unreadable(files, labels) if check_files else (files, labels, [])
-        if boxes is not None and self.skipped:
-            boxes = boxes.select([f not in {s for s, _ in self.skipped} for f in files])
-        if not self.files:
-            raise ValueError(f"data: none of the {len(files)} images of {root}/{split} can be read")
-        self.training, self.dtype, self.boxes = split == "train", dtype, boxes
-        self.device = torch.device(device)
+        self.training, self.dtype, self.device = split == "train", dtype, torch.device(device)
+        shards = find_shards(Path(root) / split) if listing is None else []
+        self.webdataset, self.skipped = bool(shards), []
+        if self.webdataset:
+            if boxes is not None or windows is not None:
+                raise ValueError(f"data: boxes need ImageNet-layout folders; {root}/{split} holds webdataset shards")
+            samples, num_classes = scan_webdataset(shards)
+            self.classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
+            if num_classes > len(self.classes):
+                raise ValueError(f"data: {root}/{split} has class index {num_classes - 1}, the training set "
+                                 f"{len(self.classes)} classes")
+            # a new order of the shards each training epoch (seeded), on top of the reader's buffer shuffle
+            self.files = [shards[i] for i in np.random.default_rng(seed).permutation(len(shards))] \
+                if self.training else shards
+        else:
+            files, labels, self.classes = listing or scan_image_folder(root, split, classes)
+            self.files, labels, self.skipped = drop_unreadable(files, labels) if check_files else (files, labels, [])
+            if boxes is not None and self.skipped:
+                boxes = boxes.select([f not in {s for s, _ in self.skipped} for f in files])
+            if not self.files:
+                raise ValueError(f"data: none of the {len(files)} images of {root}/{split} can be read")
+            self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
+        self.boxes = boxes
         gpu = self.device.type == "cuda"
-        self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
         self.pipe = imagenet_pipeline(self.files, image_size, self.training, shard_id, num_shards, gpu, seed, batch_size,
                                       num_threads, self.device.index or 0 if gpu else None, min_scale,
                                       half=dtype != torch.float32,
-                                      windows=None if windows is None else windows.t().tolist())
+                                      windows=None if windows is None else windows.t().tolist(),
+                                      webdataset=self.webdataset)
         self.pipe.build()
         policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
         self.outputs = ["image", "index", "anchor", "crop", "shape"] if self.training else ["image", "index"]
@@ -134,10 +160,13 @@ class ImageNetLoader:
                              f"{str(error).splitlines()[-1][:500]}") from None
 
     def _batch(self, out):
-        index = out["index"].reshape(-1).long().to(self.labels.device)
         image = out["image"].permute(0, 3, 1, 2)  # NHWC memory: channels-last NCHW
-        batch = {"image": image.to(self.dtype) if image.dtype != self.dtype else image, "label": self.labels[index],
-                 "index": index}
+        batch = {"image": image.to(self.dtype) if image.dtype != self.dtype else image}
+        if self.webdataset:
+            batch["label"] = parse_class_text(out["index"]).to(self.device)
+            return batch
+        index = out["index"].reshape(-1).long().to(self.device)
+        batch.update(label=self.labels[index], index=index)
         if self.training and self.boxes is not None:
             anchor, crop, shape = (out[k].float().cpu() for k in ("anchor", "crop", "shape"))
             height, width = shape[:, 0:1], shape[:, 1:2]

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Convert an ImageNet-layout folder into webdataset shards (OUT/{train,val}/shard-NNNNNN.tar, samples in a
+seeded random order, class indices in the training folder's sorted order) for tools/train_imagenet.py --data OUT.
+
+    python tools/make_webdataset.py /data/imagenet /data/imagenet-wds --per-shard 1000
+"""
+import argparse
+
+from pysoftlabel.data.folder import scan_image_folder
+from pysoftlabel.data.webdataset import write_webdataset
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="ImageNet-layout root")
+    p.add_argument("out", help="output root")
+    p.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to convert (default: train val)")
+    p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="shuffling seed (default: 0)")
+    args = p.parse_args(argv)
+    classes = None
+    for split in args.splits:
+        try:
+            files, labels, classes = scan_image_folder(args.root, split, classes)
+        except ValueError as error:
+            raise SystemExit(str(error))
+        shards = write_webdataset(files, labels, f"{args.out}/{split}", args.per_shard, args.seed)
+        print(f"{split}: {len(files)} images in {len(shards)} shards under {args.out}/{split}")
+
+
+if __name__ == "__main__":
+    main()
