@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Images per second of the DALI ImageNet training pipeline beside torchvision's ImageFolder + DataLoader
-and the model-only training speed of ResNet-50 (synthetic tensors, bf16, channels-last), in one run.
+and the model-only training speed of ResNet-50 (synthetic tensors, bf16, channels-last), in one run; with
+--small (CIFAR-style class folders) also the resident small-dataset path beside ImageFolder + DataLoader
+(random crop with 4-pixel padding, flip) and the model-only speed of a CIFAR-stem ResNet-18.
 
-    python tools/bench_loader.py --device cuda --out gpu-results/bench_loader.json
+    python tools/bench_loader.py --device cuda --small /tmp/cifar10 --out gpu-results/bench_loader.json
     python tools/bench_loader.py --device cpu --images 400 --workers 2        # a smoke run
 
 The ImageNet-sized JPEGs are written by the synthetic generator (--image-side pixels) into --data unless
@@ -14,9 +16,11 @@ import time
 from pathlib import Path
 
 import torch
+from bench_e2e import model_only
 
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.imagenet import MEAN, STD, ImageNetLoader
+from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 
 
 def images_per_second(loader, device, batches):
@@ -36,37 +40,15 @@ def images_per_second(loader, device, batches):
     return seen / (time.perf_counter() - start) if start and seen else float("nan")
 
 
-def torchvision_loader(root, batch_size, crop, workers):
+def torchvision_loader(root, batch_size, crop, workers, small=False):
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
-    tf = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize([m / 255 for m in MEAN], [s / 255 for s in STD])])
+    tf = T.Compose([T.RandomCrop(crop, padding=4) if small else T.RandomResizedCrop(crop), T.RandomHorizontalFlip(),
+                    T.ToTensor(), T.Normalize([m / 255 for m in MEAN], [s / 255 for s in STD])])
     dataset = ImageFolder(str(Path(root) / "train"), tf)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(), drop_last=True,
                                        persistent_workers=workers > 0)
-
-
-def model_only(device, batch_size, crop, steps):
-    import torchvision
-    model = torchvision.models.resnet50().to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(batch_size, 3, crop, crop, device=device).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch_size,), device=device)
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    for i in range(steps + 3):
-        if i == 3:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -80,6 +62,7 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=20, help="timed batches per loader (default: 20)")
     p.add_argument("--workers", type=int, default=16, help="torchvision DataLoader workers (default: 16)")
     p.add_argument("--threads", type=int, default=8, help="DALI threads (default: 8)")
+    p.add_argument("--small", default=None, help="CIFAR-style dataset root for the resident path (optional)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -94,10 +77,19 @@ def main(argv=None):
     rows["dali_img_per_s"] = images_per_second(dali, device, args.batches)
     rows["torchvision_img_per_s"] = images_per_second(torchvision_loader(root, args.batch_size, args.crop, args.workers),
                                                       device, args.batches)
-    rows["resnet50_model_only_img_per_s"] = model_only(device, args.batch_size if device.type == "cuda" else 8,
-                                                       args.crop, 20 if device.type == "cuda" else 2)
+    steps = 20 if device.type == "cuda" else 2
+    rows["resnet50_model_only_img_per_s"] = model_only("resnet50", 1000, args.batch_size if device.type == "cuda" else 8,
+                                                       args.crop, device, steps)
     rows["dali_vs_torchvision"] = rows["dali_img_per_s"] / rows["torchvision_img_per_s"]
     rows["dali_vs_resnet50"] = rows["dali_img_per_s"] / rows["resnet50_model_only_img_per_s"]
+    if args.small:
+        small = ResidentLoader(ResidentImages(args.small, "train", device), args.batch_size, True)
+        rows["resident_img_per_s"] = images_per_second(small, device, args.batches)
+        rows["torchvision_small_img_per_s"] = images_per_second(
+            torchvision_loader(args.small, args.batch_size, 32, args.workers, small=True), device, args.batches)
+        rows["cifar_resnet18_model_only_img_per_s"] = model_only("cifar_resnet18", 10, args.batch_size, 32, device, steps)
+        rows["resident_vs_torchvision"] = rows["resident_img_per_s"] / rows["torchvision_small_img_per_s"]
+        rows["resident_vs_cifar_resnet18"] = rows["resident_img_per_s"] / rows["cifar_resnet18_model_only_img_per_s"]
     print(json.dumps(rows, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 # Everything GPU-side in one call: build the extension in place, run the CUDA tests, benchmark the kernels,
 # run the CUDA tests again under compute-sanitizer memcheck, benchmark the data loader (stage "loader":
 # needs NVIDIA DALI importable, on the device tool's machine from the parts of ../shared/device/dali-chunks.sh,
-# PYTHONPATH=/tmp/site), and print a one-screen summary.
+# PYTHONPATH=/tmp/site), measure end-to-end training speed against the model-only step (stage "e2e", DALI too:
+# ResNet-50 on ImageNet-sized JPEGs written there; CIFAR-10 ResNet-18 when .data/cifar10.tar.gz is carried),
+# and print a one-screen summary.
 # Logs and the benchmark table go to $OUT (the device tool's output folder) or ./gpu-results.
 #
 #   bash tools/gpu_check.sh                 # all stages: build test bench sanitize
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench loader sanitize"; else DEFAULT_STAGES="build test bench sanitize"; fi
+if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench loader e2e sanitize"; else DEFAULT_STAGES="build test bench sanitize"; fi
 STAGES=${*:-$DEFAULT_STAGES}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for tools/*.py
@@ -36,6 +38,10 @@ run_stage() {  # name, log file, command...
   echo "=== $name: ${STATUS[$name]}" | tee -a "$OUT/$log"
 }
 
+cifar10() {  # CIFAR-10 in /tmp/cifar10 when the call carried .data/cifar10.tar.gz
+  [ -d /tmp/cifar10 ] || { [ -f .data/cifar10.tar.gz ] && tar -xzf .data/cifar10.tar.gz -C /tmp; }
+}
+
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
   2>&1 | tee "$OUT/env.txt"
 
@@ -44,10 +50,15 @@ for stage in $STAGES; do
     build) run_stage build build.log $PY setup.py build_ext --inplace ;;
     test) run_stage test test.log $PY -m pytest -q -p no:cacheprovider tests ;;
     bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
-    loader) run_stage loader loader.log $PY tools/bench_loader.py --device cuda --out "$OUT/bench_loader.json" ;;
+    loader) run_stage loader loader.log $PY tools/bench_loader.py --device cuda --out "$OUT/bench_loader.json" \
+              $(cifar10 && echo --small /tmp/cifar10) ;;
+    e2e) run_stage e2e e2e.log $PY tools/bench_e2e.py --device cuda --arch resnet50 --image-size 224 --batch-size 256 \
+           --threads 12 --out "$OUT/bench_e2e_resnet50.json"
+         cifar10 && run_stage e2e-cifar e2e_cifar.log $PY tools/bench_e2e.py --device cuda --data /tmp/cifar10 \
+           --resident --val-split test --arch cifar_resnet18 --batch-size 512 --image-size 32 --out "$OUT/bench_e2e_cifar.json" ;;
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
                 $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps" tests ;;
-    *) echo "unknown stage $stage (build, test, bench, loader, sanitize)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, test, bench, loader, e2e, sanitize)"; exit 2 ;;
   esac
 done
 
@@ -59,3 +70,4 @@ for stage in $STAGES; do echo "$stage: ${STATUS[$stage]:-not run}"; done
 [ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -2
 [ -f "$OUT/bench_kernels.md" ] && cat "$OUT/bench_kernels.md"
 [ -f "$OUT/bench_loader.json" ] && cat "$OUT/bench_loader.json"
+for f in "$OUT"/bench_e2e_*.json; do [ -f "$f" ] && cat "$f"; done

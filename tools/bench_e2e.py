@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""End-to-end training speed: tools/train_imagenet.py with each strategy against the model-only training step
+(synthetic tensors already on the device; same model, batch, AMP dtype and channels-last), in one run.
+
+    # GPU (tools/gpu_check.sh stage e2e): ResNet-50 on ImageNet-sized JPEGs written here
+    python tools/bench_e2e.py --device cuda --arch resnet50 --image-size 224 --batch-size 256 --jpeg-side 400
+    # CIFAR-10 resident path
+    python tools/bench_e2e.py --device cuda --data /tmp/cifar10 --resident --val-split test --arch cifar_resnet18 --batch-size 512
+    # this CPU
+    python tools/bench_e2e.py --device cpu --data .data/cifar10 --resident --val-split test --arch resnet20 --batch-size 128 --train-per-class 500
+
+Reports images per second of the training loop (data, augmentation, forward, fused loss, backward, step; not
+evaluation) from the last epoch of each run, its ratio to the model-only step and to `ce`.
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_imagenet  # noqa: E402
+
+from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
+from pysoftlabel.models import create_model  # noqa: E402
+
+
+def model_only(arch, num_classes, batch_size, image_size, device, steps):
+    """Images per second of forward + cross-entropy + backward + SGD step on one resident synthetic batch."""
+    model = create_model(arch, num_classes).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+
+    def step():
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(max(3, steps // 5)):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", default=None, help="dataset root (default: synthetic JPEGs of --jpeg-side px)")
+    p.add_argument("--jpeg-side", type=int, default=400, help="side of the synthetic JPEGs (default: 400)")
+    p.add_argument("--images", type=int, default=12800, help="synthetic training images (default: 12800)")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=2, help="epochs per run; the last one is timed (default: 2)")
+    p.add_argument("--strategies", nargs="+", default=["ce", "ls", "ols", "ldl", "online-ldl", "kd"])
+    p.add_argument("--steps", type=int, default=50, help="model-only timed steps (default: 50)")
+    p.add_argument("--out", default=None, help="write the table as JSON here")
+    args, train_args = p.parse_known_args(argv)  # the rest goes to train_imagenet.py (--resident, --threads, ...)
+    device = torch.device(args.device)
+    work = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    data = args.data
+    if data is None:
+        data = work / "data"
+        print(f"writing {args.images} {args.jpeg_side}px JPEGs to {data} ...", flush=True)
+        make_synthetic_dataset(data, 10, args.images // 10, 2, args.jpeg_side, seed=0)
+    common = ["--data", str(data), "--arch", args.arch, "--image-size", str(args.image_size), "--batch-size",
+              str(args.batch_size), "--epochs", str(args.epochs), "--warmup-epochs", "0", "--device", args.device,
+              *train_args]
+    rows = {}
+    for strategy in ["ce"] + [s for s in args.strategies if s != "ce"]:
+        out = work / strategy
+        extra = ["--teacher", str(work / "ce" / "checkpoint.pt")] if strategy in ("ldl", "kd") else []
+        train_imagenet.main(common + ["--strategy", strategy, "--out", str(out), *extra])
+        last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+        rows[strategy] = last["img_per_s"]
+    num_classes = len(torch.load(work / "ce" / "checkpoint.pt", weights_only=False)["classes"])
+    reference = model_only(args.arch, num_classes, args.batch_size, args.image_size, device, args.steps)
+    lines = ["| run | img/s | / model-only | / ce |", "| --- | --- | --- | --- |",
+             f"| model only (synthetic tensors) | {reference:.0f} | 1.00 | |"]
+    lines += [f"| train_imagenet.py --strategy {s} | {v:.0f} | {v / reference:.2f} | {v / rows['ce']:.3f} |"
+              for s, v in rows.items()]
+    header = f"{args.arch}, batch {args.batch_size}, {args.image_size}px, {device}, extra {' '.join(train_args)}"
+    print("\n" + header + "\n" + "\n".join(lines))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"setup": header, "model_only": reference, "train_imagenet": rows},
+                                             indent=1))
+
+
+if __name__ == "__main__":
+    main()
