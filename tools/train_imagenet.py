@@ -208,6 +208,13 @@ def make_strategy(name, args, model, num_classes, teacher, device):
     return S.KnowledgeDistillation(teacher, args.kd_alpha, args.kd_temperature)
 
 
+def rng_states(device):
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
 def make_scheduler(args, optimizer, steps):
     """Linear warm-up over --warmup-epochs, then cosine to zero or x0.1 at each milestone; stepped per batch."""
     warm = args.warmup_epochs * steps
@@ -301,6 +308,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
         if mix is not None:
             mix.load_state_dict(state["mix"])
         torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         start = state["epoch"] + 1
         if is_main_process():
             print(f"resumed {out} at epoch {start}", flush=True)
@@ -320,7 +329,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
                              "mix": mix.state_dict() if mix is not None else None,
-                             "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "arch": args.arch,
+                             "rng": rng_states(device), "epoch": epoch, "arch": args.arch,
                              "classes": classes}, ckpt_path)
         barrier()  # no rank starts the next epoch (or a --resume) before the checkpoint is complete
     if stop == args.epochs and is_main_process():
