@@ -1,5 +1,6 @@
-"""NVIDIA DALI pipelines for ImageNet-layout data: one definition for both machines, GPU decoding and
-augmentation ("mixed") where a GPU is present, CPU-only DALI (device_id=None) elsewhere."""
+"""NVIDIA DALI pipelines for ImageNet-layout folders and webdataset shards: one definition for both machines,
+GPU decoding and augmentation ("mixed") where a GPU is present, CPU-only DALI (device_id=None) elsewhere.
+Training crops come with their windows, from which the object fraction of ALS is computed on the host."""
 from pathlib import Path
 
 import numpy as np
