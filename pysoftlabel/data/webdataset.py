@@ -4,6 +4,7 @@ folders: ``ROOT/{train,val}/*.tar``, read by DALI's webdataset reader through th
 Shards should be written in a shuffled order (:func:`write_webdataset` does): the reader shuffles within a
 buffer, and the loader shuffles the order of the shards each epoch.
 """
+import functools
 import io
 import tarfile
 from pathlib import Path
@@ -22,8 +23,14 @@ def find_shards(folder):
 
 def scan_webdataset(shards):
     """(samples, number of classes) of the shards, from their ``.cls`` members (tar headers are read and the
-    images skipped). Raises ValueError naming the shard for an unreadable tar, a bad class or a sample
-    without an image or class."""
+    images skipped; remembered per list of shards, since a training run builds a loader every epoch).
+    Raises ValueError naming the shard for an unreadable tar, a bad class or a sample without an image or
+    class."""
+    return _scan(tuple(sorted(shards)))
+
+
+@functools.lru_cache(maxsize=16)
+def _scan(shards):
     samples, top = 0, -1
     for shard in shards:
         keys = {}
