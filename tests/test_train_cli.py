@@ -55,6 +55,27 @@ def test_resume_continues_exactly(data, tmp_path):
         assert parts[1][key] == pytest.approx(whole[1][key], rel=1e-6, abs=1e-7), key
 
 
+def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
+    import signal
+    common = ("--strategy", "ols", "--aug", "cutmix", "--epochs", "3")
+    whole = run(data, tmp_path / "whole", *common)
+
+    def progress(self, epoch):  # a pre-emption after step 2 of epoch 1 (of 6 steps)
+        return lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == (1, 2) else None
+    with monkeypatch.context() as m:
+        m.setattr(train_imagenet.EpochLog, "progress", progress)
+        with pytest.raises(SystemExit) as stopped:
+            run(data, tmp_path / "parts", *common)
+    assert stopped.value.code == 130 and "continue with --resume" in capsys.readouterr().err
+    state = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (0, 2)  # the signal came after step 2: no further step ran
+    parts = run(data, tmp_path / "parts", *common, "--resume")
+    assert [r["epoch"] for r in parts] == [0, 1, 2]
+    for key in ("train_loss", "val_acc1", "val_nll", "val_ece"):
+        assert parts[2][key] == pytest.approx(whole[2][key], rel=1e-6, abs=1e-7), key
+    assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
+
+
 def test_ldl_trains_its_teacher_first(data, tmp_path):
     records = run(data, tmp_path / "ldl", "--strategy", "ldl")
     assert (tmp_path / "ldl" / "teacher" / "checkpoint.pt").exists() and len(records) == 2

@@ -7,7 +7,8 @@
 With no --data the built-in synthetic dataset is written once (to --data-cache) and used. For ldl and kd
 without --teacher, a teacher is first trained with ce on the same recipe (OUT/teacher), then the student.
 Each epoch appends one JSON object to OUT/metrics.jsonl and writes OUT/checkpoint.pt atomically; --resume
-continues from it exactly (model, optimiser, scheduler, strategy state, augmentation and RNG states). At the
+continues from it exactly (model, optimiser, scheduler, strategy state, augmentation and RNG states); SIGTERM
+or Ctrl-C writes it after the running step, inside an epoch if need be, and exits. At the
 end: OUT/report.md (with ECE after temperature scaling) and OUT/reliability.png; TensorBoard logs in OUT/tb
 when tensorboard is installed.
 
@@ -297,7 +298,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     if is_main_process():
         (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}
                                                   | {"strategy": strategy_name, "world_size": world}, indent=1))
-    start = 0
+    start, start_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
@@ -310,15 +311,33 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start = state["epoch"] + 1
+        start, start_step = state["epoch"] + 1, state.get("step", 0)
+        if start_step and rank != 0 and strategy.stats is not None:
+            strategy.stats.reset()  # the checkpoint holds the statistics of all ranks, summed: count them once
         if is_main_process():
-            print(f"resumed {out} at epoch {start}", flush=True)
+            print(f"resumed {out} at epoch {start}" + (f", step {start_step}" if start_step else ""), flush=True)
     log = EpochLog(out, strategy_name, args.epochs, start) if is_main_process() else None
+
+    def checkpoint(epoch, step=0):
+        """The state after ``epoch`` and ``step`` steps of the next one (0: at the epoch's end)."""
+        if log is not None:
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
+                             "mix": mix.state_dict() if mix is not None else None,
+                             "rng": rng_states(device), "epoch": epoch, "step": step, "arch": args.arch,
+                             "classes": classes}, ckpt_path)
+        barrier()  # no rank goes on (or resumes) before the checkpoint is complete
 
     stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     for epoch in range(start, stop):
         metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler, mix=mix,
-                                  amp_dtype=amp, progress=log.progress(epoch) if log else None)
+                                  amp_dtype=amp, progress=log.progress(epoch) if log else None,
+                                  start_step=start_step if epoch == start else 0, stop=lambda: STOP["requested"])
+        steps, epoch_steps = metrics.pop("steps"), metrics.pop("epoch_steps")
+        if steps < epoch_steps:  # stopped inside the epoch: save it as it is
+            strategy.all_reduce()
+            checkpoint(epoch - 1, step=steps)
+            raise Interrupted
         strategy.all_reduce()
         strategy.end_epoch()
         val_metrics, _ = evaluate(run_model, val, device, amp)
@@ -326,12 +345,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
             val_metrics["val_context_conf"] = context_confidence(run_model, context, device, amp)
         if log is not None:
             log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics, **facts})
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
-                             "mix": mix.state_dict() if mix is not None else None,
-                             "rng": rng_states(device), "epoch": epoch, "arch": args.arch,
-                             "classes": classes}, ckpt_path)
-        barrier()  # no rank starts the next epoch (or a --resume) before the checkpoint is complete
+        checkpoint(epoch)
+        if STOP["requested"]:
+            raise Interrupted
     if stop == args.epochs and is_main_process():
         # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
         full_val = val if world == 1 else make_loaders(args, root, device, 0, 1, "ce")[0]
@@ -350,14 +366,25 @@ def load_teacher(path, arch, num_classes, device):
     return teacher
 
 
-def _interrupt(signum, frame):
-    """SIGTERM (a scheduler's pre-emption) ends the run like Ctrl-C."""
-    raise KeyboardInterrupt
+STOP = {"requested": False}
+
+
+class Interrupted(Exception):
+    """The run stopped on request after writing its checkpoint."""
+
+
+def _request_stop(signum, frame):
+    """SIGTERM (a scheduler's pre-emption) or Ctrl-C: finish the current training step, write a checkpoint
+    (mid-epoch if need be) and exit; a second one stops at once, with the last checkpoint written."""
+    if STOP["requested"]:
+        raise KeyboardInterrupt
+    STOP["requested"] = True
 
 
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    STOP["requested"] = False
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     rank, world, local_rank = init_distributed(torch.device(args.device).type)
     device = torch.device(args.device)
     if device.type == "cuda" and world > 1:
@@ -374,13 +401,15 @@ def main(argv=None):
             num_classes = scan_webdataset(shards)[1] if shards else len(scan_image_folder(data_root(args), "train")[2])
             teacher = load_teacher(path, args.arch, num_classes, device)
         train(args, args.strategy, args.out, device, rank, world, teacher)
-    except KeyboardInterrupt:
-        print(f"interrupted: the last finished epoch is in {args.out}/checkpoint.pt; continue with --resume",
-              file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"interrupted: the state is in {args.out}/checkpoint.pt (the teacher's in {args.out}/teacher); "
+              "continue with --resume", file=sys.stderr)
         raise SystemExit(130)
     except ValueError as error:
         raise SystemExit(str(error))
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

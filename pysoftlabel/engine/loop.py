@@ -14,19 +14,38 @@ def _to(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def _stop_agreed(stop, step, device):
+    """``stop()`` as all ranks agree on it: every step in one process; under DDP every 10th step (one small
+    all-reduce), so that all ranks leave the epoch after the same step."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return stop()
+    if step % 10:
+        return False
+    return bool(all_reduce_(torch.tensor(float(stop()), device=device), torch.distributed.ReduceOp.MAX))
+
+
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
-                    amp_dtype=None, progress=None):
-    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s"}`` over all ranks.
+                    amp_dtype=None, progress=None, start_step=0, stop=None):
+    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s", "steps",
+    "epoch_steps"}`` over all ranks.
 
     ``mix`` (Mixup / CutMix / RICAP) mixes each batch; ``strategy.loss`` computes the loss through the fused
     operator and gathers training calibration (against the first label) in the same pass. ``progress(step,
     steps)`` is called after each step. Under DDP every rank runs the smallest rank's number of steps, since
-    a rank that stopped early would leave the others waiting in the gradient all-reduce."""
+    a rank that stopped early would leave the others waiting in the gradient all-reduce.
+
+    Interruption: ``stop()`` is polled between steps; when it is true the epoch ends there and ``steps`` <
+    ``epoch_steps``. ``start_step`` resumes such an epoch: the first batches are drawn (so that the loader's
+    randomness advances as before) but not trained on; the figures then cover the steps trained here."""
     model.train()
     calib = CalibrationStats(device=device)
     steps = int(all_reduce_(torch.tensor(len(loader), device=device), torch.distributed.ReduceOp.MIN))
-    total_loss, images, start = torch.zeros((), device=device), 0, time.perf_counter()
+    total_loss, images, start, done = torch.zeros((), device=device), 0, time.perf_counter(), start_step
     for step, batch in zip(range(steps), loader):
+        if step < start_step:
+            continue
+        if stop is not None and _stop_agreed(stop, step, device):
+            break
         batch = _to(batch, device)
         if mix is not None:
             batch = mix(batch)
@@ -46,14 +65,15 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
             scheduler.step()
         total_loss += loss.detach() * len(batch["label"])
         images += len(batch["label"])
+        done = step + 1
         if progress is not None:
-            progress(step + 1, steps)
+            progress(done, steps)
     elapsed = time.perf_counter() - start
     calib.all_reduce()
     totals = all_reduce_(torch.stack([total_loss.double(), torch.tensor(float(images), device=device)]))
     loss_sum, images = totals.tolist()
     return {"train_loss": loss_sum / max(images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
-            "img_per_s": images / elapsed if elapsed > 0 else float("nan")}
+            "img_per_s": images / elapsed if elapsed > 0 else float("nan"), "steps": done, "epoch_steps": steps}
 
 
 @torch.no_grad()
