@@ -73,7 +73,10 @@ def parse_args(argv=None):
     g.add_argument("--ols-alpha", type=float, default=0.5, help="OLS hard-label weight (default: 0.5)")
     g.add_argument("--kd-alpha", type=float, default=0.1, help="KD weight (default: 0.1)")
     g.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature (default: 3)")
-    g.add_argument("--ema-decay", type=float, default=0.999, help="online-ldl EMA decay (default: 0.999)")
+    g.add_argument("--ema-decay", type=float, default=None,
+                   help="online-ldl EMA decay per step (default: 1 - 2 / steps per epoch: a half-epoch horizon)")
+    g.add_argument("--online-weight", type=float, default=0.8,
+                   help="online-ldl weight of the EMA distribution, reached linearly at the last epoch (default: 0.8)")
     g.add_argument("--aug", default="none", choices=("none", "mixup", "cutmix", "ricap"),
                    help="mixing augmentation (default: none)")
     g = p.add_argument_group("Optimiser and schedule")
@@ -193,7 +196,7 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     return val, classes, train_for_epoch, facts
 
 
-def make_strategy(name, args, model, num_classes, teacher, device):
+def make_strategy(name, args, model, num_classes, teacher, device, steps):
     if name == "ce":
         return S.CrossEntropy()
     if name == "ls":
@@ -205,7 +208,8 @@ def make_strategy(name, args, model, num_classes, teacher, device):
     if name == "ldl":
         return S.LabelDistribution(teacher)
     if name == "online-ldl":
-        return S.OnlineLabelDistribution(model, decay=args.ema_decay)
+        decay = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.9, 1 - 2 / steps))
+        return S.OnlineLabelDistribution(model, decay=decay, weight=args.online_weight, warmup_epochs=args.epochs)
     return S.KnowledgeDistillation(teacher, args.kd_alpha, args.kd_temperature)
 
 
@@ -281,13 +285,14 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     context = facts.pop("context", None)
     num_classes = len(classes)
     model = create_model(args.arch, num_classes).to(device, memory_format=torch.channels_last)
-    strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device)
+    steps = len(train_for_epoch(0))
+    strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps)
     mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
            "ricap": S.RICAP(seed=args.seed)}[args.aug]
     lr = args.lr * args.batch_size * world / 64
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
-    scheduler = make_scheduler(args, optimizer, len(train_for_epoch(0)))
+    scheduler = make_scheduler(args, optimizer, steps)
     amp = torch.bfloat16 if device.type == "cuda" else None
     run_model = model
     if world > 1:
