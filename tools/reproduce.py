@@ -45,8 +45,8 @@ PRESETS = {
 }
 ARCHIVES = {"cifar10": ["cifar10.tar.gz"],
             "imagenette2-224": [f"imagenette2-224.tar.gz.part{i}" for i in range(3)]}
-METRICS = [("top-1", "val_acc1"), ("ECE", "val_ece"), ("MCE", "val_mce"), ("NLL", "val_nll"),
-           ("Brier", "val_brier"), ("ECE after TS", "ece_after_temperature")]
+METRICS = [("top-1", "val_acc1"), ("ECE", "val_ece"), ("conf − acc", "confidence_gap"), ("MCE", "val_mce"),
+           ("NLL", "val_nll"), ("Brier", "val_brier"), ("ECE after TS", "ece_after_temperature")]
 
 
 def parse_args(argv=None):
@@ -128,7 +128,9 @@ def collect(args, run):
             continue
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         report = json.loads((folder / "report.json").read_text())
-        final = dict(records[-1], ece_after_temperature=report["ece_after_temperature"])
+        confidence = sum(b["count"] * b["confidence"] for b in report["bins"]) / report["count"]
+        final = dict(records[-1], ece_after_temperature=report["ece_after_temperature"],
+                     confidence_gap=confidence - report["accuracy"])  # > 0: over-confident
         best = max(records, key=lambda r: r["val_acc1"])
         rows.append({"final": final, "best": best, "bins": report["bins"], "epochs": len(records)})
     return rows
@@ -153,8 +155,8 @@ def write_table(args):
             [b["lower"], b["upper"], b["count"], b["confidence"], b["accuracy"]] for b in first["bins"]]
     preset = PRESETS[args.preset]
     text = "\n".join([f"# {args.preset}: {preset['dataset']}, seeds {args.seeds}", "",
-                      "Final epoch (mean ± std over seeds); ⚑ the best epoch by validation top-1 is what the papers'",
-                      "code reports (picked on the test set: optimistic).", "",
+                      "Final epoch (mean ± std over seeds); conf − acc > 0 is over-confidence; ⚑ the best epoch by",
+                      "validation top-1 is what the papers' code reports (picked on the test set: optimistic).", "",
                       "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "", *lines, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text)
