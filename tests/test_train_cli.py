@@ -119,6 +119,19 @@ def test_resident_small_dataset_path_resumes_exactly(data, tmp_path):
     assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
 
 
+def test_fp16_scales_the_loss_and_resumes_the_scaler(data, tmp_path):
+    common = ("--strategy", "ls", "--amp", "fp16")
+    whole = run(data, tmp_path / "whole", *common)
+    run(data, tmp_path / "parts", *common, "--stop-after", "1")
+    parts = run(data, tmp_path / "parts", *common, "--resume")
+    assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
+    scaler = [torch.load(out / "checkpoint.pt", weights_only=False)["scaler"] for out in (tmp_path / "whole",
+                                                                                            tmp_path / "parts")]
+    # the growth tracker counts steps since the last overflow (2 epochs of 6 steps, none overflowed):
+    # restored, it goes on from the first invocation
+    assert scaler[0] == scaler[1] and scaler[0]["_growth_tracker"] == 12
+
+
 def test_multistep_schedule_after_warmup():
     args = train_imagenet.parse_args(["--schedule", "multistep", "--epochs", "4", "--milestones", "2", "3",
                                       "--warmup-epochs", "1"])

@@ -91,6 +91,9 @@ def parse_args(argv=None):
                    help="multistep epochs (default: 50%% and 75%% of --epochs)")
     g = p.add_argument_group("Run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="autocast dtype of the forward passes; fp16 adds gradient scaling (default: auto, bf16 on "
+                        "cuda, off on cpu)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g.add_argument("--out", default=None, help="run folder (default: runs/<strategy>)")
@@ -293,7 +296,10 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
     scheduler = make_scheduler(args, optimizer, steps)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None,
+           "auto": torch.bfloat16 if device.type == "cuda" else None}[args.amp]
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     run_model = model
     if world > 1:
         run_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
@@ -310,6 +316,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         strategy.load_state_dict(state["strategy"])
         if mix is not None:
             mix.load_state_dict(state["mix"])
@@ -328,6 +336,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
         if log is not None:
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
+                             "scaler": scaler.state_dict() if scaler is not None else None,
                              "mix": mix.state_dict() if mix is not None else None,
                              "rng": rng_states(device), "epoch": epoch, "step": step, "arch": args.arch,
                              "classes": classes}, ckpt_path)
@@ -335,8 +344,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
 
     stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     for epoch in range(start, stop):
-        metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler, mix=mix,
-                                  amp_dtype=amp, progress=log.progress(epoch) if log else None,
+        metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler,
+                                  scaler=scaler, mix=mix, amp_dtype=amp, progress=log.progress(epoch) if log else None,
                                   start_step=start_step if epoch == start else 0, stop=lambda: STOP["requested"])
         steps, epoch_steps = metrics.pop("steps"), metrics.pop("epoch_steps")
         if steps < epoch_steps:  # stopped inside the epoch: save it as it is

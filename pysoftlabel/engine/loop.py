@@ -49,9 +49,11 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
         batch = _to(batch, device)
         if mix is not None:
             batch = mix(batch)
+        # The loss too runs under autocast: a teacher's or EMA model's forward inside the strategy then uses
+        # the same dtype as the student's; the fused loss itself always gets fp32 logits.
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(batch["image"])
-        loss = mixed_loss(strategy, logits.float() if amp_dtype is not None else logits, batch, model, calib)
+            loss = mixed_loss(strategy, logits.float() if amp_dtype is not None else logits, batch, model, calib)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
