@@ -4,11 +4,14 @@
 # needs NVIDIA DALI importable, on the device tool's machine from the parts of ../shared/device/dali-chunks.sh,
 # PYTHONPATH=/tmp/site), measure end-to-end training speed against the model-only step (stage "e2e", DALI too:
 # ResNet-50 on ImageNet-sized JPEGs written there; CIFAR-10 ResNet-18 when .data/cifar10.tar.gz is carried),
-# and print a one-screen summary.
+# and print a one-screen summary. Stage "reproduce" (not a default: several minutes) trains the cifar10-gpu
+# table of tools/reproduce.py (needs .data/cifar10.tar.gz carried); its runs stay in runs/ on the machine while
+# it is warm, so the same command again resumes an unfinished table, and the table comes back in $OUT.
 # Logs and the benchmark table go to $OUT (the device tool's output folder) or ./gpu-results.
 #
-#   bash tools/gpu_check.sh                 # all stages: build test bench sanitize
+#   bash tools/gpu_check.sh                 # the default stages (loader, e2e only where DALI imports)
 #   bash tools/gpu_check.sh build bench     # some of them
+#   bash tools/gpu_check.sh build reproduce # the CIFAR-10 GPU table (carry .data/cifar10.tar.gz)
 #
 # Python packages missing on the machine (Liger Kernel for the baseline) can be carried as wheels in
 # .whl/ (see docs/benchmarks.md); they are installed into /tmp/site first.
@@ -56,9 +59,12 @@ for stage in $STAGES; do
            --threads 12 --out "$OUT/bench_e2e_resnet50.json"
          cifar10 && run_stage e2e-cifar e2e_cifar.log $PY tools/bench_e2e.py --device cuda --data /tmp/cifar10 \
            --resident --val-split test --arch cifar_resnet18 --batch-size 512 --image-size 32 --out "$OUT/bench_e2e_cifar.json" ;;
+    reproduce) cifar10 && run_stage reproduce reproduce.log $PY tools/reproduce.py --preset cifar10-gpu --data-dir /tmp \
+                 --out runs/reproduce/cifar10-gpu
+               tar --exclude=checkpoint.pt -czf "$OUT/reproduce-cifar10-gpu.tar.gz" -C runs/reproduce cifar10-gpu ;;
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
                 $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps" tests ;;
-    *) echo "unknown stage $stage (build, test, bench, loader, e2e, sanitize)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, test, bench, loader, e2e, reproduce, sanitize)"; exit 2 ;;
   esac
 done
 
