@@ -7,13 +7,17 @@
     # CIFAR-10 resident path
     python tools/bench_e2e.py --device cuda --data /tmp/cifar10 --resident --val-split test --arch cifar_resnet18 --batch-size 512
     # this CPU
-    python tools/bench_e2e.py --device cpu --data .data/cifar10 --resident --val-split test --arch resnet20 --batch-size 128 --train-per-class 500
+    python tools/bench_e2e.py --device cpu --data .data/cifar10 --resident --val-split test --arch resnet20 \
+        --batch-size 128 --train-per-class 500 --epochs 1 --repeats 3
 
 Reports images per second of the training loop (data, augmentation, forward, fused loss, backward, step; not
-evaluation) from the last epoch of each run, its ratio to the model-only step and to `ce`.
+evaluation) from the last epoch of each run, its ratio to the model-only step and to `ce`. With --repeats K
+the whole list (and the model-only step) is measured K times, interleaved, and the median is reported with
+the range: on a shared CPU one measurement moves by ±15%.
 """
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -67,6 +71,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=2, help="epochs per run; the last one is timed (default: 2)")
     p.add_argument("--strategies", nargs="+", default=["ce", "ls", "ols", "ldl", "online-ldl", "kd"])
     p.add_argument("--steps", type=int, default=50, help="model-only timed steps (default: 50)")
+    p.add_argument("--repeats", type=int, default=1, help="measure everything this many times (default: 1)")
     p.add_argument("--out", default=None, help="write the table as JSON here")
     args, train_args = p.parse_known_args(argv)  # the rest goes to train_imagenet.py (--resident, --threads, ...)
     device = torch.device(args.device)
@@ -79,24 +84,32 @@ def main(argv=None):
     common = ["--data", str(data), "--arch", args.arch, "--image-size", str(args.image_size), "--batch-size",
               str(args.batch_size), "--epochs", str(args.epochs), "--warmup-epochs", "0", "--device", args.device,
               *train_args]
-    rows = {}
-    for strategy in ["ce"] + [s for s in args.strategies if s != "ce"]:
-        out = work / strategy
-        extra = ["--teacher", str(work / "ce" / "checkpoint.pt")] if strategy in ("ldl", "kd") else []
-        train_imagenet.main(common + ["--strategy", strategy, "--out", str(out), *extra])
-        last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
-        rows[strategy] = last["img_per_s"]
-    num_classes = len(torch.load(work / "ce" / "checkpoint.pt", weights_only=False)["classes"])
-    reference = model_only(args.arch, num_classes, args.batch_size, args.image_size, device, args.steps)
+    rows, reference = {}, []
+    for repeat in range(args.repeats):
+        for strategy in ["ce"] + [s for s in args.strategies if s != "ce"]:
+            out = work / f"{strategy}-{repeat}"
+            extra = ["--teacher", str(work / "ce-0" / "checkpoint.pt")] if strategy in ("ldl", "kd") else []
+            train_imagenet.main(common + ["--strategy", strategy, "--out", str(out), *extra])
+            last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+            rows.setdefault(strategy, []).append(last["img_per_s"])
+        num_classes = len(torch.load(work / "ce-0" / "checkpoint.pt", weights_only=False)["classes"])
+        reference.append(model_only(args.arch, num_classes, args.batch_size, args.image_size, device, args.steps))
+    median = {s: statistics.median(v) for s, v in rows.items()}
+    ref = statistics.median(reference)
+
+    def spread(values):
+        return f" ({min(values):.0f}–{max(values):.0f})" if len(values) > 1 else ""
+
     lines = ["| run | img/s | / model-only | / ce |", "| --- | --- | --- | --- |",
-             f"| model only (synthetic tensors) | {reference:.0f} | 1.00 | |"]
-    lines += [f"| train_imagenet.py --strategy {s} | {v:.0f} | {v / reference:.2f} | {v / rows['ce']:.3f} |"
-              for s, v in rows.items()]
-    header = f"{args.arch}, batch {args.batch_size}, {args.image_size}px, {device}, extra {' '.join(train_args)}"
+             f"| model only (synthetic tensors) | {ref:.0f}{spread(reference)} | 1.00 | |"]
+    lines += [f"| train_imagenet.py --strategy {s} | {median[s]:.0f}{spread(v)} | {median[s] / ref:.2f} | "
+              f"{median[s] / median['ce']:.3f} |" for s, v in rows.items()]
+    header = (f"{args.arch}, batch {args.batch_size}, {args.image_size}px, {device}, extra {' '.join(train_args)}, "
+              f"median of {args.repeats}")
     print("\n" + header + "\n" + "\n".join(lines))
     if args.out:
-        Path(args.out).write_text(json.dumps({"setup": header, "model_only": reference, "train_imagenet": rows},
-                                             indent=1))
+        Path(args.out).write_text(json.dumps({"setup": header, "model_only": reference, "train_imagenet": rows,
+                                              "median": median}, indent=1))
 
 
 if __name__ == "__main__":
