@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
-from pysoftlabel.engine import context_confidence, load_checkpoint, write_calibration_report
+from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
+                                write_calibration_report)
 from pysoftlabel.models import create_model
 
 
@@ -25,6 +26,8 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=None, help="evaluation crop (default: the run's)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="autocast dtype, as in training (default: auto, bf16 on cuda, off on cpu)")
     p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, eval/)")
     p.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root (default: DATA/boxes if present)")
     args = p.parse_args(argv)
@@ -37,6 +40,7 @@ def main(argv=None):
         if Path(args.checkpoint).with_name("args.json").exists() else {}
     image_size = args.image_size or int(run_args.get("image_size", 224))
     device = torch.device(args.device)
+    amp = autocast_dtype(args.amp, device)
     val = ImageNetLoader(args.data, "val", args.batch_size, image_size, device, classes=state["classes"])
     model = create_model(state["arch"], len(state["classes"])).to(device)
     model.load_state_dict(state["model"])
@@ -46,10 +50,11 @@ def main(argv=None):
     if boxes.is_dir():
         context = context_crops(args.data, "val", boxes, args.batch_size, image_size, device, state["classes"])
         if context is not None:
-            extra = {"context_confidence": context_confidence(model, context, device), "context_crops": len(context.files)}
+            extra = {"context_confidence": context_confidence(model, context, device, amp),
+                     "context_crops": len(context.files)}
     elif args.boxes:
         p.error(f"--boxes: {args.boxes} does not exist")
-    summary = write_calibration_report(model, val, device, out, extra=extra)
+    summary = write_calibration_report(model, val, device, out, amp, extra=extra)
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
 
 

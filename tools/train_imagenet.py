@@ -33,8 +33,8 @@ from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
-from pysoftlabel.engine import (context_confidence, evaluate, load_checkpoint, save_checkpoint, train_one_epoch,
-                                write_calibration_report)
+from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, evaluate, load_checkpoint,
+                                save_checkpoint, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
 from pysoftlabel.models import create_model
 
@@ -91,7 +91,7 @@ def parse_args(argv=None):
                    help="multistep epochs (default: 50%% and 75%% of --epochs)")
     g = p.add_argument_group("Run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+    g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="autocast dtype of the forward passes; fp16 adds gradient scaling (default: auto, bf16 on "
                         "cuda, off on cpu)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -296,8 +296,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
     scheduler = make_scheduler(args, optimizer, steps)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None,
-           "auto": torch.bfloat16 if device.type == "cuda" else None}[args.amp]
+    amp = autocast_dtype(args.amp, device)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     run_model = model

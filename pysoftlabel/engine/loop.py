@@ -7,7 +7,18 @@ from ..metrics import AccuracyStats, CalibrationStats, ContextConfidence
 from ..strategies.mix import mixed_loss
 from .distributed import all_reduce_
 
-__all__ = ["train_one_epoch", "evaluate", "context_confidence"]
+__all__ = ["train_one_epoch", "evaluate", "context_confidence", "autocast_dtype", "AMP_CHOICES"]
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def autocast_dtype(choice: str, device: torch.device):
+    """The autocast dtype of an ``--amp`` choice: ``auto`` is bf16 on CUDA and none (fp32) on the CPU."""
+    if choice not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {choice!r}")
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[choice]
 
 
 def _to(batch, device):
