@@ -29,19 +29,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_imagenet  # noqa: E402
 
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
+from pysoftlabel.engine import AMP_CHOICES, autocast_dtype  # noqa: E402
 from pysoftlabel.models import create_model  # noqa: E402
 
 
-def model_only(arch, num_classes, batch_size, image_size, device, steps):
-    """Images per second of forward + cross-entropy + backward + SGD step on one resident synthetic batch."""
+def model_only(arch, num_classes, batch_size, image_size, device, steps, amp="auto"):
+    """Images per second of forward + cross-entropy + backward + SGD step on one resident synthetic batch, under
+    the autocast of the ``--amp`` choice ``amp`` (as tools/train_imagenet.py; fp16 without loss scaling)."""
     model = create_model(arch, num_classes).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    dtype = autocast_dtype(amp, device)
 
     def step():
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,6 +73,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=2, help="epochs per run; the last one is timed (default: 2)")
     p.add_argument("--strategies", nargs="+", default=["ce", "ls", "ols", "ldl", "online-ldl", "kd"])
     p.add_argument("--steps", type=int, default=50, help="model-only timed steps (default: 50)")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="autocast of both sides (default: auto)")
     p.add_argument("--repeats", type=int, default=1, help="measure everything this many times (default: 1)")
     p.add_argument("--out", default=None, help="write the table as JSON here")
     args, train_args = p.parse_known_args(argv)  # the rest goes to train_imagenet.py (--resident, --threads, ...)
@@ -83,7 +86,7 @@ def main(argv=None):
         make_synthetic_dataset(data, 10, args.images // 10, 2, args.jpeg_side, seed=0)
     common = ["--data", str(data), "--arch", args.arch, "--image-size", str(args.image_size), "--batch-size",
               str(args.batch_size), "--epochs", str(args.epochs), "--warmup-epochs", "0", "--device", args.device,
-              *train_args]
+              "--amp", args.amp, *train_args]
     rows, reference = {}, []
     for repeat in range(args.repeats):
         for strategy in ["ce"] + [s for s in args.strategies if s != "ce"]:
@@ -92,8 +95,10 @@ def main(argv=None):
             train_imagenet.main(common + ["--strategy", strategy, "--out", str(out), *extra])
             last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
             rows.setdefault(strategy, []).append(last["img_per_s"])
-        num_classes = len(torch.load(work / "ce-0" / "checkpoint.pt", weights_only=False)["classes"])
-        reference.append(model_only(args.arch, num_classes, args.batch_size, args.image_size, device, args.steps))
+        if repeat == 0:
+            num_classes = len(torch.load(work / "ce-0" / "checkpoint.pt", weights_only=False)["classes"])
+        reference.append(model_only(args.arch, num_classes, args.batch_size, args.image_size, device, args.steps,
+                                    args.amp))
     median = {s: statistics.median(v) for s, v in rows.items()}
     ref = statistics.median(reference)
 
@@ -104,8 +109,8 @@ def main(argv=None):
              f"| model only (synthetic tensors) | {ref:.0f}{spread(reference)} | 1.00 | |"]
     lines += [f"| train_imagenet.py --strategy {s} | {median[s]:.0f}{spread(v)} | {median[s] / ref:.2f} | "
               f"{median[s] / median['ce']:.3f} |" for s, v in rows.items()]
-    header = (f"{args.arch}, batch {args.batch_size}, {args.image_size}px, {device}, extra {' '.join(train_args)}, "
-              f"median of {args.repeats}")
+    header = (f"{args.arch}, batch {args.batch_size}, {args.image_size}px, {device}, amp {args.amp}, "
+              f"extra {' '.join(train_args)}, median of {args.repeats}")
     print("\n" + header + "\n" + "\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps({"setup": header, "model_only": reference, "train_imagenet": rows,

@@ -288,14 +288,14 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     context = facts.pop("context", None)
     num_classes = len(classes)
     model = create_model(args.arch, num_classes).to(device, memory_format=torch.channels_last)
-    steps = len(train_for_epoch(0))
-    strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps)
+    steps_per_epoch = len(train_for_epoch(0))
+    strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps_per_epoch)
     mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
            "ricap": S.RICAP(seed=args.seed)}[args.aug]
     lr = args.lr * args.batch_size * world / 64
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
-    scheduler = make_scheduler(args, optimizer, steps)
+    scheduler = make_scheduler(args, optimizer, steps_per_epoch)
     amp = autocast_dtype(args.amp, device)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
