@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Everything GPU-side in one call: build the extension in place, run the CUDA tests, benchmark the kernels,
+# profile the row kernel where it is furthest from its targets (Nsight Compute: which limit each launch hits),
 # run the CUDA tests again under compute-sanitizer memcheck, benchmark the data loader (stage "loader":
 # needs NVIDIA DALI importable, on the device tool's machine from the parts of ../shared/device/dali-chunks.sh,
 # PYTHONPATH=/tmp/site), measure end-to-end training speed against the model-only step (stage "e2e", DALI too:
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench loader e2e sanitize"; else DEFAULT_STAGES="build test bench sanitize"; fi
+if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench profile loader e2e sanitize"; else DEFAULT_STAGES="build test bench profile sanitize"; fi
 STAGES=${*:-$DEFAULT_STAGES}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for tools/*.py
@@ -53,6 +54,9 @@ for stage in $STAGES; do
     build) run_stage build build.log $PY setup.py build_ext --inplace ;;
     test) run_stage test test.log $PY -m pytest -q -p no:cacheprovider tests ;;
     bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
+    profile) run_stage profile profile.log timeout 240 ncu --profile-from-start off --nvtx --kernel-name regex:row_kernel \
+               --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+               --section WarpStateStats --section ComputeWorkloadAnalysis $PY tools/profile_kernels.py ;;
     loader) run_stage loader loader.log $PY tools/bench_loader.py --device cuda --out "$OUT/bench_loader.json" \
               $(cifar10 && echo --small /tmp/cifar10) ;;
     e2e) run_stage e2e e2e.log $PY tools/bench_e2e.py --device cuda --arch resnet50 --image-size 224 --batch-size 256 \
@@ -64,7 +68,7 @@ for stage in $STAGES; do
                tar --exclude=checkpoint.pt -czf "$OUT/reproduce-cifar10-gpu.tar.gz" -C runs/reproduce cifar10-gpu ;;
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
                 $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps" tests ;;
-    *) echo "unknown stage $stage (build, test, bench, loader, e2e, reproduce, sanitize)"; exit 2 ;;
+    *) echo "unknown stage $stage (build, test, bench, profile, loader, e2e, reproduce, sanitize)"; exit 2 ;;
   esac
 done
 
@@ -75,5 +79,6 @@ for stage in $STAGES; do echo "$stage: ${STATUS[$stage]:-not run}"; done
 [ -f "$OUT/test.log" ] && grep -E "passed|failed" "$OUT/test.log" | tail -1
 [ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -2
 [ -f "$OUT/bench_kernels.md" ] && cat "$OUT/bench_kernels.md"
+[ -f "$OUT/profile.log" ] && grep -E "profiled|row_kernel|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread" "$OUT/profile.log"
 [ -f "$OUT/bench_loader.json" ] && cat "$OUT/bench_loader.json"
 for f in "$OUT"/bench_e2e_*.json; do [ -f "$f" ] && cat "$f"; done
