@@ -85,10 +85,36 @@ def test_ldl_trains_its_teacher_first(data, tmp_path):
     (["--strategy", "nope"], "unknown strategy"),
     (["--data", "/does/not/exist"], "no train/ folder"),
     (["--teacher", "/does/not/exist.pt", "--strategy", "ldl"], "does not exist"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["--image-size", "0"], "--image-size must be at least 8"),
+    (["--lr", "nan"], "--lr must be positive"),
+    (["--strategy", "kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),  # before its teacher is trained
+    (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
+    (["--device", "gpu"], "is not a device"),
 ])
 def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     with pytest.raises(SystemExit):
         train_imagenet.main(argv)
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_device_without_a_gpu_gives_one_clear_line(capsys):
+    with pytest.raises(SystemExit):
+        train_imagenet.main(["--device", "cuda"])
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--device", "tpu:x"], "is not a device"),
+    ([], "does not exist"),
+])
+def test_evaluate_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
+    import evaluate
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path / "missing.pt"), "--data", str(tmp_path)] + argv)
     assert match in capsys.readouterr().err
 
 

@@ -15,7 +15,7 @@ import torch
 
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
-                                write_calibration_report)
+                                parse_device, write_calibration_report)
 from pysoftlabel.models import create_model
 
 
@@ -31,6 +31,13 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, eval/)")
     p.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root (default: DATA/boxes if present)")
     args = p.parse_args(argv)
+    for name in ("image_size", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    try:
+        device = parse_device(args.device)
+    except ValueError as error:
+        p.error(str(error))
     if not Path(args.checkpoint).is_file():
         p.error(f"checkpoint: {args.checkpoint} does not exist")
     if not Path(args.data, "val").is_dir():
@@ -39,7 +46,6 @@ def main(argv=None):
     run_args = json.loads(Path(args.checkpoint).with_name("args.json").read_text()) \
         if Path(args.checkpoint).with_name("args.json").exists() else {}
     image_size = args.image_size or int(run_args.get("image_size", 224))
-    device = torch.device(args.device)
     amp = autocast_dtype(args.amp, device)
     val = ImageNetLoader(args.data, "val", args.batch_size, image_size, device, classes=state["classes"])
     model = create_model(state["arch"], len(state["classes"])).to(device)

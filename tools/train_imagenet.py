@@ -34,7 +34,7 @@ from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, evaluate, load_checkpoint,
-                                save_checkpoint, train_one_epoch, write_calibration_report)
+                                parse_device, save_checkpoint, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
 from pysoftlabel.models import create_model
 
@@ -101,6 +101,7 @@ def parse_args(argv=None):
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop cleanly after this many epochs in this invocation (time-sliced jobs; --resume goes on)")
     args = p.parse_args(argv)
+    check_values(p, args)
     if args.strategy not in STRATEGIES:
         p.error(f"--strategy: unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if args.data is not None and not Path(args.data, "train").is_dir():
@@ -115,6 +116,41 @@ def parse_args(argv=None):
     if args.min_scale is None:
         args.min_scale = 0.08 if args.data is not None else 0.35
     return args
+
+
+def check_values(p, args):
+    """One clear line for a value out of range, before anything runs (a teacher's training included)."""
+    def optional(value, ok):
+        return value is None or ok(value)
+    checks = [
+        ("epochs", args.epochs >= 1, "at least 1"),
+        ("batch_size", args.batch_size >= 1, "at least 1"),
+        ("image_size", args.image_size >= 8, "at least 8 (pixels)"),
+        ("threads", args.threads >= 1, "at least 1"),
+        ("train_per_class", optional(args.train_per_class, lambda v: v >= 1), "at least 1"),
+        ("cutout", args.cutout >= 0, "at least 0"),
+        ("min_scale", optional(args.min_scale, lambda v: 0 < v <= 1), "in (0, 1]"),
+        ("lr", args.lr > 0, "positive"),
+        ("momentum", 0 <= args.momentum < 1, "in [0, 1)"),
+        ("weight_decay", args.weight_decay >= 0, "at least 0"),
+        ("warmup_epochs", args.warmup_epochs >= 0, "at least 0"),
+        ("milestones", optional(args.milestones, lambda v: all(m >= 1 for m in v)), "epochs >= 1"),
+        ("eps", 0 <= args.eps <= 1, "in [0, 1]"),
+        ("als_eps", 0 <= args.als_eps[0] <= args.als_eps[1] <= 1, "MIN <= MAX within [0, 1]"),
+        ("ols_alpha", 0 <= args.ols_alpha <= 1, "in [0, 1]"),
+        ("kd_alpha", 0 <= args.kd_alpha <= 1, "in [0, 1]"),
+        ("kd_temperature", args.kd_temperature > 0, "positive"),
+        ("ema_decay", optional(args.ema_decay, lambda v: 0 < v < 1), "in (0, 1)"),
+        ("online_weight", 0 <= args.online_weight <= 1, "in [0, 1]"),
+        ("stop_after", optional(args.stop_after, lambda v: v >= 1), "at least 1"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            p.error(f"--{name.replace('_', '-')} must be {expected}, got {getattr(args, name)}")
+    try:
+        parse_device(args.device)
+    except ValueError as error:
+        p.error(str(error))
 
 
 def seed_everything(seed):

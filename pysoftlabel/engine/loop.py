@@ -7,7 +7,7 @@ from ..metrics import AccuracyStats, CalibrationStats, ContextConfidence
 from ..strategies.mix import mixed_loss
 from .distributed import all_reduce_
 
-__all__ = ["train_one_epoch", "evaluate", "context_confidence", "autocast_dtype", "AMP_CHOICES"]
+__all__ = ["train_one_epoch", "evaluate", "context_confidence", "autocast_dtype", "AMP_CHOICES", "parse_device"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
@@ -19,6 +19,17 @@ def autocast_dtype(choice: str, device: torch.device):
     if choice == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[choice]
+
+
+def parse_device(name: str) -> torch.device:
+    """The device of a ``--device`` argument; ValueError naming the problem when it is not one or has no GPU."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible here (use --device cpu)")
+    return device
 
 
 def _to(batch, device):
