@@ -41,7 +41,8 @@ def test_layout_boxes_and_determinism(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(num_classes=0), "num_classes"), (dict(num_classes=99), "num_classes"),
-                                           (dict(image_size=8), "image_size")])
+                                           (dict(image_size=8), "image_size"), (dict(box_fraction=1.5), "box_fraction"),
+                                           (dict(val_per_class=0), "val_per_class")])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_dataset(tmp_path, **kwargs)

@@ -108,6 +108,10 @@ def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 1
         raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size}")
+    if not 0 <= box_fraction <= 1:
+        raise ValueError(f"box_fraction must be in [0, 1], got {box_fraction}")
+    if train_per_class < 1 or val_per_class < 1:
+        raise ValueError(f"train_per_class and val_per_class must be at least 1, got {train_per_class}, {val_per_class}")
     root = Path(root)
     boxes_dir = root / "boxes"
     boxes_dir.mkdir(parents=True, exist_ok=True)
