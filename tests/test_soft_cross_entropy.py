@@ -285,6 +285,80 @@ def test_parity_random_targets_cuda(seed):
     check_parity(logits, target, reduction)
 
 
+clusters = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                              reason="thread-block clusters need a GPU of compute capability 9.0 or later")
+
+
+@pytest.mark.cuda
+@clusters
+@pytest.mark.parametrize("seed", range(24))
+def test_parity_cluster_kernel_cuda(seed, monkeypatch):
+    """The cluster kernel (a long row split over the blocks of a cluster, kept in shared memory) at small
+    C: with 1 KB chunks every row of 4 KB or more takes it, 4 to 8 blocks per row."""
+    monkeypatch.setenv("PSL_CUDA_ROW_CHUNK_BYTES", "1024")
+    g = torch.Generator().manual_seed(1000 + seed)
+    parts = {p for p in PARTS if float(torch.rand((), generator=g)) < 0.5}
+    n = int(torch.randint(0, 40, (), generator=g))
+    c = [2048, 4099, 8000, 32000][int(torch.randint(0, 4, (), generator=g))]
+    dtype = [torch.float32, torch.float16, torch.bfloat16, torch.float64][seed % 4]
+    logits = (torch.randn(n, c, generator=g) * 3).to("cuda", dtype)
+    target = random_target(n, c, parts, device="cuda", generator=g, logits_dtype=dtype)
+    reduction = "sum" if n and bool((target.labels == -100).all()) else ["none", "mean", "sum"][seed % 3]
+    check_parity(logits, target, reduction)
+
+
+@pytest.mark.cuda
+@clusters
+@pytest.mark.parametrize("chunk", ["1024", None])  # forced at C = 3000; the default at C = 128000
+def test_cluster_kernel_fused_statistics_cuda(chunk, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setenv("PSL_CUDA_ROW_CHUNK_BYTES", chunk)
+    c = 3000 if chunk else 128000
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(48, c, generator=g) * 3
+    labels = torch.randint(0, c, (48,), generator=g)
+    logits[::2, :] += 20 * torch.nn.functional.one_hot(labels, c)[::2]  # half the rows classified correctly
+    labels[1::7] = -100
+    logits, labels = logits.cuda(), labels.cuda()
+    stats, calib = psl.ClassStats(c, "cuda") if c <= 4096 else None, psl.CalibrationStats(15, "cuda")
+    x = logits.clone().requires_grad_(True)
+    target = psl.SoftTarget(labels, smoothing=0.1)
+    loss = psl.soft_cross_entropy(x, target, stats=stats, calib=calib)
+    (grad,) = torch.autograd.grad(loss, x)
+    x64 = logits.double().requires_grad_(True)
+    ref_loss = psl.soft_cross_entropy(x64, target, backend="reference")
+    (ref_grad,) = torch.autograd.grad(ref_loss, x64)
+    torch.testing.assert_close(loss.double(), ref_loss, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, atol=2e-5, rtol=1e-5)
+    ref_calib = psl.calibration_stats(logits, labels, backend="reference")
+    # fp32 softmax sums over up to 128k classes against the reference's own order: relative 1e-4
+    torch.testing.assert_close(calib.bins, ref_calib.bins, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(calib.sums, ref_calib.sums, atol=1e-4, rtol=1e-4)
+    if stats is not None:
+        ref_stats = psl.ClassStats(c, "cuda").update(logits, labels, backend="reference")
+        assert float(stats.count.sum()) >= 20
+        torch.testing.assert_close(stats.sum, ref_stats.sum, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(stats.count, ref_stats.count)
+
+
+@pytest.mark.cuda
+@clusters
+def test_cluster_kernel_is_the_one_launched_profiler(monkeypatch):
+    """Rows of four chunks or more run the cluster kernel, shorter rows and PSL_CUDA_ROW_CHUNK_BYTES=0 the
+    one-block-per-row kernel: a fallback that silently never used clusters would fail here."""
+    def kernels(c, chunk):
+        monkeypatch.setenv("PSL_CUDA_ROW_CHUNK_BYTES", chunk)
+        x = torch.randn(8, c, device="cuda", requires_grad=True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            psl.soft_cross_entropy(x, torch.randint(0, c, (8,), device="cuda"))
+            torch.cuda.synchronize()
+        return {("cluster" if "cluster_row_kernel" in e.name else "row") for e in prof.events() if "row_kernel" in e.name}
+    assert kernels(4096, "1024") == {"cluster"}
+    assert kernels(512, "1024") == {"row"}
+    assert kernels(4096, "0") == {"row"}
+    assert kernels(4096, "65536") == {"row"}
+
+
 @pytest.mark.cuda
 def test_cuda_bad_label_traps_on_device():
     """Without validate=True a bad label on CUDA stops the process loudly (device-side trap), never a silent NaN."""

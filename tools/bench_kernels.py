@@ -12,7 +12,9 @@ into the loss vs the loss alone). The anchors measured earlier on the same kind 
     python tools/bench_kernels.py --device cpu            # 4096 x 1000 fp32, the CPU targets
 """
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -83,6 +85,23 @@ def copy_bandwidth(device, measure):
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
+KERNEL_VARIANTS = {"block_per_row": "0", "clusters_16k": "16384"}
+
+
+@contextlib.contextmanager
+def environment(name, value):
+    """os.environ[name] = value inside the block."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+
+
 def make_case(n, c, dtype, device, kind, g):
     x = (torch.randn(n, c, generator=g, device=device) * 2).to(dtype).requires_grad_(True)
     y = torch.randint(0, c, (n,), generator=g, device=device)
@@ -151,6 +170,12 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows,
                 ours = fwd_bwd(lambda: psl.soft_cross_entropy(x, target), x)
                 eager = fwd_bwd(eager_loss(kind, case), x)
                 row[f"ours_{kind}"] = measure(ours)
+                if device.type == "cuda" and c >= 32000:
+                    # The row kernel's two CUDA variants on long rows, forced through the setting
+                    # the kernel reads: one block per row, and clusters of 16 KB chunks.
+                    for variant, chunk in KERNEL_VARIANTS.items():
+                        with environment("PSL_CUDA_ROW_CHUNK_BYTES", chunk):
+                            row[f"{variant}_{kind}"] = measure(ours)
                 row[f"eager_{kind}"] = measure(eager)
                 if graphed is not None:
                     row[f"graph_ours_{kind}"] = graphed(ours)
@@ -241,6 +266,16 @@ def table(rows, anchors):
                 if r.get(f"graph_ours_{kind}") is not None:
                     ours, eager = r[f"graph_ours_{kind}"], r.get(f"graph_eager_{kind}")
                     lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | {_ratio(eager, ours)} |")
+    if any("block_per_row_ls" in r for r in rows):
+        lines += ["", "CUDA row kernel variants on long rows (default: clusters for rows of 256 KB or more, else one "
+                  "block per row; PSL_CUDA_ROW_CHUNK_BYTES forces the others):", "",
+                  "| dtype | N x C | target | default ms | one block per row ms | clusters of 16 KB chunks ms |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            for kind in TARGETS:
+                if r.get(f"block_per_row_{kind}") is not None:
+                    lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(r[f'ours_{kind}'])} | "
+                                 f"{_fmt(r[f'block_per_row_{kind}'])} | {_fmt(r[f'clusters_16k_{kind}'])} |")
     lines += ["", "| dtype | N x C | calib ours ms | calib torchmetrics ms | calib eager ms | read-once ms | class stats ours ms | class stats eager ms | LS fused stats+calib ms | LS alone ms | fused overhead | anchor torchmetrics / eager accum ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

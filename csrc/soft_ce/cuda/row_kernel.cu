@@ -1,53 +1,26 @@
-// CUDA row kernel: one block per row (grid-stride over rows). Pass 1 reads the row once with 16-byte
-// loads where alignment allows and keeps an online softmax state (max, sum of exp, sum of exp^2,
+// CUDA row kernels. row_kernel: one block per row (grid-stride over rows). Pass 1 reads the row once with
+// 16-byte loads where alignment allows and keeps an online softmax state (max, sum of exp, sum of exp^2,
 // argmax; Milakov & Gimelshein, arXiv:1805.02867) plus the target dot products; a block reduction merges
 // the threads' states. Pass 2 runs only where needed (gradient, or class statistics of a correctly
 // classified row) and reads the row in reverse order, so the part pass 1 read last is still in L2.
+//
+// cluster_row_kernel (sm_90 and later, for long rows): the blocks of a thread-block cluster share a row,
+// each keeping its chunk in shared memory between the passes and merging the pass-1 states of the others
+// through distributed shared memory. The row is read from DRAM once even where it is too long for L2 to
+// hold all the rows in flight between the passes (C = 128k: 0.5 MB a row in fp32).
+//
 // No host synchronisation: invalid rows trap on the device with a message.
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-#include <cuda_runtime.h>
+#include <cooperative_groups.h>
 
-#include <cstdio>
+#include <algorithm>
+#include <cstdlib>
 
-#include "../../common/launch.h"
+#include "row_device.cuh"
 
 namespace psl {
 namespace {
 
-template <typename acc_t> __device__ __forceinline__ acc_t fast_exp(acc_t x) { return exp(x); }
-template <> __device__ __forceinline__ float fast_exp<float>(float x) { return __expf(x); }
-template <typename acc_t> __device__ __forceinline__ acc_t neg_inf() { return -INFINITY; }
-
-template <typename scalar_t, int VEC>
-struct alignas(sizeof(scalar_t) * VEC) Vec {
-  scalar_t v[VEC];
-};
-
-// The integer type of a vector's size, for the cache-hinted loads and stores below.
-template <int BYTES> struct Bits;
-template <> struct Bits<2> { using type = unsigned short; };
-template <> struct Bits<4> { using type = unsigned int; };
-template <> struct Bits<8> { using type = unsigned long long; };
-template <> struct Bits<16> { using type = uint4; };
-
-// Pass 2 reads each logit for the last time and writes the gradient once: both are marked
-// evict-first (.cs), so they do not push out of L2 the rows that pass 1 of other blocks has just read.
-template <typename V>
-__device__ __forceinline__ V load_last_use(const V* p) {
-  using B = typename Bits<sizeof(V)>::type;
-  const B raw = __ldcs(reinterpret_cast<const B*>(p));
-  V v;
-  memcpy(&v, &raw, sizeof(V));
-  return v;
-}
-template <typename V>
-__device__ __forceinline__ void store_streaming(V* p, const V& v) {
-  using B = typename Bits<sizeof(V)>::type;
-  B raw;
-  memcpy(&raw, &v, sizeof(V));
-  __stcs(reinterpret_cast<B*>(p), raw);
-}
+using namespace row_device;
 
 // Sum over a block of blockDim.x <= 1024 threads; the result is valid in thread 0.
 template <typename acc_t>
@@ -86,177 +59,6 @@ __global__ void reduce_loss_kernel(RowJob<scalar_t> job) {
   if (threadIdx.x == 0) job.loss_reduced[0] = reduce_loss(sum, job.valid_and_scale[0], job.reduction);
 }
 
-// One thread's (and, merged, one block's) view of a row after pass 1.
-template <typename acc_t>
-struct RowState {
-  acc_t max, sum, sum_sq;       // online softmax of the logits
-  int64_t argmax;
-  acc_t shifted_sum;            // sum (x - x_y)
-  acc_t table_dot, table_mass;  // sum T (x - x_y), sum T
-  acc_t dense_max, dense_sum;   // online softmax of dense / temperature (dense logits)
-  acc_t dense_dot, dense_mass;  // sum D (x - x_y), sum D  (for dense logits: unnormalised, over dense_max)
-
-  __device__ void init() {
-    max = neg_inf<acc_t>(); sum = 0; sum_sq = 0; argmax = 0;
-    shifted_sum = 0; table_dot = 0; table_mass = 0;
-    dense_max = neg_inf<acc_t>(); dense_sum = 0; dense_dot = 0; dense_mass = 0;
-  }
-
-  // exp(from - to), 0 when `from` is -inf (nothing accumulated yet).
-  static __device__ __forceinline__ acc_t rescale(acc_t from, acc_t to) {
-    return from == neg_inf<acc_t>() ? acc_t(0) : fast_exp(from - to);
-  }
-
-  __device__ void merge(const RowState& o, bool dense_logits) {
-    if (o.max > max || (o.max == max && o.argmax < argmax)) argmax = o.argmax;
-    const acc_t m = max > o.max ? max : o.max;
-    if (m != neg_inf<acc_t>()) {
-      const acc_t a = rescale(max, m), b = rescale(o.max, m);
-      sum = sum * a + o.sum * b;
-      sum_sq = sum_sq * a * a + o.sum_sq * b * b;
-      max = m;
-    } else {
-      sum += o.sum;  // NaN propagates
-      sum_sq += o.sum_sq;
-    }
-    shifted_sum += o.shifted_sum;
-    table_dot += o.table_dot;
-    table_mass += o.table_mass;
-    if (dense_logits) {
-      const acc_t dm = dense_max > o.dense_max ? dense_max : o.dense_max;
-      if (dm != neg_inf<acc_t>()) {
-        const acc_t a = rescale(dense_max, dm), b = rescale(o.dense_max, dm);
-        dense_sum = dense_sum * a + o.dense_sum * b;
-        dense_dot = dense_dot * a + o.dense_dot * b;
-        dense_max = dm;
-      }
-    } else {
-      dense_dot += o.dense_dot;
-      dense_mass += o.dense_mass;
-    }
-  }
-
-  __device__ RowState shfl_xor(int lane_mask) const {
-    RowState o;
-    o.max = __shfl_xor_sync(0xffffffff, max, lane_mask);
-    o.sum = __shfl_xor_sync(0xffffffff, sum, lane_mask);
-    o.sum_sq = __shfl_xor_sync(0xffffffff, sum_sq, lane_mask);
-    o.argmax = __shfl_xor_sync(0xffffffff, argmax, lane_mask);
-    o.shifted_sum = __shfl_xor_sync(0xffffffff, shifted_sum, lane_mask);
-    o.table_dot = __shfl_xor_sync(0xffffffff, table_dot, lane_mask);
-    o.table_mass = __shfl_xor_sync(0xffffffff, table_mass, lane_mask);
-    o.dense_max = __shfl_xor_sync(0xffffffff, dense_max, lane_mask);
-    o.dense_sum = __shfl_xor_sync(0xffffffff, dense_sum, lane_mask);
-    o.dense_dot = __shfl_xor_sync(0xffffffff, dense_dot, lane_mask);
-    o.dense_mass = __shfl_xor_sync(0xffffffff, dense_mass, lane_mask);
-    return o;
-  }
-};
-
-// Merges every thread's state; the result is valid in all threads. `shared` holds one state per warp.
-template <typename acc_t>
-__device__ RowState<acc_t> block_reduce(RowState<acc_t> s, RowState<acc_t>* shared, bool dense_logits) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  for (int mask = 16; mask > 0; mask >>= 1) s.merge(s.shfl_xor(mask), dense_logits);
-  if (lane == 0) shared[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    if (lane < warps) {
-      s = shared[lane];
-    } else {
-      s.init();
-    }
-    for (int mask = 16; mask > 0; mask >>= 1) s.merge(s.shfl_xor(mask), dense_logits);
-    if (lane == 0) shared[0] = s;
-  }
-  __syncthreads();
-  s = shared[0];
-  __syncthreads();  // shared is reused by the next row
-  return s;
-}
-
-// Pass 1 over VEC consecutive logits starting at class c0. kTable / kDense: the target has a class
-// table / a per-sample part (kernels without them carry no code, and fewer registers, for them).
-template <typename scalar_t, int VEC, bool kTable, bool kDense>
-__device__ __forceinline__ void accumulate(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
-                                           const RowTarget<opmath_t<scalar_t>>& t,
-                                           const Vec<scalar_t, VEC>& xv, const scalar_t* dense_row,
-                                           int64_t c0, opmath_t<scalar_t> x_y) {
-  using acc_t = opmath_t<scalar_t>;
-  acc_t x[VEC];
-  acc_t local_max = neg_inf<acc_t>();
-  int local_arg = 0;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    x[k] = static_cast<acc_t>(xv.v[k]);
-    if (x[k] > local_max) { local_max = x[k]; local_arg = k; }
-  }
-  if (local_max > st.max) {
-    const acc_t a = RowState<acc_t>::rescale(st.max, local_max);
-    st.sum *= a;
-    st.sum_sq *= a * a;
-    st.max = local_max;
-    st.argmax = c0 + local_arg;
-  }
-  const acc_t m = st.max == neg_inf<acc_t>() ? acc_t(0) : st.max;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    const acc_t e = fast_exp(x[k] - m);
-    st.sum += e;
-    st.sum_sq += e * e;
-    st.shifted_sum += x[k] - x_y;
-  }
-  if (kTable && t.table_y) {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const acc_t w = t.table_at(c0 + k);
-      st.table_dot += w * (x[k] - x_y);
-      st.table_mass += w;
-    }
-  }
-  if (kDense) {
-    acc_t d[VEC];
-    const Vec<scalar_t, VEC> dv = *reinterpret_cast<const Vec<scalar_t, VEC>*>(dense_row + c0);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) d[k] = static_cast<acc_t>(dv.v[k]);
-    if (job.dense_logits) {
-      acc_t dmax = neg_inf<acc_t>();
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        d[k] *= job.inv_temperature;
-        dmax = d[k] > dmax ? d[k] : dmax;
-      }
-      if (dmax > st.dense_max) {
-        const acc_t a = RowState<acc_t>::rescale(st.dense_max, dmax);
-        st.dense_sum *= a;
-        st.dense_dot *= a;
-        st.dense_max = dmax;
-      }
-      const acc_t dm = st.dense_max == neg_inf<acc_t>() ? acc_t(0) : st.dense_max;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const acc_t e = fast_exp(d[k] - dm);
-        st.dense_sum += e;
-        st.dense_dot += e * (x[k] - x_y);
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        st.dense_dot += d[k] * (x[k] - x_y);
-        st.dense_mass += d[k];
-      }
-    }
-  }
-}
-
-template <typename acc_t>
-struct RowShared {
-  acc_t lse, mass, dense_lse, factor;
-  bool second_pass, correct;
-};
-
-constexpr int kMaxThreads = 512;
-
 template <typename scalar_t, int VEC, bool kTable, bool kDense>
 __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> job) {
   using acc_t = opmath_t<scalar_t>;
@@ -270,107 +72,103 @@ __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> jo
     const scalar_t* x_row = job.logits + row * C;
     const scalar_t* dense_row = kDense ? job.dense + row * C : nullptr;
     if (row_ignored(job, row)) {
-      if (job.loss && threadIdx.x == 0) job.loss[row] = 0;
-      if (job.grad) {
-        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) job.grad[row * C + c] = scalar_t(0);
-      }
+      ignore_row(job, row, 0, C, true);
       continue;
     }
     RowTarget<acc_t> t;
     const int code = make_row_target(job, row, t);
-    if (code != kRowOk) {
-      if (threadIdx.x == 0) printf("pysoftlabel: row %lld: %s\n", (long long)row, row_error_message(code));
-      __trap();
-    }
+    if (code != kRowOk) trap_bad_row(code, row, threadIdx.x == 0);
     const acc_t x_y = static_cast<acc_t>(x_row[t.y]);
 
     RowState<acc_t> st;
     st.init();
-    const V* xv = reinterpret_cast<const V*>(x_row);
-    constexpr int UNROLL = VEC >= 8 ? 2 : 4;  // loads in flight per thread: 32 to 64 bytes
-    int64_t v = threadIdx.x;
-    for (; v + (UNROLL - 1) * blockDim.x < n_vec; v += UNROLL * blockDim.x) {
-      V buf[UNROLL];
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) buf[u] = xv[v + u * blockDim.x];
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, buf[u], dense_row, (v + u * blockDim.x) * VEC, x_y);
-    }
-    for (; v < n_vec; v += blockDim.x) accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, xv[v], dense_row, v * VEC, x_y);
+    pass1<scalar_t, VEC, kTable, kDense, false>(st, job, t, x_row, dense_row, 0, n_vec, x_y, nullptr);
     st = block_reduce(st, reduce_buf, job.dense_logits);
-
-    if (threadIdx.x == 0) {
-      RowSums<acc_t> sums;
-      sums.shifted_sum = st.shifted_sum;
-      sums.table_dot = st.table_dot;
-      sums.table_mass = st.table_mass;
-      acc_t dense_lse = 0;
-      if (job.dense_logits) {
-        sums.dense_dot = st.dense_dot / st.dense_sum;
-        sums.dense_mass = 1;
-        dense_lse = st.dense_max + log(st.dense_sum);
-      } else {
-        sums.dense_dot = st.dense_dot;
-        sums.dense_mass = st.dense_mass;
-      }
-      const acc_t lse = st.max + log(st.sum);
-      const acc_t x_y2 = static_cast<acc_t>(x_row[t.y2]);
-      if (job.loss) job.loss[row] = row_loss(t, sums, C, lse, x_y, x_y2);
-      const bool finite = isfinite(lse);
-      const bool correct = finite && st.argmax == t.y;
-      if (job.calib_bins) {
-        if (!finite) {
-          atomicAdd(job.calib_sums + 2, 1.0);
-        } else {
-          const acc_t confidence = acc_t(1) / st.sum;
-          const int64_t b = confidence_bin(confidence, job.n_bins);
-          atomicAdd(job.calib_bins + b * 3 + 0, 1.0);
-          atomicAdd(job.calib_bins + b * 3 + 1, static_cast<double>(confidence));
-          if (correct) atomicAdd(job.calib_bins + b * 3 + 2, 1.0);
-          atomicAdd(job.calib_sums + 0, static_cast<double>(lse - x_y));
-          const acc_t p_y = fast_exp(x_y - lse);
-          atomicAdd(job.calib_sums + 1, static_cast<double>(brier_score(st.sum_sq / (st.sum * st.sum), p_y)));
-        }
-      }
-      if (job.class_sum && correct) atomicAdd(job.class_count + t.y, 1.0f);
-      shared.lse = lse;
-      shared.mass = target_mass(t, sums, C);
-      shared.dense_lse = dense_lse;
-      shared.factor = job.wants_grad() ? row_grad_factor(job, row) : acc_t(0);
-      shared.correct = correct;
-    }
+    if (threadIdx.x == 0) finish_row(job, t, st, row, x_y, true, shared);
     __syncthreads();
-    const bool add_stats = job.class_sum != nullptr && shared.correct;
+    const RowShared<acc_t> s = shared;
+    const bool add_stats = job.class_sum != nullptr && s.correct;
     if (job.wants_grad() || add_stats) {
-      const acc_t lse = shared.lse, mass = shared.mass, dense_lse = shared.dense_lse, f = shared.factor;
       float* stats_row = add_stats ? job.class_sum + t.y * C : nullptr;
+      const V* xv = reinterpret_cast<const V*>(x_row);
       V* gv = job.grad ? reinterpret_cast<V*>(job.grad + row * C) : nullptr;
       // Reverse order: the end of the row, read last in pass 1, is the likeliest still in L2.
       const int64_t last = n_vec - 1 - ((n_vec - 1 - threadIdx.x) % blockDim.x);
       for (int64_t w = n_vec > threadIdx.x ? last : -1; w >= 0; w -= blockDim.x) {
-        const V xv_w = load_last_use(xv + w);
         V dv;
         if (kDense) dv = load_last_use(reinterpret_cast<const V*>(dense_row) + w);
-        V out;
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const int64_t c = w * VEC + k;
-          const acc_t p = fast_exp(static_cast<acc_t>(xv_w.v[k]) - lse);
-          if (stats_row) atomicAdd(stats_row + c, static_cast<float>(p));
-          if (gv) {
-            acc_t target = t.template at<kTable>(c);
-            if (kDense) {
-              const acc_t d = static_cast<acc_t>(dv.v[k]);
-              target += t.dense_weight * (job.dense_logits ? fast_exp(d * job.inv_temperature - dense_lse) : d);
-            }
-            out.v[k] = static_cast<scalar_t>(grad_element(p, mass, target, f));
-          }
-        }
+        const V out = pass2_vector<scalar_t, VEC, kTable, kDense>(job, t, s, load_last_use(xv + w), dv, w * VEC,
+                                                                  stats_row, gv != nullptr);
         if (gv) store_streaming(gv + w, out);
       }
     }
     __syncthreads();  // `shared` is rewritten for the next row
   }
+}
+
+// The blocks of one cluster (cluster rank r) take classes [r, r + 1) * chunk_vecs * VEC of each row.
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
+__global__ void __launch_bounds__(kMaxThreads, 2) cluster_row_kernel(RowJob<scalar_t> job, int64_t chunk_vecs) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  using acc_t = opmath_t<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  extern __shared__ __align__(16) unsigned char chunk_bytes[];
+  V* chunk = reinterpret_cast<V*>(chunk_bytes);
+  __shared__ RowState<acc_t> reduce_buf[32];
+  __shared__ RowState<acc_t> block_state;  // this block's pass-1 state, read by every block of the cluster
+  __shared__ RowShared<acc_t> shared;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank(), blocks = cluster.num_blocks();
+  const int64_t C = job.classes;
+  const int64_t n_vec = C / VEC;
+  const int64_t first = static_cast<int64_t>(rank) * chunk_vecs;
+  const int64_t begin = first < n_vec ? first : n_vec;
+  const int64_t end = begin + chunk_vecs < n_vec ? begin + chunk_vecs : n_vec;
+
+  for (int64_t row = blockIdx.x / blocks; row < job.rows; row += gridDim.x / blocks) {
+    const scalar_t* x_row = job.logits + row * C;
+    const scalar_t* dense_row = kDense ? job.dense + row * C : nullptr;
+    if (row_ignored(job, row)) {  // the same decision in every block of the cluster
+      ignore_row(job, row, begin * VEC, end * VEC, rank == 0);
+      continue;
+    }
+    RowTarget<acc_t> t;
+    const int code = make_row_target(job, row, t);
+    if (code != kRowOk) trap_bad_row(code, row, rank == 0 && threadIdx.x == 0);
+    const acc_t x_y = static_cast<acc_t>(x_row[t.y]);
+
+    RowState<acc_t> st;
+    st.init();
+    pass1<scalar_t, VEC, kTable, kDense, true>(st, job, t, x_row, dense_row, begin, end, x_y, chunk);
+    st = block_reduce(st, reduce_buf, job.dense_logits);
+    if (threadIdx.x == 0) block_state = st;
+    cluster.sync();
+    if (threadIdx.x == 0) {
+      // Every block merges the same states in the same order, so all find the same lse.
+      RowState<acc_t> row_state = *cluster.map_shared_rank(&block_state, 0);
+      for (unsigned r = 1; r < blocks; ++r) row_state.merge(*cluster.map_shared_rank(&block_state, r), job.dense_logits);
+      finish_row(job, t, row_state, row, x_y, rank == 0, shared);
+    }
+    cluster.sync();  // no block overwrites its state before all have read it; `shared` is visible
+    const RowShared<acc_t> s = shared;
+    const bool add_stats = job.class_sum != nullptr && s.correct;
+    if (job.wants_grad() || add_stats) {
+      float* stats_row = add_stats ? job.class_sum + t.y * C : nullptr;
+      V* gv = job.grad ? reinterpret_cast<V*>(job.grad + row * C) : nullptr;
+      for (int64_t w = begin + threadIdx.x; w < end; w += blockDim.x) {
+        V dv;
+        if (kDense) dv = load_last_use(reinterpret_cast<const V*>(dense_row) + w);
+        const V out = pass2_vector<scalar_t, VEC, kTable, kDense>(job, t, s, chunk[w - begin], dv, w * VEC,
+                                                                  stats_row, gv != nullptr);
+        if (gv) store_streaming(gv + w, out);
+      }
+    }
+    __syncthreads();  // `shared` and the chunk are rewritten for the next row
+  }
+#else
+  __trap();  // this build has no sm_90 code of the kernel: runs_clusters() keeps it from being launched
+#endif
 }
 
 template <typename scalar_t>
@@ -386,21 +184,71 @@ __global__ void scale_rows_kernel(scalar_t* grad, int64_t rows, int64_t classes,
   }
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+// A cluster's blocks keep about this many bytes of a row each (env PSL_CUDA_ROW_CHUNK_BYTES overrides
+// it; 0 turns the cluster kernel off). Rows of at least four chunks use it: shorter rows stay in L2
+// between the passes of row_kernel, which needs no cluster synchronisation.
+int64_t chunk_bytes_setting() {
+  const char* env = std::getenv("PSL_CUDA_ROW_CHUNK_BYTES");
+  return env != nullptr ? std::strtoll(env, nullptr, 10) : int64_t(64) << 10;
+}
 
-int threads_for(int64_t n_vec) {
-  // About eight vectors per thread, a whole number of warps, at most kMaxThreads (the register
-  // budget of the kernel: 1024 threads fail to launch).
-  int threads = 32;
-  while (threads < kMaxThreads && threads * 8 < n_vec) threads *= 2;
-  return threads;
+constexpr int kMaxClusterBlocks = 8;               // the portable cluster size
+constexpr int64_t kMaxChunkBytes = int64_t(192) << 10;  // dynamic shared memory a block may ask for (sm_90: 227 KB)
+
+// Blocks per row of the cluster kernel for this job, with the vectors each keeps; 0 for row_kernel.
+// Only a second pass (gradient or class statistics) has a use for the kept chunk.
+template <typename scalar_t, int VEC>
+int cluster_blocks(const RowJob<scalar_t>& job, int64_t& chunk_vecs) {
+  const int64_t chunk = chunk_bytes_setting();
+  const int64_t row_bytes = job.classes * static_cast<int64_t>(sizeof(scalar_t));
+  if (chunk <= 0 || row_bytes < 4 * chunk || !(job.grad || job.class_sum)) return 0;
+  const int blocks = static_cast<int>(std::min<int64_t>(kMaxClusterBlocks, ceil_div(row_bytes, chunk)));
+  chunk_vecs = ceil_div(job.classes / VEC, blocks);
+  return chunk_vecs * static_cast<int64_t>(sizeof(Vec<scalar_t, VEC>)) <= kMaxChunkBytes ? blocks : 0;
+}
+
+// The device runs clusters and the build holds sm_90+ code of the kernel (a build whose newest code for
+// this device is PTX of an older architecture has only the trapping stub).
+template <typename Kernel>
+bool runs_clusters(Kernel* kernel) {
+  int device = 0, major = 0;
+  cudaFuncAttributes attributes;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
+         cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess && attributes.ptxVersion >= 90;
+}
+
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
+cudaError_t launch_clusters(const RowJob<scalar_t>& job, int blocks, int64_t chunk_vecs, cudaStream_t stream) {
+  auto* kernel = cluster_row_kernel<scalar_t, VEC, kTable, kDense>;
+  const size_t smem = static_cast<size_t>(chunk_vecs) * sizeof(Vec<scalar_t, VEC>);
+  const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (error != cudaSuccess) return error;
+  cudaLaunchAttribute cluster;
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = blocks;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(job.rows, int64_t(1) << 24) * blocks));
+  config.blockDim = dim3(threads_for(chunk_vecs));
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, job, chunk_vecs);
 }
 
 template <typename scalar_t, int VEC, bool kTable, bool kDense>
 cudaError_t launch(const RowJob<scalar_t>& job, cudaStream_t stream) {
+  int64_t chunk_vecs = 0;
+  const int blocks = cluster_blocks<scalar_t, VEC>(job, chunk_vecs);
+  if (blocks > 0 && runs_clusters(cluster_row_kernel<scalar_t, VEC, kTable, kDense>)) {
+    return launch_clusters<scalar_t, VEC, kTable, kDense>(job, blocks, chunk_vecs, stream);
+  }
   const int threads = threads_for(job.classes / VEC);
-  const int64_t blocks = job.rows < (int64_t(1) << 30) ? job.rows : (int64_t(1) << 30);
-  row_kernel<scalar_t, VEC, kTable, kDense><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(job);
+  const int64_t grid = std::min<int64_t>(job.rows, int64_t(1) << 30);
+  row_kernel<scalar_t, VEC, kTable, kDense><<<static_cast<unsigned>(grid), threads, 0, stream>>>(job);
   return cudaGetLastError();
 }
 
