@@ -309,11 +309,9 @@ def test_parity_cluster_kernel_cuda(seed, monkeypatch):
 
 @pytest.mark.cuda
 @clusters
-@pytest.mark.parametrize("chunk", ["1024", None])  # forced at C = 3000; the default at C = 128000
-def test_cluster_kernel_fused_statistics_cuda(chunk, monkeypatch):
-    if chunk is not None:
-        monkeypatch.setenv("PSL_CUDA_ROW_CHUNK_BYTES", chunk)
-    c = 3000 if chunk else 128000
+@pytest.mark.parametrize("chunk, c", [("1024", 3000), ("65536", 128000)])
+def test_cluster_kernel_fused_statistics_cuda(chunk, c, monkeypatch):
+    monkeypatch.setenv("PSL_CUDA_ROW_CHUNK_BYTES", chunk)
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(48, c, generator=g) * 3
     labels = torch.randint(0, c, (48,), generator=g)
@@ -344,10 +342,14 @@ def test_cluster_kernel_fused_statistics_cuda(chunk, monkeypatch):
 @pytest.mark.cuda
 @clusters
 def test_cluster_kernel_is_the_one_launched_profiler(monkeypatch):
-    """Rows of four chunks or more run the cluster kernel, shorter rows and PSL_CUDA_ROW_CHUNK_BYTES=0 the
-    one-block-per-row kernel: a fallback that silently never used clusters would fail here."""
+    """With PSL_CUDA_ROW_CHUNK_BYTES set, rows of four chunks or more run the cluster kernel; shorter rows,
+    0 and the default (unset) the one-block-per-row kernel. A fallback that silently never used clusters
+    would fail here, and so would the other tests of the cluster kernel be vacuous."""
     def kernels(c, chunk):
-        monkeypatch.setenv("PSL_CUDA_ROW_CHUNK_BYTES", chunk)
+        if chunk is None:
+            monkeypatch.delenv("PSL_CUDA_ROW_CHUNK_BYTES", raising=False)
+        else:
+            monkeypatch.setenv("PSL_CUDA_ROW_CHUNK_BYTES", chunk)
         x = torch.randn(8, c, device="cuda", requires_grad=True)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             psl.soft_cross_entropy(x, torch.randint(0, c, (8,), device="cuda"))
@@ -357,6 +359,8 @@ def test_cluster_kernel_is_the_one_launched_profiler(monkeypatch):
     assert kernels(512, "1024") == {"row"}
     assert kernels(4096, "0") == {"row"}
     assert kernels(4096, "65536") == {"row"}
+    assert kernels(128000, "65536") == {"cluster"}
+    assert kernels(128000, None) == {"row"}
 
 
 @pytest.mark.cuda

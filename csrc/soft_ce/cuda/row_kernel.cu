@@ -4,7 +4,7 @@
 // the threads' states. Pass 2 runs only where needed (gradient, or class statistics of a correctly
 // classified row) and reads the row in reverse order, so the part pass 1 read last is still in L2.
 //
-// cluster_row_kernel (sm_90 and later, for long rows): the blocks of a thread-block cluster share a row,
+// cluster_row_kernel (sm_90 and later, for long rows; opt-in, see chunk_bytes_setting): the blocks of a thread-block cluster share a row,
 // each keeping its chunk in shared memory between the passes and merging the pass-1 states of the others
 // through distributed shared memory. The row is read from DRAM once even where it is too long for L2 to
 // hold all the rows in flight between the passes (C = 128k: 0.5 MB a row in fp32).
@@ -184,12 +184,13 @@ __global__ void scale_rows_kernel(scalar_t* grad, int64_t rows, int64_t classes,
   }
 }
 
-// A cluster's blocks keep about this many bytes of a row each (env PSL_CUDA_ROW_CHUNK_BYTES overrides
-// it; 0 turns the cluster kernel off). Rows of at least four chunks use it: shorter rows stay in L2
-// between the passes of row_kernel, which needs no cluster synchronisation.
+// With PSL_CUDA_ROW_CHUNK_BYTES=B (for example 65536), a cluster's blocks keep about B bytes of a row each,
+// and rows of at least four chunks use the cluster kernel: shorter rows stay in L2 between the passes of
+// row_kernel, which needs no cluster synchronisation. Unset or 0: row_kernel only. Opt-in until a GPU
+// session has run the kernel's tests and measured it against row_kernel (tools/bench_kernels.py).
 int64_t chunk_bytes_setting() {
   const char* env = std::getenv("PSL_CUDA_ROW_CHUNK_BYTES");
-  return env != nullptr ? std::strtoll(env, nullptr, 10) : int64_t(64) << 10;
+  return env != nullptr ? std::strtoll(env, nullptr, 10) : 0;
 }
 
 constexpr int kMaxClusterBlocks = 8;               // the portable cluster size
