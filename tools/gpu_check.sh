@@ -54,9 +54,9 @@ for stage in $STAGES; do
     build) run_stage build build.log $PY setup.py build_ext --inplace ;;
     test) run_stage test test.log $PY -m pytest -q -p no:cacheprovider tests ;;
     bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
-    profile) run_stage profile profile.log timeout 240 ncu --profile-from-start off --nvtx --kernel-name regex:row_kernel \
+    profile) run_stage profile profile.log timeout 150 ncu --profile-from-start off --nvtx --kernel-name regex:row_kernel \
                --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-               --section WarpStateStats --section ComputeWorkloadAnalysis $PY tools/profile_kernels.py ;;
+               --section WarpStateStats $PY tools/profile_kernels.py ;;
     loader) run_stage loader loader.log $PY tools/bench_loader.py --device cuda --out "$OUT/bench_loader.json" \
               $(cifar10 && echo --small /tmp/cifar10) ;;
     e2e) run_stage e2e e2e.log $PY tools/bench_e2e.py --device cuda --arch resnet50 --image-size 224 --batch-size 256 \
