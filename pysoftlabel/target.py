@@ -120,9 +120,10 @@ class SoftTarget:
             raise ValueError(f"table must have shape [C, C] = [{c}, {c}], got {tuple(self.table.shape)}")
         if self.dense is not None and self.dense.shape != logits.shape:
             raise ValueError(f"dense must have the shape of logits {tuple(logits.shape)}, got {tuple(self.dense.shape)}")
+        device = logits.device
         for name, value in self.tensors():
-            if value.device != logits.device:
-                raise ValueError(f"{name} is on {value.device} but logits is on {logits.device}")
+            if value.device != device:
+                raise ValueError(f"{name} is on {value.device} but logits is on {device}")
 
     def check_values(self, num_classes):
         """Per-row value checks (reads the tensors: a synchronisation on CUDA)."""
@@ -147,8 +148,10 @@ class SoftTarget:
 
     def tensors(self):
         """(name, tensor) for every tensor part."""
-        names = ("labels", "smoothing", "labels2", "lam", "table", "table_weight", "dense", "dense_weight")
-        return [(k, getattr(self, k)) for k in names if torch.is_tensor(getattr(self, k))]
+        parts = (("labels", self.labels), ("smoothing", self.smoothing), ("labels2", self.labels2), ("lam", self.lam),
+                 ("table", self.table), ("table_weight", self.table_weight), ("dense", self.dense),
+                 ("dense_weight", self.dense_weight))
+        return [(k, v) for k, v in parts if isinstance(v, Tensor)]
 
 
 def _nonzero(weight):

@@ -127,27 +127,23 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
         compute_grad = ctx.needs_input_grad[0] and not torch.compiler.is_compiling()
         loss, grad = torch.ops.pysoftlabel.soft_cross_entropy(
             logits, *spec, reduction, None, compute_grad, class_sum, class_count, calib_bins, calib_sums)
-        is_tensor = [isinstance(t, Tensor) for t in spec]
-        ctx.spec_is_tensor = is_tensor
-        ctx.spec_values = [None if t else v for t, v in zip(is_tensor, spec)]
+        # The target's tensors are detached constants of _spec: kept as they are, for a recomputation.
+        ctx.spec = spec
         ctx.reduction = reduction
-        ctx.save_for_backward(logits, *[v for t, v in zip(is_tensor, spec) if t])
+        ctx.save_for_backward(logits)
         ctx.grad_buffer = grad if compute_grad else None
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        logits, *tensors = ctx.saved_tensors
-        nones = (None,) * 6
         if ctx.grad_buffer is not None:
             grad, ctx.grad_buffer = ctx.grad_buffer, None
             torch.ops.pysoftlabel._scale_rows_(grad, grad_output)
-            return (grad,) + nones
-        tensors = iter(tensors)
-        spec = [next(tensors) if t else v for t, v in zip(ctx.spec_is_tensor, ctx.spec_values)]
+            return grad, None, None, None, None, None, None
+        (logits,) = ctx.saved_tensors
         _, grad = torch.ops.pysoftlabel.soft_cross_entropy(
-            logits, *spec, ctx.reduction, grad_output, True, None, None, None, None)
-        return (grad,) + nones
+            logits, *ctx.spec, ctx.reduction, grad_output, True, None, None, None, None)
+        return grad, None, None, None, None, None, None
 
 
 if _C is not None:
