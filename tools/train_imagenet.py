@@ -434,8 +434,8 @@ def main(argv=None):
     args = parse_args(argv)
     STOP["requested"] = False
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    rank, world, local_rank = init_distributed(torch.device(args.device).type)
     device = torch.device(args.device)
+    rank, world, local_rank = init_distributed(device.type)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     try:
