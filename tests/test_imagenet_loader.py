@@ -54,8 +54,15 @@ def data(tmp_path_factory):
 
 def pixels(batch):
     """The images back in 0-255 RGB, [N, H, W, 3]."""
-    img = batch["image"].float().permute(0, 2, 3, 1)
+    img = batch["image"].float().cpu().permute(0, 2, 3, 1)
     return img * torch.tensor(STD) + torch.tensor(MEAN)
+
+
+def drawn_labels(batch):
+    """The label each image was drawn with: the channel its (non-white) background is bright in."""
+    img = pixels(batch)
+    background = img.masked_fill((img > 200).all(dim=-1)[..., None], 0).sum(dim=(1, 2))
+    return 2 - background.argmax(dim=1)
 
 
 def train_loader(data, seed=0, **kwargs):
@@ -73,8 +80,7 @@ def test_train_batches_labels_and_object_fractions(data):
         assert batch["image"].shape == (6, 3, 32, 32) and batch["image"].dtype == torch.float32
         assert batch["image"].is_contiguous(memory_format=torch.channels_last)
         white = (img > 200).all(dim=-1)
-        background = img.masked_fill(white[..., None], 0).sum(dim=(1, 2))
-        assert (2 - background.argmax(dim=1) == batch["label"]).all()  # label of the folder the file is in
+        assert (drawn_labels(batch) == batch["label"]).all()  # label of the folder the file is in
         for i in range(6):
             fraction = float(batch["object_fraction"][i])
             is_first = Path(loader.files[int(batch["index"][i])]).stem.endswith("_0")
@@ -187,9 +193,7 @@ def test_webdataset_shards(data, tmp_path):
     assert train.webdataset and len(train.files) == 5 and train.classes == ["0", "1", "2"]
     batch = next(iter(train))
     assert batch["image"].shape == (6, 3, 16, 16)
-    img = pixels(batch)
-    background = img.masked_fill((img > 200).all(dim=-1)[..., None], 0).sum(dim=(1, 2))
-    assert (2 - background.argmax(dim=1) == batch["label"]).all()  # the .cls text parsed back
+    assert (drawn_labels(batch) == batch["label"]).all()  # the .cls text parsed back
     val = ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=train.classes)
     labels = torch.cat([b["label"] for b in val])
     assert labels.bincount().tolist() == [7, 7, 7]  # every sample once, the partial batch kept
@@ -202,3 +206,28 @@ def test_webdataset_shards(data, tmp_path):
     (tmp_path / "bad.tar").rename(tmp_path / "bad" / "bad.tar")
     with pytest.raises(ValueError, match="not a class index"):
         ImageNetLoader(tmp_path, "bad", 4, 16, "cpu", num_threads=1)
+
+
+@pytest.mark.cuda
+def test_gpu_pipeline_hands_over_cuda_tensors(data, tmp_path):
+    """The GPU ("mixed") pipeline: every output arrives as a CUDA tensor (DALI hands the CPU outputs of a GPU
+    pipeline over as pinned host memory, which torch.from_dlpack rejected on the H100), labels match the
+    folders, object fractions are there; validation keeps every image; webdataset labels parse."""
+    listing = scan_image_folder(data, "train")
+    loader = ImageNetLoader(data, "train", 6, 32, "cuda", listing=listing, boxes=load_boxes(data / "boxes", *listing),
+                            min_scale=0.2, num_threads=1)
+    batches = list(loader)
+    assert len(batches) == 4
+    for batch in batches:
+        assert all(value.is_cuda for value in batch.values()), {k: v.device for k, v in batch.items()}
+        assert (drawn_labels(batch) == batch["label"].cpu()).all()
+        fraction = batch["object_fraction"]
+        assert ((fraction == -1) | ((fraction >= 0) & (fraction <= 1))).all()
+    val = ImageNetLoader(data, "val", 4, 32, "cuda", num_threads=1)
+    assert sorted(int(i) for batch in val for i in batch["index"]) == list(range(21))
+    from pysoftlabel.data.webdataset import write_webdataset
+    files, labels, _ = scan_image_folder(data, "train")
+    write_webdataset(files, labels, tmp_path / "train", per_shard=5)
+    shards = ImageNetLoader(tmp_path, "train", 6, 16, "cuda", num_threads=1)
+    batch = next(iter(shards))
+    assert batch["label"].is_cuda and (drawn_labels(batch) == batch["label"].cpu()).all()

@@ -70,7 +70,11 @@ def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu,
             mirror = False
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if half else types.FLOAT, output_layout="HWC",
                                           crop=(image_size, image_size), mean=MEAN, std=STD, mirror=mirror)
-        return (images, index, *extra)
+        outputs = (images, index, *extra)
+        # DALI's dynamic executor hands the CPU outputs of a GPU pipeline over as pinned host memory
+        # (DLPack kDLCUDAHost), which torch.from_dlpack rejects ("Unsupported device_type: 3", DALI 2.4 with
+        # PyTorch 2.11 on an H100): the index and the crop window travel to the GPU inside the pipeline.
+        return tuple(output.gpu() for output in outputs) if gpu else outputs
 
     return pipeline()
 
