@@ -35,14 +35,16 @@ def test_layout_boxes_and_determinism(tmp_path):
         assert 0 <= box[0] < box[2] <= 47 and 0 <= box[1] < box[3] <= 47
         assert obj.find("name").text == xml.stem.split("_train_")[0].split("_val_")[0]
         assert any((root / s / obj.find("name").text / f"{xml.stem}.JPEG").exists() for s in ("train", "val"))
-    make_synthetic_dataset(tmp_path / "b", num_classes=4, train_per_class=6, val_per_class=3, image_size=48, seed=7)
+    parallel = make_synthetic_dataset(tmp_path / "b", num_classes=4, train_per_class=6, val_per_class=3,
+                                      image_size=48, seed=7, workers=3)  # the same files from other processes
     make_synthetic_dataset(tmp_path / "c", num_classes=4, train_per_class=6, val_per_class=3, image_size=48, seed=8)
+    assert {**parallel, "root": None} == {**summary, "root": None}
     assert digest(root) == digest(tmp_path / "b") != digest(tmp_path / "c")
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(num_classes=0), "num_classes"), (dict(num_classes=99), "num_classes"),
                                            (dict(image_size=8), "image_size"), (dict(box_fraction=1.5), "box_fraction"),
-                                           (dict(val_per_class=0), "val_per_class")])
+                                           (dict(val_per_class=0), "val_per_class"), (dict(workers=0), "workers")])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_dataset(tmp_path, **kwargs)

@@ -5,13 +5,14 @@ and the model-only training speed of ResNet-50 (synthetic tensors, bf16, channel
 (random crop with 4-pixel padding, flip) and the model-only speed of a CIFAR-stem ResNet-18.
 
     python tools/bench_loader.py --device cuda --small /tmp/cifar10 --out gpu-results/bench_loader.json
-    python tools/bench_loader.py --device cpu --images 400 --workers 2        # a smoke run
+    python tools/bench_loader.py --device cpu --images 400 --workers 2 --batches 16 --batch-size 32  # smoke
 
 The ImageNet-sized JPEGs are written by the synthetic generator (--image-side pixels) into --data unless
 it already holds a dataset.
 """
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,8 +25,15 @@ from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 
 
 def images_per_second(loader, device, batches):
+    """Images per second over ``batches`` batches after three of warm-up, starting further epochs as needed.
+    The timed batches must far outnumber what the loader prefetches (a DataLoader holds workers x 2 batches
+    ready), or its queue is what gets timed: that made torchvision look 2-3x faster on the H100 (2026-11-23)."""
+    def epochs():
+        while True:
+            yield from loader
+
     seen, start = 0, None
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(epochs()):
         image = batch["image"] if isinstance(batch, dict) else batch[0].to(device, non_blocking=True)
         if i == 2:  # after warm-up
             if device.type == "cuda":
@@ -59,18 +67,22 @@ def main(argv=None):
     p.add_argument("--image-side", type=int, default=400, help="JPEG side in pixels (default: 400)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--batches", type=int, default=20, help="timed batches per loader (default: 20)")
+    p.add_argument("--batches", type=int, default=200,
+                   help="timed batches per loader, at least 8 x --workers (default: 200)")
     p.add_argument("--workers", type=int, default=16, help="torchvision DataLoader workers (default: 16)")
     p.add_argument("--threads", type=int, default=8, help="DALI threads (default: 8)")
     p.add_argument("--small", default=None, help="CIFAR-style dataset root for the resident path (optional)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.batches < 8 * args.workers:  # 4x the DataLoader's prefetch (workers x prefetch_factor 2)
+        p.error(f"--batches {args.batches} is less than 8 x --workers ({8 * args.workers}): the timing would be "
+                "of the DataLoader's prefetched queue")
     device = torch.device(args.device)
     root = Path(args.data)
     if not (root / "train").is_dir():
         per_class = max(1, args.images // 10)
         print(f"writing {10 * per_class} {args.image_side}px JPEGs to {root} ...", flush=True)
-        make_synthetic_dataset(root, 10, per_class, 1, args.image_side, seed=0)
+        make_synthetic_dataset(root, 10, per_class, 1, args.image_side, seed=0, workers=os.cpu_count())
     rows = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "batch_size": args.batch_size,
             "crop": args.crop}
     dali = ImageNetLoader(root, "train", args.batch_size, args.crop, device, num_threads=args.threads)

@@ -62,7 +62,8 @@ for stage in $STAGES; do
     e2e) run_stage e2e e2e.log $PY tools/bench_e2e.py --device cuda --arch resnet50 --image-size 224 --batch-size 256 \
            --threads 12 --out "$OUT/bench_e2e_resnet50.json"
          cifar10 && run_stage e2e-cifar e2e_cifar.log $PY tools/bench_e2e.py --device cuda --data /tmp/cifar10 \
-           --resident --val-split test --arch cifar_resnet18 --batch-size 512 --image-size 32 --out "$OUT/bench_e2e_cifar.json" ;;
+           --resident --val-split test --arch cifar_resnet18 --batch-size 512 --image-size 32 --epochs 5 --repeats 2 \
+           --out "$OUT/bench_e2e_cifar.json" ;;
     reproduce) cifar10 && run_stage reproduce reproduce.log $PY tools/reproduce.py --preset cifar10-gpu --data-dir /tmp \
                  --out runs/reproduce/cifar10-gpu
                tar --exclude=checkpoint.pt -czf "$OUT/reproduce-cifar10-gpu.tar.gz" -C runs/reproduce cifar10-gpu ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write pysoftlabel's synthetic dataset (ImageNet layout + VOC boxes), deterministic by seed.
 
-    python tools/make_synthetic_dataset.py OUT [--classes 10 --train-per-class 100 --val-per-class 25 --size 64 --seed 0]
+    python tools/make_synthetic_dataset.py OUT [--classes 10 --train-per-class 100 --val-per-class 25 --size 64 --seed 0 --workers 1]
 """
 import argparse
 
@@ -17,10 +17,11 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument("--box-fraction", type=float, default=0.9, help="images with a box file (default: 0.9)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing in parallel (default: 1)")
     args = parser.parse_args(argv)
     try:
         summary = make_synthetic_dataset(args.out, args.classes, args.train_per_class, args.val_per_class, args.size,
-                                         args.box_fraction, args.seed)
+                                         args.box_fraction, args.seed, workers=args.workers)
     except ValueError as error:
         parser.error(str(error))
     print(summary)
