@@ -14,9 +14,14 @@ SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     make_synthetic_dataset(root, num_classes=3, train_per_class=10, val_per_class=4, image_size=32, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(root):
     return ResidentImages(root, "train")
 
 
@@ -65,6 +70,32 @@ def test_cutout_zeroes_a_square(images):
     x = denormalise(next(iter(loader))["image"]).round()
     zero = (x == 0).all(1)  # [b, h, w]
     assert (zero.flatten(1).sum(1) >= 16).all()  # at least a corner quarter of the 9x9 square
+
+
+def test_unreadable_file_is_named(tmp_path):
+    bad = tmp_path / "train" / "cls"
+    bad.mkdir(parents=True)
+    (bad / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot decode .*broken.jpg"):
+        ResidentImages(tmp_path, "train")
+
+
+@pytest.mark.cuda
+def test_gpu_batches_never_wait_for_the_gpu(root, images):
+    """Past the epoch's start (one copy of its rows and random numbers) a training epoch on the GPU issues no
+    synchronising call, so the host runs ahead of the GPU; the batches equal the CPU's."""
+    loader = ResidentLoader(ResidentImages(root, "train", "cuda"), 6, True, cutout=8, seed=5)
+    batches = iter(loader)
+    first = next(batches)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu = list(ResidentLoader(images, 6, True, cutout=8, seed=5))
+    for got, want in zip([first, *rest], cpu, strict=True):
+        torch.testing.assert_close(got["image"].cpu(), want["image"])
+        assert torch.equal(got["label"].cpu(), want["label"])
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="../shared/data/cifar10.tar.gz is not beside the checkout")

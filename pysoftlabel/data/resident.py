@@ -1,6 +1,8 @@
 """Small datasets (CIFAR-style class folders of small images) decoded once and kept resident, on the GPU
 when there is one, with each batch augmented by tensor ops on that device: random crop with zero padding,
 horizontal flip, optional Cutout (DeVries & Taylor 2017, arXiv:1708.04552), normalisation."""
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,14 @@ from .imagenet import MEAN, STD
 __all__ = ["ResidentImages", "ResidentLoader"]
 
 
+def _decode(path):
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"data: cannot decode {path}: {error}") from None
+
+
 class ResidentImages:
     """All images of ``root/split`` as one uint8 tensor [N, 3, H, W] on ``device`` plus labels [N].
 
@@ -22,13 +32,9 @@ class ResidentImages:
 
     def __init__(self, root, split, device="cpu", classes=None, per_class=None):
         files, labels, self.classes = scan_image_folder(root, split, classes, per_class)
-        arrays = []
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    arrays.append(np.asarray(img.convert("RGB")))
-            except (OSError, ValueError) as error:
-                raise ValueError(f"data: cannot decode {path}: {error}") from None
+        # Pillow releases the GIL while it decodes: threads make the 60,000 CIFAR-10 files a few seconds.
+        with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(_decode, files))
         sizes = {a.shape for a in arrays}
         if len(sizes) != 1:
             raise ValueError(f"data: images of {Path(root) / split} differ in size ({sorted(sizes)[:3]}); the resident "
@@ -74,39 +80,56 @@ class ResidentLoader:
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
-    def _augment(self, images, g):
+    def _draw(self, b, g):
+        """The random numbers of one training batch of ``b`` rows, from the CPU generator ``g``."""
+        h, w = self.data.images.shape[2:]
+        draws = {}
+        if self.pad:
+            draws["dy"] = torch.randint(0, 2 * self.pad + 1, (b,), generator=g)
+            draws["dx"] = torch.randint(0, 2 * self.pad + 1, (b,), generator=g)
+        if self.flip:
+            draws["flip"] = torch.rand(b, generator=g) < 0.5
+        if self.cutout:
+            draws["cy"] = torch.randint(0, h, (b,), generator=g)
+            draws["cx"] = torch.randint(0, w, (b,), generator=g)
+        return draws
+
+    def _augment(self, images, draws):
         b, _, h, w = images.shape
         device = images.device
         if self.pad:  # random crop of the zero-padded image: per-row offsets, one gather
             padded = torch.nn.functional.pad(images, (self.pad,) * 4)
-            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=g).to(device)
-            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=g).to(device)
-            ys = (dy[:, None] + torch.arange(h, device=device))[:, :, None]
-            xs = (dx[:, None] + torch.arange(w, device=device))[:, None, :]
+            ys = (draws["dy"][:, None] + torch.arange(h, device=device))[:, :, None]
+            xs = (draws["dx"][:, None] + torch.arange(w, device=device))[:, None, :]
             batch = torch.arange(b, device=device)[:, None, None]
             images = padded[batch, :, ys, xs].permute(0, 3, 1, 2)  # [b, h, w, 3] -> [b, 3, h, w]
         if self.flip:
-            flip = (torch.rand(b, generator=g) < 0.5).to(device)
-            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+            images = torch.where(draws["flip"][:, None, None, None], images.flip(3), images)
         if self.cutout:
-            cy = torch.randint(0, h, (b,), generator=g).to(device)
-            cx = torch.randint(0, w, (b,), generator=g).to(device)
             ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
-            inside = ((ys[None, :, None] - cy[:, None, None]).abs() <= self.cutout // 2) & \
-                     ((xs[None, None, :] - cx[:, None, None]).abs() <= self.cutout // 2)
+            inside = ((ys[None, :, None] - draws["cy"][:, None, None]).abs() <= self.cutout // 2) & \
+                     ((xs[None, None, :] - draws["cx"][:, None, None]).abs() <= self.cutout // 2)
             images = images * ~inside[:, None]
         return images
 
     def __iter__(self):
-        rows = self._rows()
-        # per rank: the same seed everywhere would give every rank the same crops and flips
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch + 7 + 1000003 * self.shard_id)
+        device = self.data.images.device
         count = len(self)
+        # The epoch's rows and random numbers go to the device in one copy each, drawn batch by batch in the
+        # generator's order: a copy from pageable memory per batch made the host wait for the GPU at every
+        # step (CIFAR-10 on the H100 trained at 0.89 of the model-only speed).
+        rows = self._rows().to(device)
+        draws = {}
+        if self.training:
+            # per rank: the same seed everywhere would give every rank the same crops and flips
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch + 7 + 1000003 * self.shard_id)
+            per_batch = [self._draw(self.batch_size, g) for _ in range(count)]
+            draws = {key: torch.stack([d[key] for d in per_batch]).to(device) for key in per_batch[0]} if count else {}
         for i in range(count):
-            index = rows[i * self.batch_size:(i + 1) * self.batch_size].to(self.data.images.device)
+            index = rows[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.data.images[index].float()
             if self.training:
-                images = self._augment(images, g)
+                images = self._augment(images, {key: value[i] for key, value in draws.items()})
             yield {"image": (images - self.mean) / self.std, "label": self.data.labels[index]}
         if self.training:
             self.epoch += 1
