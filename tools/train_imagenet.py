@@ -33,8 +33,8 @@ from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
-from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, evaluate, load_checkpoint,
-                                parse_device, save_checkpoint, train_one_epoch, write_calibration_report)
+from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, autocast_dtype, context_confidence, evaluate,
+                                load_checkpoint, parse_device, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
 from pysoftlabel.models import create_model
 
@@ -369,38 +369,42 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     def checkpoint(epoch, step=0):
         """The state after ``epoch`` and ``step`` steps of the next one (0: at the epoch's end)."""
         if log is not None:
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
-                             "scaler": scaler.state_dict() if scaler is not None else None,
-                             "mix": mix.state_dict() if mix is not None else None,
-                             "rng": rng_states(device), "epoch": epoch, "step": step, "arch": args.arch,
-                             "classes": classes}, ckpt_path)
-        barrier()  # no rank goes on (or resumes) before the checkpoint is complete
+            writer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "mix": mix.state_dict() if mix is not None else None,
+                         "rng": rng_states(device), "epoch": epoch, "step": step, "arch": args.arch,
+                         "classes": classes}, ckpt_path)
 
     stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
-    for epoch in range(start, stop):
-        metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler,
-                                  scaler=scaler, mix=mix, amp_dtype=amp, progress=log.progress(epoch) if log else None,
-                                  start_step=start_step if epoch == start else 0, stop=lambda: STOP["requested"])
-        steps, epoch_steps = metrics.pop("steps"), metrics.pop("epoch_steps")
-        if steps < epoch_steps:  # stopped inside the epoch: save it as it is
+    # The checkpoint is written while the next epoch trains; leaving this block (an interruption or an error
+    # too) waits for it, and the barrier below keeps every rank (a student loading this run as its teacher)
+    # until it is on disk.
+    with CheckpointWriter() as writer:
+        for epoch in range(start, stop):
+            metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler,
+                                      scaler=scaler, mix=mix, amp_dtype=amp,
+                                      progress=log.progress(epoch) if log else None,
+                                      start_step=start_step if epoch == start else 0, stop=lambda: STOP["requested"])
+            steps, epoch_steps = metrics.pop("steps"), metrics.pop("epoch_steps")
+            if steps < epoch_steps:  # stopped inside the epoch: save it as it is
+                strategy.all_reduce()
+                checkpoint(epoch - 1, step=steps)
+                raise Interrupted
             strategy.all_reduce()
-            checkpoint(epoch - 1, step=steps)
-            raise Interrupted
-        strategy.all_reduce()
-        strategy.end_epoch()
-        val_metrics, _ = evaluate(run_model, val, device, amp)
-        if context is not None:
-            val_metrics["val_context_conf"] = context_confidence(run_model, context, device, amp)
-        if log is not None:
-            log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics, **facts})
-        checkpoint(epoch)
-        if STOP["requested"]:
-            raise Interrupted
-    if stop == args.epochs and is_main_process():
-        # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
-        full_val = val if world == 1 else make_loaders(args, root, device, 0, 1, "ce")[0]
-        write_calibration_report(model, full_val, device, out, amp)
+            strategy.end_epoch()
+            val_metrics, _ = evaluate(run_model, val, device, amp)
+            if context is not None:
+                val_metrics["val_context_conf"] = context_confidence(run_model, context, device, amp)
+            if log is not None:
+                log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics, **facts})
+            checkpoint(epoch)
+            if STOP["requested"]:
+                raise Interrupted
+        if stop == args.epochs and is_main_process():
+            # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
+            full_val = val if world == 1 else make_loaders(args, root, device, 0, 1, "ce")[0]
+            write_calibration_report(model, full_val, device, out, amp)
     barrier()
     return ckpt_path
 

@@ -1,11 +1,13 @@
-"""Checkpoints written atomically: a temporary file in the same folder, fsync, then rename."""
+"""Checkpoints written atomically: a temporary file in the same folder, fsync, then rename; and a writer that
+does it on a background thread while training goes on."""
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointWriter"]
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -30,3 +32,47 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise ValueError(f"checkpoint: {path} does not exist")
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _cpu_copy(value):
+    """``value`` with every tensor in it copied to the CPU (a copy even of CPU tensors)."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints with :func:`save_checkpoint` on a background thread, so that serialising and fsyncing
+    (a quarter of a second for a ResNet-18 and its optimiser) overlaps the next epoch's training.
+
+    :meth:`save` takes a CPU copy of every tensor of ``state`` before it returns (the next training step
+    changes parameters and buffers in place), after the previous write has finished: at most one write is
+    in flight. :meth:`wait` returns once everything handed over is on disk and raises the error of a write
+    that failed. Use it as a context manager, so that leaving the block, on an error too, waits."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._pending = None
+
+    def save(self, state: dict, path) -> None:
+        snapshot = _cpu_copy(state)
+        self.wait()
+        self._pending = self._pool.submit(save_checkpoint, snapshot, path)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()

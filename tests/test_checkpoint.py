@@ -1,0 +1,57 @@
+"""Checkpoint files: atomic replacement, and the background writer's snapshot, ordering and errors."""
+import threading
+
+import pytest
+import torch
+
+from pysoftlabel.engine import CheckpointWriter, load_checkpoint, save_checkpoint
+from pysoftlabel.engine import checkpoint as checkpoint_module
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"epoch": 1}, path)
+    with pytest.raises(Exception):
+        save_checkpoint({"epoch": 2, "bad": threading.Lock()}, path)  # a lock cannot be pickled
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_writer_saves_the_state_as_it_was_when_handed_over(tmp_path):
+    weight = torch.ones(1000)
+    nested = {"model": {"w": weight}, "optimizer": {"state": [weight * 2]}, "epoch": 3, "names": ("a", "b")}
+    with CheckpointWriter() as writer:
+        writer.save(nested, tmp_path / "ck.pt")
+        weight.add_(5)  # the training step after save() changes parameters in place
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert torch.equal(state["model"]["w"], torch.ones(1000))
+    assert torch.equal(state["optimizer"]["state"][0], torch.full((1000,), 2.0))
+    assert state["epoch"] == 3 and state["names"] == ("a", "b")
+
+
+def test_writer_keeps_one_write_in_flight_and_reports_failures(tmp_path, monkeypatch):
+    release, order = threading.Event(), []
+
+    def slow_save(state, path):
+        release.wait(5)
+        order.append(state["epoch"])
+        return path
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", slow_save)
+    writer = CheckpointWriter()
+    writer.save({"epoch": 0}, tmp_path / "ck.pt")
+    threading.Timer(0.2, release.set).start()
+    writer.save({"epoch": 1}, tmp_path / "ck.pt")  # waits for epoch 0's write first
+    assert order == [0]
+    writer.wait()
+    assert order == [0, 1]
+
+    def failing_save(state, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        with writer:
+            writer.save({"epoch": 2}, tmp_path / "ck.pt")
