@@ -117,6 +117,21 @@ def test_mixup_and_cutmix():
     assert mix(b)["lam"] == first  # resumable randomness
 
 
+@pytest.mark.cuda
+def test_mixing_on_the_gpu_matches_the_cpu_without_waiting_for_it():
+    b = batch(n=8)
+    on_gpu = {k: v.cuda() for k, v in b.items()}
+    for make in (S.Mixup, S.CutMix, S.RICAP):
+        want = make(seed=5)(b)
+        torch.cuda.set_sync_debug_mode("error")  # the partner permutation travels pinned and asynchronously
+        try:
+            got = make(seed=5)(on_gpu)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.testing.assert_close(got["image"].cpu(), want["image"])
+        assert torch.equal(got["label2"].cpu(), want["label2"]) and got["lam"] == want["lam"]
+
+
 def test_ricap_patches_weights_and_loss():
     n, c = 8, 5
     labels = torch.arange(n) % c

@@ -35,8 +35,12 @@ class _Mix:
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _partners(self, n):
-        return torch.randperm(n, generator=self.generator)
+    def _partners(self, n, device):
+        """A random permutation of n rows on ``device``. Drawn on the CPU (one generator on every device, in the
+        checkpoint) and copied from pinned memory asynchronously: a copy from pageable memory would make the
+        host wait for the GPU at every step."""
+        perm = torch.randperm(n, generator=self.generator)
+        return perm.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else perm
 
     def state_dict(self):
         return {"rng": self.rng.bit_generator.state, "generator": self.generator.get_state()}
@@ -60,7 +64,7 @@ class Mixup(_Mix):
     def __call__(self, batch):
         images, labels = batch["image"], batch["label"]
         lam = float(self.rng.beta(self.alpha, self.alpha))
-        perm = self._partners(len(labels)).to(labels.device)
+        perm = self._partners(len(labels), labels.device)
         mixed = images * lam + images[perm] * (1.0 - lam)
         return {**batch, "image": mixed, "label2": labels[perm], "lam": lam}
 
@@ -89,7 +93,7 @@ class CutMix(_Mix):
         images, labels = batch["image"], batch["label"]
         height, width = images.shape[-2:]
         top, bottom, left, right = self.box(height, width, float(self.rng.beta(self.alpha, self.alpha)))
-        perm = self._partners(len(labels)).to(labels.device)
+        perm = self._partners(len(labels), labels.device)
         mixed = images.clone()
         mixed[..., top:bottom, left:right] = images[perm][..., top:bottom, left:right]
         lam = 1.0 - (bottom - top) * (right - left) / (height * width)
@@ -121,8 +125,7 @@ class RICAP(_Mix):
         parts = []
         for k, (top, left, ph, pw) in enumerate(((0, 0, h, w), (0, w, h, width - w), (h, 0, height - h, w),
                                                  (h, w, height - h, width - w))):
-            perm = torch.arange(n) if k == 0 else self._partners(n)
-            perm = perm.to(labels.device)
+            perm = torch.arange(n, device=labels.device) if k == 0 else self._partners(n, labels.device)
             y, x = int(self.rng.integers(height - ph + 1)), int(self.rng.integers(width - pw + 1))
             out[..., top:top + ph, left:left + pw] = images[perm][..., y:y + ph, x:x + pw]
             parts.append((labels[perm], ph * pw / (height * width)))
