@@ -12,9 +12,7 @@ into the loss vs the loss alone). The anchors measured earlier on the same kind 
     python tools/bench_kernels.py --device cpu            # 4096 x 1000 fp32, the CPU targets
 """
 import argparse
-import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -85,23 +83,6 @@ def copy_bandwidth(device, measure):
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-KERNEL_VARIANTS = {"clusters_64k": "65536", "clusters_16k": "16384"}
-
-
-@contextlib.contextmanager
-def environment(name, value):
-    """os.environ[name] = value inside the block."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous
-
-
 def make_case(n, c, dtype, device, kind, g):
     x = (torch.randn(n, c, generator=g, device=device) * 2).to(dtype).requires_grad_(True)
     y = torch.randint(0, c, (n,), generator=g, device=device)
@@ -170,12 +151,6 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows,
                 ours = fwd_bwd(lambda: psl.soft_cross_entropy(x, target), x)
                 eager = fwd_bwd(eager_loss(kind, case), x)
                 row[f"ours_{kind}"] = measure(ours)
-                if device.type == "cuda" and c >= 32000:
-                    # The cluster row kernel (opt-in through the setting it reads) with 64 KB and
-                    # 16 KB chunks, beside the default one-block-per-row kernel.
-                    for variant, chunk in KERNEL_VARIANTS.items():
-                        with environment("PSL_CUDA_ROW_CHUNK_BYTES", chunk):
-                            row[f"{variant}_{kind}"] = measure(ours)
                 row[f"eager_{kind}"] = measure(eager)
                 if graphed is not None:
                     row[f"graph_ours_{kind}"] = graphed(ours)
@@ -266,16 +241,6 @@ def table(rows, anchors):
                 if r.get(f"graph_ours_{kind}") is not None:
                     ours, eager = r[f"graph_ours_{kind}"], r.get(f"graph_eager_{kind}")
                     lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | {_ratio(eager, ours)} |")
-    if any("clusters_64k_ls" in r for r in rows):
-        lines += ["", "CUDA row kernels on long rows: the default (one block per row) beside the cluster kernel "
-                  "(PSL_CUDA_ROW_CHUNK_BYTES=65536 / 16384; rows of four chunks or more use it):", "",
-                  "| dtype | N x C | target | one block per row ms | clusters, 64 KB chunks ms | clusters, 16 KB chunks ms |",
-                  "|---|---|---|---|---|---|"]
-        for r in rows:
-            for kind in TARGETS:
-                if r.get(f"clusters_64k_{kind}") is not None:
-                    lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(r[f'ours_{kind}'])} | "
-                                 f"{_fmt(r[f'clusters_64k_{kind}'])} | {_fmt(r[f'clusters_16k_{kind}'])} |")
     lines += ["", "| dtype | N x C | calib ours ms | calib torchmetrics ms | calib eager ms | read-once ms | class stats ours ms | class stats eager ms | LS fused stats+calib ms | LS alone ms | fused overhead | anchor torchmetrics / eager accum ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -68,7 +68,7 @@ for stage in $STAGES; do
                  --out runs/reproduce/cifar10-gpu
                tar --exclude=checkpoint.pt -czf "$OUT/reproduce-cifar10-gpu.tar.gz" -C runs/reproduce cifar10-gpu ;;
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
-                $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps and not profiler" tests ;;
+                $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps" tests ;;
     *) echo "unknown stage $stage (build, test, bench, profile, loader, e2e, reproduce, sanitize)"; exit 2 ;;
   esac
 done

@@ -9,7 +9,6 @@ range, for Nsight Compute: which limit (DRAM, L2, issue slots, occupancy) each l
 first, outside the range, so that ncu sees a warm allocator and the same launch as the benchmark.
 """
 import argparse
-import os
 import sys
 
 import torch
@@ -17,12 +16,10 @@ import torch
 import pysoftlabel as psl
 from bench_kernels import fwd_bwd, make_case
 
-# kind:dtype:NxC[:chunk] — the loss (forward + backward) and the calibration statistics where
-# docs/benchmarks.md shows them furthest from the floor; with a chunk, the opt-in cluster kernel
-# (PSL_CUDA_ROW_CHUNK_BYTES) on the same work.
+# kind:dtype:NxC — the loss (forward + backward) and the calibration statistics where docs/benchmarks.md
+# shows them furthest from the floor.
 DEFAULT_CASES = ("ls:bfloat16:8192x32000", "ls:float32:4096x128000", "ls:bfloat16:4096x128000",
-                 "ols:bfloat16:8192x32000", "calib:bfloat16:8192x32000", "ls:float32:4096x128000:65536",
-                 "ls:bfloat16:4096x128000:65536", "ls:bfloat16:8192x32000:16384")
+                 "ols:bfloat16:8192x32000", "calib:bfloat16:8192x32000")
 
 
 def step_for(kind, dtype, n, c, g):
@@ -37,16 +34,15 @@ def step_for(kind, dtype, n, c, g):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=DEFAULT_CASES, help="kind:dtype:NxC[:chunk bytes], kind in "
+    parser.add_argument("cases", nargs="*", default=DEFAULT_CASES, help="kind:dtype:NxC, kind in "
                         "ls, ols, mixup, dense, calib (default: %(default)s)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not psl.extension_info()["cuda"]:
         sys.exit("profile_kernels.py needs a GPU and pysoftlabel built with CUDA kernels")
     g = torch.Generator(device="cuda").manual_seed(0)
     for spec in args.cases:
-        kind, dtype, shape, *chunk = spec.split(":")
+        kind, dtype, shape = spec.split(":")
         n, c = (int(v) for v in shape.split("x"))
-        os.environ["PSL_CUDA_ROW_CHUNK_BYTES"] = chunk[0] if chunk else "0"
         step = step_for(kind, getattr(torch, dtype), n, c, g)
         for _ in range(3):
             step()

@@ -1,5 +1,5 @@
-// Device building blocks of the CUDA row kernels (row_kernel.cu): vector loads with cache hints, the
-// online-softmax state of a row and its block reduction, and the three steps every kernel takes per row:
+// Device building blocks of the CUDA row kernel (row_kernel.cu): vector loads with cache hints, the
+// online-softmax state of a row and its block reduction, and the three steps the kernel takes per row:
 // pass 1 (accumulate the state), finishing the row (loss, statistics, what pass 2 needs) and pass 2
 // (gradient and class statistics). The per-element arithmetic itself is in ../../common/row_math.h,
 // shared with the CPU kernels.
@@ -219,53 +219,36 @@ struct RowShared {
   bool correct;
 };
 
-// Pass 1 over the vectors [begin, end) of a row, strided over the block's threads. With kCache each
-// vector is also kept in `cache` (at v - begin) for pass 2 and read with an evict-first hint, since
-// DRAM is not read again; without, pass 2 reads the row again (from L2 where it still is).
-template <typename scalar_t, int VEC, bool kTable, bool kDense, bool kCache>
+// Pass 1 over the n_vec vectors of a row, strided over the block's threads.
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
 __device__ __forceinline__ void pass1(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
                                       const RowTarget<opmath_t<scalar_t>>& t, const scalar_t* x_row,
-                                      const scalar_t* dense_row, int64_t begin, int64_t end,
-                                      opmath_t<scalar_t> x_y, Vec<scalar_t, VEC>* cache) {
+                                      const scalar_t* dense_row, int64_t n_vec, opmath_t<scalar_t> x_y) {
   using V = Vec<scalar_t, VEC>;
   const V* xv = reinterpret_cast<const V*>(x_row);
   constexpr int UNROLL = VEC >= 8 ? 2 : 4;  // loads in flight per thread: 32 to 64 bytes
-  int64_t v = begin + threadIdx.x;
-  for (; v + (UNROLL - 1) * blockDim.x < end; v += UNROLL * blockDim.x) {
+  int64_t v = threadIdx.x;
+  for (; v + (UNROLL - 1) * blockDim.x < n_vec; v += UNROLL * blockDim.x) {
     V buf[UNROLL];
 #pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      if constexpr (kCache) {
-        buf[u] = load_last_use(xv + v + u * blockDim.x);
-      } else {
-        buf[u] = xv[v + u * blockDim.x];
-      }
-    }
+    for (int u = 0; u < UNROLL; ++u) buf[u] = xv[v + u * blockDim.x];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-      const int64_t w = v + u * blockDim.x;
-      if constexpr (kCache) cache[w - begin] = buf[u];
-      accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, buf[u], dense_row, w * VEC, x_y);
+      accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, buf[u], dense_row, (v + u * blockDim.x) * VEC, x_y);
     }
   }
-  for (; v < end; v += blockDim.x) {
-    V x;
-    if constexpr (kCache) {
-      x = load_last_use(xv + v);
-      cache[v - begin] = x;
-    } else {
-      x = xv[v];
-    }
+  for (; v < n_vec; v += blockDim.x) {
+    const V x = xv[v];  // one vector load; passing xv[v] by reference would load element by element
     accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, x, dense_row, v * VEC, x_y);
   }
 }
 
-// Thread 0, once the row's state `st` is complete: the row's loss and statistics (written only where
-// `write`: one block per row writes them) and, in `out`, what pass 2 needs.
+// Thread 0, once the row's state `st` is complete: writes the row's loss and statistics and puts in `out`
+// what pass 2 needs.
 template <typename scalar_t>
 __device__ void finish_row(const RowJob<scalar_t>& job, const RowTarget<opmath_t<scalar_t>>& t,
                            const RowState<opmath_t<scalar_t>>& st, int64_t row, opmath_t<scalar_t> x_y,
-                           bool write, RowShared<opmath_t<scalar_t>>& out) {
+                           RowShared<opmath_t<scalar_t>>& out) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = job.classes;
   RowSums<acc_t> sums;
@@ -284,27 +267,25 @@ __device__ void finish_row(const RowJob<scalar_t>& job, const RowTarget<opmath_t
   const acc_t lse = st.max + log(st.sum);
   const bool finite = isfinite(lse);
   const bool correct = finite && st.argmax == t.y;
-  if (write) {
-    if (job.loss) {
-      const acc_t x_y2 = static_cast<acc_t>(job.logits[row * C + t.y2]);
-      job.loss[row] = row_loss(t, sums, C, lse, x_y, x_y2);
-    }
-    if (job.calib_bins) {
-      if (!finite) {
-        atomicAdd(job.calib_sums + 2, 1.0);
-      } else {
-        const acc_t confidence = acc_t(1) / st.sum;
-        const int64_t b = confidence_bin(confidence, job.n_bins);
-        atomicAdd(job.calib_bins + b * 3 + 0, 1.0);
-        atomicAdd(job.calib_bins + b * 3 + 1, static_cast<double>(confidence));
-        if (correct) atomicAdd(job.calib_bins + b * 3 + 2, 1.0);
-        atomicAdd(job.calib_sums + 0, static_cast<double>(lse - x_y));
-        const acc_t p_y = fast_exp(x_y - lse);
-        atomicAdd(job.calib_sums + 1, static_cast<double>(brier_score(st.sum_sq / (st.sum * st.sum), p_y)));
-      }
-    }
-    if (job.class_sum && correct) atomicAdd(job.class_count + t.y, 1.0f);
+  if (job.loss) {
+    const acc_t x_y2 = static_cast<acc_t>(job.logits[row * C + t.y2]);
+    job.loss[row] = row_loss(t, sums, C, lse, x_y, x_y2);
   }
+  if (job.calib_bins) {
+    if (!finite) {
+      atomicAdd(job.calib_sums + 2, 1.0);
+    } else {
+      const acc_t confidence = acc_t(1) / st.sum;
+      const int64_t b = confidence_bin(confidence, job.n_bins);
+      atomicAdd(job.calib_bins + b * 3 + 0, 1.0);
+      atomicAdd(job.calib_bins + b * 3 + 1, static_cast<double>(confidence));
+      if (correct) atomicAdd(job.calib_bins + b * 3 + 2, 1.0);
+      atomicAdd(job.calib_sums + 0, static_cast<double>(lse - x_y));
+      const acc_t p_y = fast_exp(x_y - lse);
+      atomicAdd(job.calib_sums + 1, static_cast<double>(brier_score(st.sum_sq / (st.sum * st.sum), p_y)));
+    }
+  }
+  if (job.class_sum && correct) atomicAdd(job.class_count + t.y, 1.0f);
   out.lse = lse;
   out.mass = target_mass(t, sums, C);
   out.dense_lse = dense_lse;
@@ -339,19 +320,18 @@ __device__ __forceinline__ Vec<scalar_t, VEC> pass2_vector(const RowJob<scalar_t
   return out;
 }
 
-// An ignored row: loss 0 (where `write`) and a zero gradient over classes [c_begin, c_end).
+// An ignored row: loss 0 and a zero gradient.
 template <typename scalar_t>
-__device__ __forceinline__ void ignore_row(const RowJob<scalar_t>& job, int64_t row, int64_t c_begin,
-                                           int64_t c_end, bool write) {
-  if (job.loss && write && threadIdx.x == 0) job.loss[row] = 0;
+__device__ __forceinline__ void ignore_row(const RowJob<scalar_t>& job, int64_t row) {
+  if (job.loss && threadIdx.x == 0) job.loss[row] = 0;
   if (job.grad) {
-    for (int64_t c = c_begin + threadIdx.x; c < c_end; c += blockDim.x) job.grad[row * job.classes + c] = scalar_t(0);
+    for (int64_t c = threadIdx.x; c < job.classes; c += blockDim.x) job.grad[row * job.classes + c] = scalar_t(0);
   }
 }
 
 // An invalid row stops the kernel loudly, without a host synchronisation.
-__device__ __forceinline__ void trap_bad_row(int code, int64_t row, bool print) {
-  if (print) printf("pysoftlabel: row %lld: %s\n", (long long)row, row_error_message(code));
+__device__ __forceinline__ void trap_bad_row(int code, int64_t row) {
+  if (threadIdx.x == 0) printf("pysoftlabel: row %lld: %s\n", (long long)row, row_error_message(code));
   __trap();
 }
 

@@ -4,16 +4,8 @@
 // the threads' states. Pass 2 runs only where needed (gradient, or class statistics of a correctly
 // classified row) and reads the row in reverse order, so the part pass 1 read last is still in L2.
 //
-// cluster_row_kernel (sm_90 and later, for long rows; opt-in, see chunk_bytes_setting): the blocks of a thread-block cluster share a row,
-// each keeping its chunk in shared memory between the passes and merging the pass-1 states of the others
-// through distributed shared memory. The row is read from DRAM once even where it is too long for L2 to
-// hold all the rows in flight between the passes (C = 128k: 0.5 MB a row in fp32).
-//
 // No host synchronisation: invalid rows trap on the device with a message.
-#include <cooperative_groups.h>
-
 #include <algorithm>
-#include <cstdlib>
 
 #include "row_device.cuh"
 
@@ -72,19 +64,19 @@ __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> jo
     const scalar_t* x_row = job.logits + row * C;
     const scalar_t* dense_row = kDense ? job.dense + row * C : nullptr;
     if (row_ignored(job, row)) {
-      ignore_row(job, row, 0, C, true);
+      ignore_row(job, row);
       continue;
     }
     RowTarget<acc_t> t;
     const int code = make_row_target(job, row, t);
-    if (code != kRowOk) trap_bad_row(code, row, threadIdx.x == 0);
+    if (code != kRowOk) trap_bad_row(code, row);
     const acc_t x_y = static_cast<acc_t>(x_row[t.y]);
 
     RowState<acc_t> st;
     st.init();
-    pass1<scalar_t, VEC, kTable, kDense, false>(st, job, t, x_row, dense_row, 0, n_vec, x_y, nullptr);
+    pass1<scalar_t, VEC, kTable, kDense>(st, job, t, x_row, dense_row, n_vec, x_y);
     st = block_reduce(st, reduce_buf, job.dense_logits);
-    if (threadIdx.x == 0) finish_row(job, t, st, row, x_y, true, shared);
+    if (threadIdx.x == 0) finish_row(job, t, st, row, x_y, shared);
     __syncthreads();
     const RowShared<acc_t> s = shared;
     const bool add_stats = job.class_sum != nullptr && s.correct;
@@ -106,71 +98,6 @@ __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> jo
   }
 }
 
-// The blocks of one cluster (cluster rank r) take classes [r, r + 1) * chunk_vecs * VEC of each row.
-template <typename scalar_t, int VEC, bool kTable, bool kDense>
-__global__ void __launch_bounds__(kMaxThreads, 2) cluster_row_kernel(RowJob<scalar_t> job, int64_t chunk_vecs) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  using acc_t = opmath_t<scalar_t>;
-  using V = Vec<scalar_t, VEC>;
-  extern __shared__ __align__(16) unsigned char chunk_bytes[];
-  V* chunk = reinterpret_cast<V*>(chunk_bytes);
-  __shared__ RowState<acc_t> reduce_buf[32];
-  __shared__ RowState<acc_t> block_state;  // this block's pass-1 state, read by every block of the cluster
-  __shared__ RowShared<acc_t> shared;
-  const cg::cluster_group cluster = cg::this_cluster();
-  const unsigned rank = cluster.block_rank(), blocks = cluster.num_blocks();
-  const int64_t C = job.classes;
-  const int64_t n_vec = C / VEC;
-  const int64_t first = static_cast<int64_t>(rank) * chunk_vecs;
-  const int64_t begin = first < n_vec ? first : n_vec;
-  const int64_t end = begin + chunk_vecs < n_vec ? begin + chunk_vecs : n_vec;
-
-  for (int64_t row = blockIdx.x / blocks; row < job.rows; row += gridDim.x / blocks) {
-    const scalar_t* x_row = job.logits + row * C;
-    const scalar_t* dense_row = kDense ? job.dense + row * C : nullptr;
-    if (row_ignored(job, row)) {  // the same decision in every block of the cluster
-      ignore_row(job, row, begin * VEC, end * VEC, rank == 0);
-      continue;
-    }
-    RowTarget<acc_t> t;
-    const int code = make_row_target(job, row, t);
-    if (code != kRowOk) trap_bad_row(code, row, rank == 0 && threadIdx.x == 0);
-    const acc_t x_y = static_cast<acc_t>(x_row[t.y]);
-
-    RowState<acc_t> st;
-    st.init();
-    pass1<scalar_t, VEC, kTable, kDense, true>(st, job, t, x_row, dense_row, begin, end, x_y, chunk);
-    st = block_reduce(st, reduce_buf, job.dense_logits);
-    if (threadIdx.x == 0) block_state = st;
-    cluster.sync();
-    if (threadIdx.x == 0) {
-      // Every block merges the same states in the same order, so all find the same lse.
-      RowState<acc_t> row_state = *cluster.map_shared_rank(&block_state, 0);
-      for (unsigned r = 1; r < blocks; ++r) row_state.merge(*cluster.map_shared_rank(&block_state, r), job.dense_logits);
-      finish_row(job, t, row_state, row, x_y, rank == 0, shared);
-    }
-    cluster.sync();  // no block overwrites its state before all have read it; `shared` is visible
-    const RowShared<acc_t> s = shared;
-    const bool add_stats = job.class_sum != nullptr && s.correct;
-    if (job.wants_grad() || add_stats) {
-      float* stats_row = add_stats ? job.class_sum + t.y * C : nullptr;
-      V* gv = job.grad ? reinterpret_cast<V*>(job.grad + row * C) : nullptr;
-      for (int64_t w = begin + threadIdx.x; w < end; w += blockDim.x) {
-        V dv;
-        if (kDense) dv = load_last_use(reinterpret_cast<const V*>(dense_row) + w);
-        const V out = pass2_vector<scalar_t, VEC, kTable, kDense>(job, t, s, chunk[w - begin], dv, w * VEC,
-                                                                  stats_row, gv != nullptr);
-        if (gv) store_streaming(gv + w, out);
-      }
-    }
-    __syncthreads();  // `shared` and the chunk are rewritten for the next row
-  }
-#else
-  __trap();  // this build has no sm_90 code of the kernel: runs_clusters() keeps it from being launched
-#endif
-}
-
 template <typename scalar_t>
 __global__ void scale_rows_kernel(scalar_t* grad, int64_t rows, int64_t classes,
                                   const opmath_t<scalar_t>* factor, bool per_row) {
@@ -184,69 +111,8 @@ __global__ void scale_rows_kernel(scalar_t* grad, int64_t rows, int64_t classes,
   }
 }
 
-// With PSL_CUDA_ROW_CHUNK_BYTES=B (for example 65536), a cluster's blocks keep about B bytes of a row each,
-// and rows of at least four chunks use the cluster kernel: shorter rows stay in L2 between the passes of
-// row_kernel, which needs no cluster synchronisation. Unset or 0: row_kernel only. Opt-in until a GPU
-// session has run the kernel's tests and measured it against row_kernel (tools/bench_kernels.py).
-int64_t chunk_bytes_setting() {
-  const char* env = std::getenv("PSL_CUDA_ROW_CHUNK_BYTES");
-  return env != nullptr ? std::strtoll(env, nullptr, 10) : 0;
-}
-
-constexpr int kMaxClusterBlocks = 8;               // the portable cluster size
-constexpr int64_t kMaxChunkBytes = int64_t(192) << 10;  // dynamic shared memory a block may ask for (sm_90: 227 KB)
-
-// Blocks per row of the cluster kernel for this job, with the vectors each keeps; 0 for row_kernel.
-// Only a second pass (gradient or class statistics) has a use for the kept chunk.
-template <typename scalar_t, int VEC>
-int cluster_blocks(const RowJob<scalar_t>& job, int64_t& chunk_vecs) {
-  const int64_t chunk = chunk_bytes_setting();
-  const int64_t row_bytes = job.classes * static_cast<int64_t>(sizeof(scalar_t));
-  if (chunk <= 0 || row_bytes < 4 * chunk || !(job.grad || job.class_sum)) return 0;
-  const int blocks = static_cast<int>(std::min<int64_t>(kMaxClusterBlocks, ceil_div(row_bytes, chunk)));
-  chunk_vecs = ceil_div(job.classes / VEC, blocks);
-  return chunk_vecs * static_cast<int64_t>(sizeof(Vec<scalar_t, VEC>)) <= kMaxChunkBytes ? blocks : 0;
-}
-
-// The device runs clusters and the build holds sm_90+ code of the kernel (a build whose newest code for
-// this device is PTX of an older architecture has only the trapping stub).
-template <typename Kernel>
-bool runs_clusters(Kernel* kernel) {
-  int device = 0, major = 0;
-  cudaFuncAttributes attributes;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9 &&
-         cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess && attributes.ptxVersion >= 90;
-}
-
-template <typename scalar_t, int VEC, bool kTable, bool kDense>
-cudaError_t launch_clusters(const RowJob<scalar_t>& job, int blocks, int64_t chunk_vecs, cudaStream_t stream) {
-  auto* kernel = cluster_row_kernel<scalar_t, VEC, kTable, kDense>;
-  const size_t smem = static_cast<size_t>(chunk_vecs) * sizeof(Vec<scalar_t, VEC>);
-  const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (error != cudaSuccess) return error;
-  cudaLaunchAttribute cluster;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = blocks;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(job.rows, int64_t(1) << 24) * blocks));
-  config.blockDim = dim3(threads_for(chunk_vecs));
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, job, chunk_vecs);
-}
-
 template <typename scalar_t, int VEC, bool kTable, bool kDense>
 cudaError_t launch(const RowJob<scalar_t>& job, cudaStream_t stream) {
-  int64_t chunk_vecs = 0;
-  const int blocks = cluster_blocks<scalar_t, VEC>(job, chunk_vecs);
-  if (blocks > 0 && runs_clusters(cluster_row_kernel<scalar_t, VEC, kTable, kDense>)) {
-    return launch_clusters<scalar_t, VEC, kTable, kDense>(job, blocks, chunk_vecs, stream);
-  }
   const int threads = threads_for(job.classes / VEC);
   const int64_t grid = std::min<int64_t>(job.rows, int64_t(1) << 30);
   row_kernel<scalar_t, VEC, kTable, kDense><<<static_cast<unsigned>(grid), threads, 0, stream>>>(job);
