@@ -58,7 +58,8 @@ for stage in $STAGES; do
     bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
     profile) run_stage profile profile.log timeout 150 ncu --profile-from-start off --nvtx --kernel-name regex:row_kernel \
                --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-               --section WarpStateStats $PY tools/profile_kernels.py ;;
+               --section WarpStateStats --section ComputeWorkloadAnalysis --section InstructionStats \
+               $PY tools/profile_kernels.py ;;
     loader) run_stage loader loader.log $PY tools/bench_loader.py --device cuda --out "$OUT/bench_loader.json" \
               $(cifar10 && echo --small /tmp/cifar10) ;;
     e2e) run_stage e2e e2e.log $PY tools/bench_e2e.py --device cuda --arch resnet50 --image-size 224 --batch-size 256 \
@@ -84,6 +85,6 @@ for stage in $STAGES; do echo "$stage: ${STATUS[$stage]:-not run}"; done
 [ -f "$OUT/test.log" ] && grep -E "passed|failed" "$OUT/test.log" | tail -1
 [ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -2
 [ -f "$OUT/bench_kernels.md" ] && cat "$OUT/bench_kernels.md"
-[ -f "$OUT/profile.log" ] && grep -E "profiled|row_kernel|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread" "$OUT/profile.log"
+[ -f "$OUT/profile.log" ] && grep -E "profiled|row_kernel|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread|Executed Ipc Active|Issue Slots Busy|Executed Instructions  " "$OUT/profile.log"
 [ -f "$OUT/bench_loader.json" ] && cat "$OUT/bench_loader.json"
 for f in "$OUT"/bench_e2e_*.json; do [ -f "$f" ] && cat "$f"; done
