@@ -1,6 +1,7 @@
 """Checkpoint files: atomic replacement, and the background writer's snapshot, ordering and errors."""
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,12 +21,16 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_writer_saves_the_state_as_it_was_when_handed_over(tmp_path):
-    weight = torch.ones(1000)
-    nested = {"model": {"w": weight}, "optimizer": {"state": [weight * 2]}, "epoch": 3, "names": ("a", "b")}
+    weight, counts = torch.ones(1000), np.zeros(3)
+    nested = {"model": {"w": weight}, "optimizer": {"state": [weight * 2]}, "epoch": 3, "names": ("a", "b"),
+              "history": [1], "counts": counts}
     with CheckpointWriter() as writer:
         writer.save(nested, tmp_path / "ck.pt")
         weight.add_(5)  # the training step after save() changes parameters in place
+        nested["history"].append(2)
+        counts += 1
     state = load_checkpoint(tmp_path / "ck.pt")
+    assert state["history"] == [1] and not state["counts"].any()
     assert torch.equal(state["model"]["w"], torch.ones(1000))
     assert torch.equal(state["optimizer"]["state"][0], torch.full((1000,), 2.0))
     assert state["epoch"] == 3 and state["names"] == ("a", "b")

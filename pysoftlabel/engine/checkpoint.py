@@ -1,5 +1,6 @@
 """Checkpoints written atomically: a temporary file in the same folder, fsync, then rename; and a writer that
 does it on a background thread while training goes on."""
+import copy
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -35,14 +36,14 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 
 def _cpu_copy(value):
-    """``value`` with every tensor in it copied to the CPU (a copy even of CPU tensors)."""
+    """A deep copy of ``value`` with every tensor in it on the CPU (a copy even of CPU tensors)."""
     if torch.is_tensor(value):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
         return {key: _cpu_copy(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_cpu_copy(item) for item in value)
-    return value
+    return copy.deepcopy(value)  # numpy arrays and other objects a state_dict may share with its owner
 
 
 class CheckpointWriter:
