@@ -126,7 +126,9 @@ def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 1
         seed (int): everything is a function of it. Default: 0.
         quality (int): JPEG quality. Default: 90.
         workers (int): processes writing classes in parallel (ImageNet-sized benchmark sets: drawing and
-            encoding a 400-pixel JPEG takes about 25 ms). The files do not depend on it. Default: 1.
+            encoding a 400-pixel JPEG takes about 25 ms). The files do not depend on it. The processes are
+            spawned, so a script calling this with workers > 1 needs the ``if __name__ == "__main__":``
+            guard. Default: 1.
     """
     if not 1 <= num_classes <= len(SHAPES):
         raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
