@@ -319,9 +319,6 @@ class EpochLog:
 def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     """One full run; returns the path of its final checkpoint."""
     seed_everything(args.seed)
-    # Fixed batch shapes: let cuDNN time its convolution algorithms once and keep the fastest (as timm's
-    # train.py does); GPU training is not bitwise reproducible either way (atomics in backward passes).
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     root = data_root(args)
     val, classes, train_for_epoch, facts = make_loaders(args, root, device, rank, world, strategy_name)
     context = facts.pop("context", None)
@@ -443,6 +440,9 @@ def main(argv=None):
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     device = torch.device(args.device)
     rank, world, local_rank = init_distributed(device.type)
+    # Fixed batch shapes: let cuDNN time its convolution algorithms once and keep the fastest (as timm's
+    # train.py does); GPU training is not bitwise reproducible either way (atomics in backward passes).
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     try:

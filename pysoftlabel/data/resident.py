@@ -74,15 +74,15 @@ class ResidentLoader:
         return order[self.shard_id::self.num_shards]
 
     def __len__(self):
-        rows = len(self._rows())
+        rows = len(range(self.shard_id, len(self.data), self.num_shards))  # this rank's share, not drawn
         return rows // self.batch_size if self.training else -(-rows // self.batch_size)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
-    def _draw(self, b, g):
-        """The random numbers of one training batch of ``b`` rows, from the CPU generator ``g``."""
-        h, w = self.data.images.shape[2:]
+    def _draw(self, g):
+        """The random numbers of one training batch, from the CPU generator ``g``."""
+        b, (h, w) = self.batch_size, self.data.images.shape[2:]
         draws = {}
         if self.pad:
             draws["dy"] = torch.randint(0, 2 * self.pad + 1, (b,), generator=g)
@@ -120,11 +120,11 @@ class ResidentLoader:
         # step (CIFAR-10 on the H100 trained at 0.89 of the model-only speed).
         rows = self._rows().to(device)
         draws = {}
-        if self.training:
+        if self.training and count:
             # per rank: the same seed everywhere would give every rank the same crops and flips
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch + 7 + 1000003 * self.shard_id)
-            per_batch = [self._draw(self.batch_size, g) for _ in range(count)]
-            draws = {key: torch.stack([d[key] for d in per_batch]).to(device) for key in per_batch[0]} if count else {}
+            per_batch = [self._draw(g) for _ in range(count)]
+            draws = {key: torch.stack([d[key] for d in per_batch]).to(device) for key in per_batch[0]}
         for i in range(count):
             index = rows[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.data.images[index].float()
