@@ -12,9 +12,8 @@
 
 Reports images per second of the training loop (data, augmentation, forward, fused loss, backward, step; not
 evaluation), the median over the epochs of each run after the first (which holds the warm-up), its ratio to
-the model-only step and to `ce`. With --repeats K
-the whole list (and the model-only step) is measured K times, interleaved, and the median is reported with
-the range: on a shared CPU one measurement moves by ±15%.
+the model-only step and to `ce`. With --repeats K the whole list (and the model-only step) is measured K
+times, interleaved, and the median is reported with the range: on a shared CPU one measurement moves by ±15%.
 """
 import argparse
 import json
