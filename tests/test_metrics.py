@@ -38,6 +38,26 @@ def test_calibration_native_matches_reference(device, dtype):
     torch.testing.assert_close(native.sums, ref.sums, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c", [10, 1000, 4099])
+def test_ties_of_the_max_count_as_torch_argmax(device, dtype, c):
+    """Logits with many ties: a row is correct when its label is the first index of the max (torch.argmax),
+    in the calibration counts and the class statistics alike (C = 1000: vectorised kernels; 4099: scalar)."""
+    g = torch.Generator().manual_seed(c)
+    logits = torch.randint(0, 3, (257, c), generator=g).to(device, dtype)
+    labels = torch.randint(0, 3, (257,), generator=g).to(device)  # the max, 2, is often at several of 0..2
+    labels[::3] = logits[::3].float().argmax(1)
+    native = psl.calibration_stats(logits, labels, backend="native")
+    ref = psl.calibration_stats(logits, labels, backend="reference")
+    assert native.bins[:, 2].sum().item() == (logits.float().argmax(1) == labels).sum().item()
+    torch.testing.assert_close(native.bins, ref.bins, rtol=1e-5, atol=1e-4)
+    stats = psl.ClassStats(c, device).update(logits, labels, backend="native")
+    ref_stats = psl.ClassStats(c, device).update(logits, labels, backend="reference")
+    torch.testing.assert_close(stats.count, ref_stats.count, rtol=0, atol=0)
+    torch.testing.assert_close(stats.sum, ref_stats.sum, rtol=1e-5, atol=1e-6)
+
+
 def test_ece_matches_independent_and_torchmetrics():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2000, 7, generator=g) * 2

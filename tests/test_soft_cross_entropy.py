@@ -253,6 +253,13 @@ def test_native_backend_wrong_device_and_weights_over_one_scalar():
         psl.soft_cross_entropy(torch.randn(2, 3), psl.SoftTarget(meta_labels))
 
 
+@native
+def test_native_backend_rejects_more_classes_than_32_bit_indices():
+    logits = torch.empty(0, 2**31)  # no elements: only the shape matters
+    with pytest.raises(ValueError, match="classes, more than"):
+        psl.soft_cross_entropy(logits, psl.SoftTarget(torch.zeros(0, dtype=torch.long)), backend="native")
+
+
 @pytest.mark.cuda
 def test_cuda_validate_mode_raises_value_error():
     logits = torch.randn(4, 5, device="cuda")

@@ -68,6 +68,9 @@ RowOutputs run_rows(const RowArgs& a) {
                     logits_in.scalar_type());
   const int64_t N = logits_in.size(0), C = logits_in.size(1);
   TORCH_CHECK_VALUE(C >= 1, "logits must have at least one class, got C = ", num(C));
+  // The kernels index the classes of a row with 32-bit integers.
+  TORCH_CHECK_VALUE(C <= kMaxClasses, "logits has C = ", num(C), " classes, more than the ", num(kMaxClasses),
+                    " the kernels support");
   check_rows(a.labels, logits_in, "labels");
   TORCH_CHECK_VALUE(!at::isFloatingType(a.labels.scalar_type()) && a.labels.scalar_type() != at::kBool,
                     "labels must be integer class indices, got ", a.labels.scalar_type());

@@ -22,11 +22,16 @@
 
 #if defined(__CUDACC__)
 #define PSL_HD __host__ __device__ __forceinline__
+#define PSL_UNROLL _Pragma("unroll")
 #else
 #define PSL_HD inline
+#define PSL_UNROLL
 #endif
 
 namespace psl {
+
+// The most classes a row may have: the kernels index the classes of a row with 32-bit integers.
+constexpr int64_t kMaxClasses = 0x7fffffff - 1;
 
 // Accumulation type: fp32 for fp32/fp16/bf16 logits, fp64 for fp64 (gradcheck).
 template <typename scalar_t> struct OpMath { using type = float; };

@@ -1,8 +1,8 @@
-// Device building blocks of the CUDA row kernel (row_kernel.cu): vector loads with cache hints, the
-// online-softmax state of a row and its block reduction, and the three steps the kernel takes per row:
-// pass 1 (accumulate the state), finishing the row (loss, statistics, what pass 2 needs) and pass 2
-// (gradient and class statistics). The per-element arithmetic itself is in ../../common/row_math.h,
-// shared with the CPU kernels.
+// Device building blocks of the CUDA row kernel (row_kernel.cu): vector loads with cache hints, the block
+// reduction of the row state, and the three steps the kernel takes per row: pass 1 (accumulate the state),
+// finishing the row (loss, statistics, what pass 2 needs) and pass 2 (gradient and class statistics). The
+// arithmetic itself is in ../../common/row_passes.h (per vector, tested on the host by tests/cpp) and
+// ../../common/row_math.h (per row, shared with the CPU kernels); this file moves the data.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,13 +12,10 @@
 #include <cstdio>
 
 #include "../../common/launch.h"
+#include "../../common/row_passes.h"
 
 namespace psl {
 namespace row_device {
-
-template <typename acc_t> __device__ __forceinline__ acc_t fast_exp(acc_t x) { return exp(x); }
-template <> __device__ __forceinline__ float fast_exp<float>(float x) { return __expf(x); }
-template <typename acc_t> __device__ __forceinline__ acc_t neg_inf() { return -INFINITY; }
 
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Vec {
@@ -50,78 +47,123 @@ __device__ __forceinline__ void store_streaming(V* p, const V& v) {
   __stcs(reinterpret_cast<B*>(p), raw);
 }
 
-// One thread's (and, merged, one block's) view of a row after pass 1.
-template <typename acc_t>
-struct RowState {
-  acc_t max, sum, sum_sq;       // online softmax of the logits
-  int64_t argmax;
-  acc_t shifted_sum;            // sum (x - x_y)
-  acc_t table_dot, table_mass;  // sum T (x - x_y), sum T
-  acc_t dense_max, dense_sum;   // online softmax of dense / temperature (dense logits)
-  acc_t dense_dot, dense_mass;  // sum D (x - x_y), sum D  (for dense logits: unnormalised, over dense_max)
+// VEC values of a vector as the accumulation type.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ void to_acc(const Vec<scalar_t, VEC>& v, opmath_t<scalar_t> (&out)[VEC]) {
+  PSL_UNROLL
+  for (int k = 0; k < VEC; ++k) out[k] = static_cast<opmath_t<scalar_t>>(v.v[k]);
+}
 
-  __device__ void init() {
-    max = neg_inf<acc_t>(); sum = 0; sum_sq = 0; argmax = 0;
-    shifted_sum = 0; table_dot = 0; table_mass = 0;
-    dense_max = neg_inf<acc_t>(); dense_sum = 0; dense_dot = 0; dense_mass = 0;
-  }
-
-  // exp(from - to), 0 when `from` is -inf (nothing accumulated yet).
-  static __device__ __forceinline__ acc_t rescale(acc_t from, acc_t to) {
-    return from == neg_inf<acc_t>() ? acc_t(0) : fast_exp(from - to);
-  }
-
-  __device__ void merge(const RowState& o, bool dense_logits) {
-    if (o.max > max || (o.max == max && o.argmax < argmax)) argmax = o.argmax;
-    const acc_t m = max > o.max ? max : o.max;
-    if (m != neg_inf<acc_t>()) {
-      const acc_t a = rescale(max, m), b = rescale(o.max, m);
-      sum = sum * a + o.sum * b;
-      sum_sq = sum_sq * a * a + o.sum_sq * b * b;
-      max = m;
-    } else {
-      sum += o.sum;  // NaN propagates
-      sum_sq += o.sum_sq;
+// bf16 to fp32 is a shift of the bits: one instruction per element, two elements per 32-bit word.
+template <int VEC>
+__device__ __forceinline__ void to_acc(const Vec<c10::BFloat16, VEC>& v, float (&out)[VEC]) {
+  if constexpr (VEC % 2 == 0) {
+    PSL_UNROLL
+    for (int i = 0; i < VEC / 2; ++i) {
+      unsigned int bits;
+      memcpy(&bits, &v.v[2 * i], sizeof(bits));
+      out[2 * i] = __uint_as_float(bits << 16);
+      out[2 * i + 1] = __uint_as_float(bits & 0xffff0000u);
     }
-    shifted_sum += o.shifted_sum;
-    table_dot += o.table_dot;
-    table_mass += o.table_mass;
-    if (dense_logits) {
-      const acc_t dm = dense_max > o.dense_max ? dense_max : o.dense_max;
-      if (dm != neg_inf<acc_t>()) {
-        const acc_t a = rescale(dense_max, dm), b = rescale(o.dense_max, dm);
-        dense_sum = dense_sum * a + o.dense_sum * b;
-        dense_dot = dense_dot * a + o.dense_dot * b;
-        dense_max = dm;
-      }
-    } else {
-      dense_dot += o.dense_dot;
-      dense_mass += o.dense_mass;
+  } else {
+    PSL_UNROLL
+    for (int k = 0; k < VEC; ++k) out[k] = static_cast<float>(v.v[k]);
+  }
+}
+
+// VEC consecutive values of an accumulation-type array (the class table): 16-byte loads where VEC fills
+// them (the vectorised kernels, whose launch checks the alignment), else one by one.
+template <int VEC, typename acc_t>
+__device__ __forceinline__ void load_values(const acc_t* p, acc_t (&out)[VEC]) {
+  constexpr int kPiece = 16 / sizeof(acc_t);
+  if constexpr (VEC % kPiece == 0) {
+    PSL_UNROLL
+    for (int i = 0; i < VEC / kPiece; ++i) {
+      const Vec<acc_t, kPiece> piece = reinterpret_cast<const Vec<acc_t, kPiece>*>(p)[i];
+      PSL_UNROLL
+      for (int k = 0; k < kPiece; ++k) out[i * kPiece + k] = piece.v[k];
     }
+  } else {
+    PSL_UNROLL
+    for (int k = 0; k < VEC; ++k) out[k] = p[k];
   }
+}
 
-  __device__ RowState shfl_xor(int lane_mask) const {
-    RowState o;
-    o.max = __shfl_xor_sync(0xffffffff, max, lane_mask);
-    o.sum = __shfl_xor_sync(0xffffffff, sum, lane_mask);
-    o.sum_sq = __shfl_xor_sync(0xffffffff, sum_sq, lane_mask);
-    o.argmax = __shfl_xor_sync(0xffffffff, argmax, lane_mask);
-    o.shifted_sum = __shfl_xor_sync(0xffffffff, shifted_sum, lane_mask);
-    o.table_dot = __shfl_xor_sync(0xffffffff, table_dot, lane_mask);
-    o.table_mass = __shfl_xor_sync(0xffffffff, table_mass, lane_mask);
-    o.dense_max = __shfl_xor_sync(0xffffffff, dense_max, lane_mask);
-    o.dense_sum = __shfl_xor_sync(0xffffffff, dense_sum, lane_mask);
-    o.dense_dot = __shfl_xor_sync(0xffffffff, dense_dot, lane_mask);
-    o.dense_mass = __shfl_xor_sync(0xffffffff, dense_mass, lane_mask);
-    return o;
+// dst[0..3] += v, dst[0..1] += v: one atomic on sm_90 and later, one per float before.
+__device__ __forceinline__ void atomic_add(float* dst, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(dst), v);
+#else
+  atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
+#endif
+}
+__device__ __forceinline__ void atomic_add(float* dst, float2 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(dst), v);
+#else
+  atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y);
+#endif
+}
+
+// dst[k] += p[k] (class statistics; dst is aligned as the vectorised kernels' launch checks).
+template <int VEC, typename acc_t>
+__device__ __forceinline__ void add_to_row(float* dst, const acc_t (&p)[VEC]) {
+  auto f = [&](int k) { return static_cast<float>(p[k]); };
+  if constexpr (VEC % 4 == 0) {
+    PSL_UNROLL
+    for (int i = 0; i < VEC; i += 4) atomic_add(dst + i, make_float4(f(i), f(i + 1), f(i + 2), f(i + 3)));
+  } else if constexpr (VEC % 2 == 0) {
+    PSL_UNROLL
+    for (int i = 0; i < VEC; i += 2) atomic_add(dst + i, make_float2(f(i), f(i + 1)));
+  } else {
+    PSL_UNROLL
+    for (int k = 0; k < VEC; ++k) atomicAdd(dst + k, f(k));
   }
-};
+}
 
-// Merges every thread's state; the result is valid in all threads. `shared` holds one state per warp.
-template <typename acc_t>
+// The class-table mixture w = lam S[y] + (1 - lam) S[y2] of the VEC classes from c0 (one row read when
+// y2 == y, as without mixing).
+template <int VEC, typename acc_t>
+__device__ __forceinline__ void table_vector(const RowTarget<acc_t>& t, int c0, acc_t (&w)[VEC]) {
+  load_values(t.table_y + c0, w);
+  if (t.table_y2 != t.table_y) {
+    acc_t w2[VEC];
+    load_values(t.table_y2 + c0, w2);
+    PSL_UNROLL
+    for (int k = 0; k < VEC; ++k) w[k] = t.lam * w[k] + (acc_t(1) - t.lam) * w2[k];
+  }
+}
+
+// A state from lane ^ mask of the warp: the fields in use only (kTable, kDense).
+template <bool kTable, bool kDense, typename acc_t>
+__device__ __forceinline__ RowState<acc_t> shfl_xor(const RowState<acc_t>& s, int mask) {
+  RowState<acc_t> o = s;
+  o.max = __shfl_xor_sync(0xffffffff, s.max, mask);
+  o.sum = __shfl_xor_sync(0xffffffff, s.sum, mask);
+  o.sum_sq = __shfl_xor_sync(0xffffffff, s.sum_sq, mask);
+  o.max_vector = __shfl_xor_sync(0xffffffff, s.max_vector, mask);
+  o.sum_x = __shfl_xor_sync(0xffffffff, s.sum_x, mask);
+  if (kTable) {
+    o.table_dot = __shfl_xor_sync(0xffffffff, s.table_dot, mask);
+    o.table_mass = __shfl_xor_sync(0xffffffff, s.table_mass, mask);
+  }
+  if (kDense) {
+    o.dense_max = __shfl_xor_sync(0xffffffff, s.dense_max, mask);
+    o.dense_sum = __shfl_xor_sync(0xffffffff, s.dense_sum, mask);
+    o.dense_dot = __shfl_xor_sync(0xffffffff, s.dense_dot, mask);
+    o.dense_mass = __shfl_xor_sync(0xffffffff, s.dense_mass, mask);
+  }
+  return o;
+}
+
+// Merges the states of all threads of the block (blockDim.x a power of two, as threads_for gives); the
+// result is valid in thread 0. `shared` holds one state per warp; the caller's next __syncthreads() must
+// come before `shared` is written again.
+template <bool kTable, bool kDense, typename acc_t>
 __device__ RowState<acc_t> block_reduce(RowState<acc_t> s, RowState<acc_t>* shared, bool dense_logits) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  for (int mask = 16; mask > 0; mask >>= 1) s.merge(s.shfl_xor(mask), dense_logits);
+  for (int mask = 16; mask > 0; mask >>= 1) s.template merge<kTable, kDense>(shfl_xor<kTable, kDense>(s, mask), dense_logits);
+  if (warps == 1) return s;
   if (lane == 0) shared[warp] = s;
   __syncthreads();
   if (warp == 0) {
@@ -130,194 +172,154 @@ __device__ RowState<acc_t> block_reduce(RowState<acc_t> s, RowState<acc_t>* shar
     } else {
       s.init();
     }
-    for (int mask = 16; mask > 0; mask >>= 1) s.merge(s.shfl_xor(mask), dense_logits);
-    if (lane == 0) shared[0] = s;
+    for (int mask = warps >> 1; mask > 0; mask >>= 1) {
+      s.template merge<kTable, kDense>(shfl_xor<kTable, kDense>(s, mask), dense_logits);
+    }
   }
-  __syncthreads();
-  s = shared[0];
-  __syncthreads();  // shared is reused by the next row
   return s;
 }
 
-// Pass 1 over VEC consecutive logits starting at class c0. kTable / kDense: the target has a class
-// table / a per-sample part (kernels without them carry no code, and fewer registers, for them).
+// The target's class-table and per-sample parts of the vector at class c0 (x: its logits).
 template <typename scalar_t, int VEC, bool kTable, bool kDense>
-__device__ __forceinline__ void accumulate(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
-                                           const RowTarget<opmath_t<scalar_t>>& t,
-                                           const Vec<scalar_t, VEC>& xv, const scalar_t* dense_row,
-                                           int64_t c0, opmath_t<scalar_t> x_y) {
+__device__ __forceinline__ void add_target_parts(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
+                                                 const RowTarget<opmath_t<scalar_t>>& t,
+                                                 const opmath_t<scalar_t> (&x)[VEC], const scalar_t* dense_row, int c0) {
   using acc_t = opmath_t<scalar_t>;
-  acc_t x[VEC];
-  acc_t local_max = neg_inf<acc_t>();
-  int local_arg = 0;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    x[k] = static_cast<acc_t>(xv.v[k]);
-    if (x[k] > local_max) { local_max = x[k]; local_arg = k; }
+  if constexpr (kTable) {
+    acc_t w[VEC];
+    table_vector(t, c0, w);
+    add_table(st, x, w);
   }
-  if (local_max > st.max) {
-    const acc_t a = RowState<acc_t>::rescale(st.max, local_max);
-    st.sum *= a;
-    st.sum_sq *= a * a;
-    st.max = local_max;
-    st.argmax = c0 + local_arg;
-  }
-  const acc_t m = st.max == neg_inf<acc_t>() ? acc_t(0) : st.max;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    const acc_t e = fast_exp(x[k] - m);
-    st.sum += e;
-    st.sum_sq += e * e;
-    st.shifted_sum += x[k] - x_y;
-  }
-  if (kTable && t.table_y) {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const acc_t w = t.table_at(c0 + k);
-      st.table_dot += w * (x[k] - x_y);
-      st.table_mass += w;
-    }
-  }
-  if (kDense) {
+  if constexpr (kDense) {
     acc_t d[VEC];
-    const Vec<scalar_t, VEC> dv = *reinterpret_cast<const Vec<scalar_t, VEC>*>(dense_row + c0);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) d[k] = static_cast<acc_t>(dv.v[k]);
+    to_acc(*reinterpret_cast<const Vec<scalar_t, VEC>*>(dense_row + c0), d);
     if (job.dense_logits) {
-      acc_t dmax = neg_inf<acc_t>();
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        d[k] *= job.inv_temperature;
-        dmax = d[k] > dmax ? d[k] : dmax;
-      }
-      if (dmax > st.dense_max) {
-        const acc_t a = RowState<acc_t>::rescale(st.dense_max, dmax);
-        st.dense_sum *= a;
-        st.dense_dot *= a;
-        st.dense_max = dmax;
-      }
-      const acc_t dm = st.dense_max == neg_inf<acc_t>() ? acc_t(0) : st.dense_max;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const acc_t e = fast_exp(d[k] - dm);
-        st.dense_sum += e;
-        st.dense_dot += e * (x[k] - x_y);
-      }
+      add_dense_logits(st, x, d, job.inv_temperature);
     } else {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        st.dense_dot += d[k] * (x[k] - x_y);
-        st.dense_mass += d[k];
-      }
+      add_dense_probabilities(st, x, d);
     }
+  }
+}
+
+// Pass 1 over the n_vec vectors of a row, strided over the block's threads, U vectors per step.
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
+__device__ __forceinline__ void pass1(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
+                                      const RowTarget<opmath_t<scalar_t>>& t, const scalar_t* x_row,
+                                      const scalar_t* dense_row, int n_vec) {
+  using acc_t = opmath_t<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  const V* xv = reinterpret_cast<const V*>(x_row);
+  // Loads in flight per thread: 32 to 64 bytes of logits; 32 with a table or dense part, whose own loads
+  // would otherwise spill registers.
+  constexpr int U = VEC >= 8 || kTable || kDense ? 2 : 4;
+  const int stride = blockDim.x;
+  int v = threadIdx.x;
+  for (; v + (U - 1) * stride < n_vec; v += U * stride) {
+    V buf[U];
+    int index[U];
+    PSL_UNROLL
+    for (int u = 0; u < U; ++u) {
+      index[u] = v + u * stride;
+      buf[u] = xv[index[u]];
+    }
+    acc_t x[U][VEC];
+    PSL_UNROLL
+    for (int u = 0; u < U; ++u) to_acc(buf[u], x[u]);
+    add_logits(st, x, index);
+    PSL_UNROLL
+    for (int u = 0; u < U; ++u) add_target_parts<scalar_t, VEC, kTable, kDense>(st, job, t, x[u], dense_row, index[u] * VEC);
+  }
+  for (; v < n_vec; v += stride) {
+    const V buf = xv[v];  // one vector load; converting xv[v] in place would load element by element
+    acc_t x[1][VEC];
+    to_acc(buf, x[0]);
+    const int index[1] = {v};
+    add_logits(st, x, index);
+    add_target_parts<scalar_t, VEC, kTable, kDense>(st, job, t, x[0], dense_row, v * VEC);
   }
 }
 
 template <typename acc_t>
 struct RowShared {
-  acc_t lse, mass, dense_lse, factor;
+  GradRow<acc_t> grad;
   bool correct;
 };
 
-// Pass 1 over the n_vec vectors of a row, strided over the block's threads.
-template <typename scalar_t, int VEC, bool kTable, bool kDense>
-__device__ __forceinline__ void pass1(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
-                                      const RowTarget<opmath_t<scalar_t>>& t, const scalar_t* x_row,
-                                      const scalar_t* dense_row, int64_t n_vec, opmath_t<scalar_t> x_y) {
-  using V = Vec<scalar_t, VEC>;
-  const V* xv = reinterpret_cast<const V*>(x_row);
-  constexpr int UNROLL = VEC >= 8 ? 2 : 4;  // loads in flight per thread: 32 to 64 bytes
-  int64_t v = threadIdx.x;
-  for (; v + (UNROLL - 1) * blockDim.x < n_vec; v += UNROLL * blockDim.x) {
-    V buf[UNROLL];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) buf[u] = xv[v + u * blockDim.x];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, buf[u], dense_row, (v + u * blockDim.x) * VEC, x_y);
-    }
+// The first class holding the row's max (as torch.argmax): the max's first vector is in the state, the
+// element within it is found here, once per row.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ int64_t row_argmax(const scalar_t* x_row, const RowState<opmath_t<scalar_t>>& st) {
+  if (st.max_vector == kNoVector) return 0;
+  const int c0 = st.max_vector * VEC;
+  PSL_UNROLL
+  for (int k = 0; k < VEC; ++k) {
+    if (static_cast<opmath_t<scalar_t>>(x_row[c0 + k]) == st.max) return c0 + k;
   }
-  for (; v < n_vec; v += blockDim.x) {
-    const V x = xv[v];  // one vector load; passing xv[v] by reference would load element by element
-    accumulate<scalar_t, VEC, kTable, kDense>(st, job, t, x, dense_row, v * VEC, x_y);
-  }
+  return c0;
 }
 
 // Thread 0, once the row's state `st` is complete: writes the row's loss and statistics and puts in `out`
 // what pass 2 needs.
-template <typename scalar_t>
+template <typename scalar_t, int VEC>
 __device__ void finish_row(const RowJob<scalar_t>& job, const RowTarget<opmath_t<scalar_t>>& t,
-                           const RowState<opmath_t<scalar_t>>& st, int64_t row, opmath_t<scalar_t> x_y,
-                           RowShared<opmath_t<scalar_t>>& out) {
+                           const RowState<opmath_t<scalar_t>>& st, int64_t row, RowShared<opmath_t<scalar_t>>& out) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = job.classes;
-  RowSums<acc_t> sums;
-  sums.shifted_sum = st.shifted_sum;
-  sums.table_dot = st.table_dot;
-  sums.table_mass = st.table_mass;
-  acc_t dense_lse = 0;
-  if (job.dense_logits) {
-    sums.dense_dot = st.dense_dot / st.dense_sum;
-    sums.dense_mass = 1;
-    dense_lse = st.dense_max + log(st.dense_sum);
-  } else {
-    sums.dense_dot = st.dense_dot;
-    sums.dense_mass = st.dense_mass;
-  }
-  const acc_t lse = st.max + log(st.sum);
-  const bool finite = isfinite(lse);
-  const bool correct = finite && st.argmax == t.y;
-  if (job.loss) {
-    const acc_t x_y2 = static_cast<acc_t>(job.logits[row * C + t.y2]);
-    job.loss[row] = row_loss(t, sums, C, lse, x_y, x_y2);
-  }
+  const scalar_t* x_row = job.logits + row * C;
+  const acc_t x_y = static_cast<acc_t>(x_row[t.y]);
+  const RowTotals<acc_t> r = row_totals(st, x_y, C, job.dense_logits);
+  const bool finite = isfinite(r.lse);
+  const bool correct = finite && (job.calib_bins || job.class_sum) && row_argmax<scalar_t, VEC>(x_row, st) == t.y;
+  if (job.loss) job.loss[row] = row_loss(t, r.sums, C, r.lse, x_y, static_cast<acc_t>(x_row[t.y2]));
   if (job.calib_bins) {
     if (!finite) {
       atomicAdd(job.calib_sums + 2, 1.0);
     } else {
-      const acc_t confidence = acc_t(1) / st.sum;
+      const acc_t confidence = acc_t(1) / st.sum;  // exp(max - lse)
       const int64_t b = confidence_bin(confidence, job.n_bins);
       atomicAdd(job.calib_bins + b * 3 + 0, 1.0);
       atomicAdd(job.calib_bins + b * 3 + 1, static_cast<double>(confidence));
       if (correct) atomicAdd(job.calib_bins + b * 3 + 2, 1.0);
-      atomicAdd(job.calib_sums + 0, static_cast<double>(lse - x_y));
-      const acc_t p_y = fast_exp(x_y - lse);
+      atomicAdd(job.calib_sums + 0, static_cast<double>(r.lse - x_y));
+      const acc_t p_y = exp_minus(x_y, r.lse);
       atomicAdd(job.calib_sums + 1, static_cast<double>(brier_score(st.sum_sq / (st.sum * st.sum), p_y)));
     }
   }
   if (job.class_sum && correct) atomicAdd(job.class_count + t.y, 1.0f);
-  out.lse = lse;
-  out.mass = target_mass(t, sums, C);
-  out.dense_lse = dense_lse;
-  out.factor = job.wants_grad() ? row_grad_factor(job, row) : acc_t(0);
+  out.grad = grad_row(t, r, C, job.wants_grad() ? row_grad_factor(job, row) : acc_t(0));
   out.correct = correct;
 }
 
-// Pass 2 over one vector at class c0 (x: its logits, d: its dense values with kDense): the gradient
-// elements where `grad`, and the softmax added to `stats_row` (class statistics) when it is set.
-template <typename scalar_t, int VEC, bool kTable, bool kDense>
-__device__ __forceinline__ Vec<scalar_t, VEC> pass2_vector(const RowJob<scalar_t>& job,
-                                                           const RowTarget<opmath_t<scalar_t>>& t,
-                                                           const RowShared<opmath_t<scalar_t>>& s,
-                                                           const Vec<scalar_t, VEC>& x, const Vec<scalar_t, VEC>& d,
-                                                           int64_t c0, float* stats_row, bool grad) {
+// Pass 2 over the row (x_row, and dense_row with kDense), in reverse order: the end of the row, read last
+// in pass 1, is the likeliest still in L2. kStats: add the softmax to stats_row (class statistics of a
+// correctly classified row); kGrad: write the gradient into grad_row.
+template <bool kStats, bool kGrad, typename scalar_t, int VEC, bool kTable, bool kDense>
+__device__ __forceinline__ void pass2(const RowJob<scalar_t>& job, const RowTarget<opmath_t<scalar_t>>& t,
+                                      const GradRow<opmath_t<scalar_t>>& r, const scalar_t* x_row,
+                                      const scalar_t* dense_row, int n_vec, float* stats_row, scalar_t* grad_row) {
   using acc_t = opmath_t<scalar_t>;
-  Vec<scalar_t, VEC> out;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    const int64_t c = c0 + k;
-    const acc_t p = fast_exp(static_cast<acc_t>(x.v[k]) - s.lse);
-    if (stats_row) atomicAdd(stats_row + c, static_cast<float>(p));
-    if (grad) {
-      acc_t target = t.template at<kTable>(c);
-      if (kDense) {
-        const acc_t dk = static_cast<acc_t>(d.v[k]);
-        target += t.dense_weight * (job.dense_logits ? fast_exp(dk * job.inv_temperature - s.dense_lse) : dk);
-      }
-      out.v[k] = static_cast<scalar_t>(grad_element(p, s.mass, target, s.factor));
+  using V = Vec<scalar_t, VEC>;
+  const V* xv = reinterpret_cast<const V*>(x_row);
+  const V* dv = reinterpret_cast<const V*>(dense_row);
+  V* gv = reinterpret_cast<V*>(grad_row);
+  const int stride = blockDim.x;
+  const int last = n_vec - 1 - ((n_vec - 1 - static_cast<int>(threadIdx.x)) % stride);
+  for (int w = n_vec > static_cast<int>(threadIdx.x) ? last : -1; w >= 0; w -= stride) {
+    acc_t x[VEC], p[VEC];
+    to_acc(load_last_use(xv + w), x);
+    softmax_vector(x, r.lse, p);
+    if constexpr (kStats) add_to_row(stats_row + w * VEC, p);
+    if constexpr (kGrad) {
+      acc_t tw[VEC], d[VEC], g[VEC];
+      if constexpr (kTable) table_vector(t, w * VEC, tw);
+      if constexpr (kDense) to_acc(load_last_use(dv + w), d);
+      grad_vector<VEC, kTable, kDense>(r, p, tw, d, job.dense_logits, job.inv_temperature, w * VEC, g);
+      V out;
+      PSL_UNROLL
+      for (int k = 0; k < VEC; ++k) out.v[k] = static_cast<scalar_t>(g[k]);
+      store_streaming(gv + w, out);
     }
   }
-  return out;
 }
 
 // An ignored row: loss 0 and a zero gradient.

@@ -1,8 +1,9 @@
 // CUDA row kernels. row_kernel: one block per row (grid-stride over rows). Pass 1 reads the row once with
 // 16-byte loads where alignment allows and keeps an online softmax state (max, sum of exp, sum of exp^2,
-// argmax; Milakov & Gimelshein, arXiv:1805.02867) plus the target dot products; a block reduction merges
-// the threads' states. Pass 2 runs only where needed (gradient, or class statistics of a correctly
-// classified row) and reads the row in reverse order, so the part pass 1 read last is still in L2.
+// the vector of the argmax; Milakov & Gimelshein, arXiv:1805.02867) plus the target's sums
+// (../../common/row_passes.h); a block reduction merges the threads' states. Pass 2 runs only where needed
+// (gradient, or class statistics of a correctly classified row) and reads the row in reverse order, so the
+// part pass 1 read last is still in L2.
 //
 // No host synchronisation: invalid rows trap on the device with a message.
 #include <algorithm>
@@ -54,11 +55,10 @@ __global__ void reduce_loss_kernel(RowJob<scalar_t> job) {
 template <typename scalar_t, int VEC, bool kTable, bool kDense>
 __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> job) {
   using acc_t = opmath_t<scalar_t>;
-  using V = Vec<scalar_t, VEC>;
   __shared__ RowState<acc_t> reduce_buf[32];
   __shared__ RowShared<acc_t> shared;
   const int64_t C = job.classes;
-  const int64_t n_vec = C / VEC;
+  const int n_vec = static_cast<int>(C / VEC);  // C <= kMaxClasses (checked on the host)
 
   for (int64_t row = blockIdx.x; row < job.rows; row += gridDim.x) {
     const scalar_t* x_row = job.logits + row * C;
@@ -70,31 +70,24 @@ __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> jo
     RowTarget<acc_t> t;
     const int code = make_row_target(job, row, t);
     if (code != kRowOk) trap_bad_row(code, row);
-    const acc_t x_y = static_cast<acc_t>(x_row[t.y]);
 
     RowState<acc_t> st;
     st.init();
-    pass1<scalar_t, VEC, kTable, kDense>(st, job, t, x_row, dense_row, n_vec, x_y);
-    st = block_reduce(st, reduce_buf, job.dense_logits);
-    if (threadIdx.x == 0) finish_row(job, t, st, row, x_y, shared);
+    pass1<scalar_t, VEC, kTable, kDense>(st, job, t, x_row, dense_row, n_vec);
+    st = block_reduce<kTable, kDense>(st, reduce_buf, job.dense_logits);
+    if (threadIdx.x == 0) finish_row<scalar_t, VEC>(job, t, st, row, shared);
     __syncthreads();
     const RowShared<acc_t> s = shared;
-    const bool add_stats = job.class_sum != nullptr && s.correct;
-    if (job.wants_grad() || add_stats) {
-      float* stats_row = add_stats ? job.class_sum + t.y * C : nullptr;
-      const V* xv = reinterpret_cast<const V*>(x_row);
-      V* gv = job.grad ? reinterpret_cast<V*>(job.grad + row * C) : nullptr;
-      // Reverse order: the end of the row, read last in pass 1, is the likeliest still in L2.
-      const int64_t last = n_vec - 1 - ((n_vec - 1 - threadIdx.x) % blockDim.x);
-      for (int64_t w = n_vec > threadIdx.x ? last : -1; w >= 0; w -= blockDim.x) {
-        V dv;
-        if (kDense) dv = load_last_use(reinterpret_cast<const V*>(dense_row) + w);
-        const V out = pass2_vector<scalar_t, VEC, kTable, kDense>(job, t, s, load_last_use(xv + w), dv, w * VEC,
-                                                                  stats_row, gv != nullptr);
-        if (gv) store_streaming(gv + w, out);
-      }
+    float* stats_row = job.class_sum != nullptr && s.correct ? job.class_sum + t.y * C : nullptr;
+    scalar_t* grad_row = job.grad ? job.grad + row * C : nullptr;
+    if (grad_row && stats_row) {
+      pass2<true, true, scalar_t, VEC, kTable, kDense>(job, t, s.grad, x_row, dense_row, n_vec, stats_row, grad_row);
+    } else if (grad_row) {
+      pass2<false, true, scalar_t, VEC, kTable, kDense>(job, t, s.grad, x_row, dense_row, n_vec, stats_row, grad_row);
+    } else if (stats_row) {
+      pass2<true, false, scalar_t, VEC, kTable, kDense>(job, t, s.grad, x_row, dense_row, n_vec, stats_row, grad_row);
     }
-    __syncthreads();  // `shared` is rewritten for the next row
+    __syncthreads();  // `shared` and `reduce_buf` are rewritten for the next row
   }
 }
 
@@ -139,7 +132,8 @@ cudaError_t run_rows_cuda(const RowJob<scalar_t>& job_in, cudaStream_t stream) {
   if (job.rows > 0) {
     constexpr int kVec = 16 / sizeof(scalar_t);
     const bool vectorisable = job.classes % kVec == 0 && aligned(job.logits, 16) &&
-                              (!job.dense || aligned(job.dense, 16)) && (!job.grad || aligned(job.grad, 16));
+                              (!job.dense || aligned(job.dense, 16)) && (!job.grad || aligned(job.grad, 16)) &&
+                              (!job.table || aligned(job.table, 16)) && (!job.class_sum || aligned(job.class_sum, 16));
     const cudaError_t error = vectorisable ? launch<scalar_t, kVec>(job, stream) : launch<scalar_t, 1>(job, stream);
     if (error != cudaSuccess) return error;
   }
