@@ -300,7 +300,11 @@ def main(argv=None):
     anchors_path = Path(__file__).with_name("anchors-h100.json" if gpu else "anchors-cpu.json")
     anchors = json.loads(anchors_path.read_text()) if anchors_path.exists() else {}
     text = table(rows, anchors)
-    header = f"device: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; anchors: {anchors_path.name}"
+    # The GPU anchors were measured on an H100: on another GPU (the device tool also lends H200s) only the
+    # baselines measured in this run are comparable.
+    elsewhere = " (an H100's: compare with the baselines of this run)" if gpu and "H100" not in name else ""
+    header = (f"device: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
+              f"anchors: {anchors_path.name}{elsewhere}")
     print("\n" + header + "\n\n" + text)
     if args.out:
         out = Path(args.out)
