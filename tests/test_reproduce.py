@@ -1,4 +1,6 @@
-"""tools/reproduce.py on a tiny synthetic stand-in for CIFAR-10: runs, teacher reuse, resume, table."""
+"""tools/reproduce.py on a tiny synthetic stand-in for CIFAR-10: runs, records, teacher reuse, resume, table."""
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,21 +13,37 @@ import reproduce  # noqa: E402
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
 
 
-def test_reproduce_trains_resumes_and_tabulates(tmp_path, capsys):
+def test_reproduce_trains_records_resumes_and_tabulates(tmp_path, capsys):
     make_synthetic_dataset(tmp_path / "data" / "cifar10", num_classes=3, train_per_class=8, val_per_class=4,
                            image_size=32, seed=1)
-    argv = ["--preset", "cifar10-cpu", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "table"),
-            "--only", "ldl,ce+cutmix", "--", "--epochs", "2", "--val-split", "val", "--batch-size", "8"]
+    common = ["--preset", "cifar10-cpu", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "table"),
+              "--records", str(tmp_path / "records")]
+    extra = ["--", "--epochs", "2", "--val-split", "val", "--batch-size", "8"]
+    argv = common + ["--only", "ldl,ce+cutmix"] + extra
     reproduce.main(argv)
     for run in ("ce", "ldl", "ce+cutmix"):  # ldl trained its teacher, the ce run of the same seed
         assert (tmp_path / "table" / run / "seed0" / "report.json").exists(), run
+        record = tmp_path / "records" / run / "seed0"
+        assert sorted(f.name for f in record.iterdir()) == ["metrics.jsonl", "report.json", "run.json"], run
+        assert json.loads((record / "run.json").read_text())["seconds"] > 0
     table = (tmp_path / "table" / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ldl") or line.startswith("| ce+cutmix")]
-    assert len(rows) == 2 and all("| 1 |" in row for row in rows)
+    assert len(rows) == 2 and all("| 1 |" in row and row.endswith(" s |") for row in rows)
     assert (tmp_path / "table" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     reproduce.main(argv)  # everything finished: nothing is trained again
     assert capsys.readouterr().out.count(": done") == 2
+
+    # A fresh checkout: the records are there (tracked in git), the runs and checkpoints are not.
+    shutil.rmtree(tmp_path / "table")
+    ce_record = (tmp_path / "records" / "ce" / "seed0" / "report.json").read_text()
+    reproduce.main(common + ["--only", "ldl,ce+cutmix", "--table-only"] + extra)
+    assert table == (tmp_path / "table" / "results.md").read_text()
+    capsys.readouterr()
+    reproduce.main(common + ["--only", "kd"] + extra)  # needs the teacher: trained again, its record kept
+    assert "training it again as the teacher" in capsys.readouterr().out
+    assert (tmp_path / "records" / "kd" / "seed0" / "report.json").exists()
+    assert (tmp_path / "records" / "ce" / "seed0" / "report.json").read_text() == ce_record
 
 
 def test_unknown_run_is_one_clear_line(capsys):

@@ -7,14 +7,19 @@ the reliability diagrams side by side.
     python tools/reproduce.py --preset cifar10-gpu --seeds 0 1 2   # ResNet-18 (CIFAR stem), 30 epochs, bf16
     python tools/reproduce.py --preset imagenette-cpu --only ce,ls
 
-Each run is one `tools/train_imagenet.py` process in OUT/<run>/seed<k>; a finished run (its report.json
-exists) is skipped and an unfinished one resumed, so a long table can be spread over several sessions:
-run the same command again. ldl and kd take the same seed's ce run as their teacher (the same recipe).
+Each run is one `tools/train_imagenet.py` process in OUT/<run>/seed<k> (git-ignored: checkpoints). When it
+finishes, its record (metrics.jsonl, report.json, and run.json: wall time, device, date) is copied to
+RECORDS/<run>/seed<k>, which is tracked in git (docs/runs/<preset> by default): the tables are built from the
+records, and a run with a record is not trained again, so a long table spreads over sessions and machines that
+share nothing but the repository (a GPU lease adds a seed, the next session another). An unfinished run is
+resumed from OUT. ldl and kd take the same seed's ce run as their teacher (the same recipe); where only the ce
+record is left (a fresh checkout), the teacher is trained again from the same seed and the ce record is kept.
 The data come from --data-dir, unpacked there from ../shared/data archives when missing.
 """
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,7 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     p.add_argument("--only", default=None, help="comma-separated subset of the preset's runs, e.g. ce,ls")
-    p.add_argument("--out", default=None, help="table folder (default: runs/reproduce/<preset>)")
+    p.add_argument("--out", default=None, help="runs and table folder (default: runs/reproduce/<preset>)")
+    p.add_argument("--records", default=None,
+                   help="finished runs' records, tracked in git (default: docs/runs/<preset> of the repository)")
     p.add_argument("--data-dir", default=str(HERE.parent / ".data"), help="where datasets are (default: %(default)s)")
     p.add_argument("--archives", default=str(HERE.parent.parent / "shared" / "data"),
                    help="where the dataset archives are, to unpack missing data (default: %(default)s)")
@@ -67,6 +74,7 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--only: {unknown} not in preset {args.preset}: {', '.join(preset['runs'])}")
     args.out = Path(args.out or f"runs/reproduce/{args.preset}")
+    args.records = Path(args.records or HERE.parent / "docs" / "runs" / args.preset)
     args.extra = [a for a in args.extra if a != "--"]
     return args
 
@@ -89,25 +97,57 @@ def dataset(args, name):
     return root
 
 
+RECORD_FILES = ("metrics.jsonl", "report.json")
+
+
 def run_dir(args, run, seed):
     return args.out / run / f"seed{seed}"
 
 
+def record_dir(args, run, seed):
+    return args.records / run / f"seed{seed}"
+
+
+def finished(args, run, seed):
+    return (record_dir(args, run, seed) / "report.json").exists()
+
+
+def device_name(preset):
+    if "cuda" not in PRESETS[preset]["args"]:
+        return "CPU"
+    import torch
+    return torch.cuda.get_device_name()
+
+
 def train_run(args, run, seed, data):
-    """Trains (or resumes) one run in its own process; returns its wall time in seconds."""
+    """Trains (or resumes) one run in its own process and records it, unless a record exists (a ce run
+    trained again as a teacher keeps the record of its first training)."""
     strategy, _, aug = run.partition("+")
+    folder = run_dir(args, run, seed)
     cmd = [sys.executable, str(HERE / "train_imagenet.py"), "--data", str(data), "--strategy", strategy,
-           "--aug", aug or "none", "--seed", str(seed), "--out", str(run_dir(args, run, seed)), "--resume",
+           "--aug", aug or "none", "--seed", str(seed), "--out", str(folder), "--resume",
            *PRESETS[args.preset]["args"], *args.extra]
     if strategy in ("ldl", "kd"):
         teacher = run_dir(args, "ce", seed) / "checkpoint.pt"
-        if not (run_dir(args, "ce", seed) / "report.json").exists():
+        if not ((run_dir(args, "ce", seed) / "report.json").exists() and teacher.exists()):  # finished, and here
+            if finished(args, "ce", seed):
+                print(f"ce seed {seed}: recorded, but its checkpoint is not here: training it again as the teacher",
+                      flush=True)
             train_run(args, "ce", seed, data)
         cmd += ["--teacher", str(teacher)]
     print(" ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)
-    return time.time() - start
+    seconds = time.time() - start
+    print(f"{run} seed {seed}: {seconds:.0f} s", flush=True)
+    if not finished(args, run, seed):
+        record = record_dir(args, run, seed)
+        record.mkdir(parents=True, exist_ok=True)
+        for name in RECORD_FILES:
+            shutil.copyfile(folder / name, record / name)
+        (record / "run.json").write_text(json.dumps({
+            "seconds": round(seconds, 1), "device": device_name(args.preset), "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["tools/train_imagenet.py", *cmd[2:]])}, indent=1) + "\n")
 
 
 def mean_std(values):
@@ -123,21 +163,23 @@ def collect(args, run):
     """Per seed: final-epoch metrics (+ ECE after temperature scaling) and the best epoch by top-1."""
     rows = []
     for seed in args.seeds:
-        folder = run_dir(args, run, seed)
-        if not (folder / "report.json").exists():
+        folder = record_dir(args, run, seed)
+        if not finished(args, run, seed):
             continue
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         report = json.loads((folder / "report.json").read_text())
+        run_info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
         confidence = sum(b["count"] * b["confidence"] for b in report["bins"]) / report["count"]
         final = dict(records[-1], ece_after_temperature=report["ece_after_temperature"],
                      confidence_gap=confidence - report["accuracy"])  # > 0: over-confident
         best = max(records, key=lambda r: r["val_acc1"])
-        rows.append({"final": final, "best": best, "bins": report["bins"], "epochs": len(records)})
+        rows.append({"final": final, "best": best, "bins": report["bins"], "epochs": len(records),
+                     "seconds": run_info.get("seconds")})
     return rows
 
 
 def write_table(args):
-    header = ["run", "seeds"] + [name for name, _ in METRICS] + ["best-epoch top-1 (ECE) ⚑", "train img/s"]
+    header = ["run", "seeds"] + [name for name, _ in METRICS] + ["best-epoch top-1 (ECE) ⚑", "train img/s", "run time"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     diagrams = {}
     for run in args.runs:
@@ -148,7 +190,9 @@ def write_table(args):
         cells = [run, str(len(rows))] + [mean_std([r["final"][key] for r in rows]) for _, key in METRICS]
         best = ", ".join(f"{r['best']['val_acc1']:.4f} ({r['best']['val_ece']:.4f}) @ {r['best']['epoch'] + 1}"
                          for r in rows)
-        cells += [best, f"{statistics.mean(r['final']['img_per_s'] for r in rows):.0f}"]
+        seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
+        cells += [best, f"{statistics.mean(r['final']['img_per_s'] for r in rows):.0f}",
+                  f"{statistics.mean(seconds):.0f} s" if seconds else "–"]
         lines.append("| " + " | ".join(cells) + " |")
         first = rows[0]
         diagrams[f"{run}  ECE {first['final']['val_ece']:.3f}"] = [
@@ -175,11 +219,10 @@ def main(argv=None):
         data = dataset(args, PRESETS[args.preset]["dataset"])
         for seed in args.seeds:
             for run in args.runs:
-                if (run_dir(args, run, seed) / "report.json").exists():
+                if finished(args, run, seed):
                     print(f"{run} seed {seed}: done", flush=True)
                     continue
-                seconds = train_run(args, run, seed, data)
-                print(f"{run} seed {seed}: {seconds:.0f} s", flush=True)
+                train_run(args, run, seed, data)
     write_table(args)
 
 
