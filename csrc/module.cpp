@@ -2,6 +2,8 @@
 // reports how the extension was built.
 #include <torch/extension.h>
 
+#include "common/launch.h"
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pysoftlabel native kernels (ops are under torch.ops.pysoftlabel)";
   m.def("build_info", [] {
@@ -15,6 +17,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     info["cuda_archs"] = "";
 #endif
     info["built_with_torch"] = PSL_TORCH_VERSION;
+    info["cpu_capability"] = psl::cpu_capability();
     return info;
   });
 }

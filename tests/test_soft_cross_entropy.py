@@ -1,4 +1,9 @@
 """Parity of the native soft_cross_entropy with pysoftlabel.reference, and its contract."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -251,6 +256,41 @@ def test_native_backend_wrong_device_and_weights_over_one_scalar():
     meta_labels = torch.tensor([0, 1], device="meta")
     with pytest.raises(ValueError, match="labels is on meta"):
         psl.soft_cross_entropy(torch.randn(2, 3), psl.SoftTarget(meta_labels))
+
+
+_BUILD_CHECK = """
+import sys
+import torch
+import pysoftlabel as psl
+sys.path.insert(0, {tests!r})
+from targets import PARTS, random_target
+from test_soft_cross_entropy import check_parity
+for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    for c in (1, 7, 1000, 4099):
+        g = torch.Generator().manual_seed(c)
+        logits = (torch.randn(37, c, generator=g) * 4).to(dtype)
+        check_parity(logits, random_target(37, c, set(PARTS), generator=g, logits_dtype=dtype), "mean")
+        check_parity(logits, random_target(37, c, {{"smoothing"}}, generator=g, logits_dtype=dtype), "none")
+        labels = torch.randint(0, c, (37,), generator=g)
+        native = psl.calibration_stats(logits, labels, backend="native")
+        ref = psl.calibration_stats(logits, labels, backend="reference")
+        torch.testing.assert_close(native.bins, ref.bins, rtol=1e-5, atol=1e-4)
+print(psl.extension_info()["cpu_capability"])
+"""
+
+
+@native
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_every_cpu_build_matches_reference(capability):
+    """The CPU kernel is built for the baseline instruction set, AVX2 and AVX-512 and picks the best at run
+    time, at most ATEN_CPU_CAPABILITY: each build, forced in its own process, against the reference."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    code = _BUILD_CHECK.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = done.stdout.split()[-1]
+    if ran != capability:
+        pytest.skip(f"this CPU has no {capability} build to run (it ran {ran})")
 
 
 @native

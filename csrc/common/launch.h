@@ -14,6 +14,10 @@ namespace psl {
 template <typename scalar_t>
 RowStatus run_rows_cpu(const RowJob<scalar_t>& job);
 
+// The instruction set the CPU kernel runs with: "avx512", "avx2" or "default" (the best this CPU has, at
+// most the environment's ATEN_CPU_CAPABILITY).
+const char* cpu_capability();
+
 // grad *= factor, row by row; factor is one value or one per row; rows whose factor is 1 are left alone.
 template <typename scalar_t>
 void scale_rows_cpu(scalar_t* grad, int64_t rows, int64_t classes, const opmath_t<scalar_t>* factor,

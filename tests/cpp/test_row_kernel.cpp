@@ -183,6 +183,6 @@ int main() {
     std::printf("%d check(s) failed\n", failures);
     return 1;
   }
-  std::printf("row kernel: all checks passed\n");
+  std::printf("row kernel (%s build): all checks passed\n", psl::cpu_capability());
   return 0;
 }

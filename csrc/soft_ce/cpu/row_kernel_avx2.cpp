@@ -3,7 +3,9 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PSL_CPU_NS avx2
 #define PSL_CPU_TARGET __attribute__((target("avx2,fma")))
+#define PSL_CPU_LANES 8
 #include "row_kernel_impl.h"
+#undef PSL_CPU_LANES
 #undef PSL_CPU_TARGET
 #undef PSL_CPU_NS
 

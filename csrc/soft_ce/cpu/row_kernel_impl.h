@@ -1,11 +1,13 @@
-// The CPU row kernel's body, compiled twice: for the baseline instruction set (row_kernel.cpp) and,
-// on x86-64, for AVX2 + FMA (row_kernel_avx2.cpp); row_kernel.cpp picks one at run time.
+// The CPU row kernel's body, compiled three times: for the baseline instruction set (row_kernel.cpp)
+// and, on x86-64, for AVX2 + FMA (row_kernel_avx2.cpp) and AVX-512 (row_kernel_avx512.cpp);
+// row_kernel.cpp picks one at run time.
 //
-// Included with PSL_CPU_NS naming the namespace of this copy and PSL_CPU_TARGET the function
-// attribute of its hot functions (run_chunk, scale_row). Only those carry the attribute; the helpers
-// they call are inlined into them and vectorised there. Nothing else, and in particular no template
-// of the standard library or of c10 that both copies instantiate, is built for AVX2: the linker
-// keeps one copy of such a template, which then serves every caller in the process.
+// Included with PSL_CPU_NS naming the namespace of this copy, PSL_CPU_TARGET the function attribute of
+// its hot functions (run_chunk, scale_row) and PSL_CPU_LANES the width of its reductions. Only the hot
+// functions carry the attribute; the helpers they call are inlined into them and vectorised there.
+// Nothing else, and in particular no template of the standard library or of c10 that the copies
+// instantiate, is built for AVX2 or AVX-512: the linker keeps one copy of such a template, which then
+// serves every caller in the process.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -61,10 +63,10 @@ inline double exp_vec(double x) { return std::exp(x); }
 template <typename acc_t, typename scalar_t>
 inline acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
 
-// Reductions with eight independent lanes: the compiler vectorises them without reassociating
-// floating-point sums on its own (no -ffast-math). Lanes are added in a fixed order, so results are
-// deterministic.
-constexpr int kLanes = 8;
+// Reductions with independent lanes, one vector register's worth (PSL_CPU_LANES: 8 floats for AVX2,
+// 16 for AVX-512): the compiler vectorises them without reassociating floating-point sums on its own (no
+// -ffast-math). Lanes are added in a fixed order, so results are deterministic.
+constexpr int kLanes = PSL_CPU_LANES;
 
 template <typename T>
 inline T lane_max(const T* v, int64_t n) {
