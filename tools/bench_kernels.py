@@ -29,26 +29,43 @@ TARGETS = ("ls", "ols", "mixup", "dense")
 
 
 def timer(device, warmup, reps):
-    """Median milliseconds of fn() over reps runs (CUDA events on the GPU, perf_counter on the CPU)."""
-    def measure(fn):
+    """measure(fn): median milliseconds of fn() over reps runs after warmup runs (CUDA events on the GPU,
+    perf_counter on the CPU); measure.together({name: fn}): the same for several functions. On the CPU their
+    runs alternate, so that the slow spells of a shared machine (one function's median moved from 2.6 to
+    7.9 ms between runs here) fall on all of them alike and their ratios hold; on the GPU, where timings are
+    steady, they are measured one after the other."""
+    def cuda_median(fn):
         for _ in range(warmup):
             fn()
+        torch.cuda.synchronize()
         times = []
-        if device.type == "cuda":
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
             torch.cuda.synchronize()
-            for _ in range(reps):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    def together(fns):
+        if device.type == "cuda":
+            return {name: cuda_median(fn) for name, fn in fns.items()}
+        for _ in range(warmup):
+            for fn in fns.values():
                 fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(reps):
+        times = {name: [] for name in fns}
+        for _ in range(reps):
+            for name, fn in fns.items():
                 t0 = time.perf_counter()
                 fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        return {name: statistics.median(t) for name, t in times.items()}
+
+    def measure(fn):
+        return together({"fn": fn})["fn"]
+
+    measure.together = together
     return measure
 
 
@@ -150,8 +167,10 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows,
                 x, y, target = case["x"], case["y"], case["target"]
                 ours = fwd_bwd(lambda: psl.soft_cross_entropy(x, target), x)
                 eager = fwd_bwd(eager_loss(kind, case), x)
-                row[f"ours_{kind}"] = measure(ours)
-                row[f"eager_{kind}"] = measure(eager)
+                pair = {f"ours_{kind}": ours, f"eager_{kind}": eager}
+                if kind == "ls" and device.type == "cpu":
+                    pair["eager_ce"] = fwd_bwd(lambda: F.cross_entropy(x, y), x)
+                row.update(measure.together(pair))
                 if graphed is not None:
                     row[f"graph_ours_{kind}"] = graphed(ours)
                     row[f"graph_eager_{kind}"] = graphed(eager)
@@ -162,8 +181,6 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows,
                     liger = liger_loss(case)
                     if liger is not None:
                         row["liger_ls"] = measure(fwd_bwd(liger, x))
-                if kind == "ls" and device.type == "cpu":
-                    row["eager_ce"] = measure(fwd_bwd(lambda: F.cross_entropy(x, y), x))
             bench_statistics(device, dtype, n, c, measure, row, g, bandwidth)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -176,13 +193,6 @@ def bench_statistics(device, dtype, n, c, measure, row, g, bandwidth):
     y = torch.randint(0, c, (n,), generator=g, device=device)
     row["read_once_ms"] = n * c * (torch.finfo(dtype).bits // 8) / bandwidth * 1e3
     cal = psl.CalibrationStats(15, device)
-    row["ours_calib"] = measure(lambda: cal.update(x, y))
-    try:
-        from torchmetrics.classification import MulticlassCalibrationError
-        metric = MulticlassCalibrationError(num_classes=c, n_bins=15, norm="l1").to(device)
-        row["torchmetrics_calib"] = measure(lambda: metric.update(x, y))
-    except ImportError:
-        pass
 
     def eager_calib():
         p = torch.softmax(x.float(), 1)
@@ -190,10 +200,16 @@ def bench_statistics(device, dtype, n, c, measure, row, g, bandwidth):
         b = (torch.ceil(conf * 15).long() - 1).clamp(0, 14)
         torch.zeros(15, device=device).index_add_(0, b, conf)
         torch.zeros(15, device=device).index_add_(0, b, (pred == y).float())
-    row["eager_calib"] = measure(eager_calib)
+    calib = {"ours_calib": lambda: cal.update(x, y), "eager_calib": eager_calib}
+    try:
+        from torchmetrics.classification import MulticlassCalibrationError
+        metric = MulticlassCalibrationError(num_classes=c, n_bins=15, norm="l1").to(device)
+        calib["torchmetrics_calib"] = lambda: metric.update(x, y)
+    except ImportError:
+        pass
+    row.update(measure.together(calib))
     if c <= 32000:
         stats = psl.ClassStats(c, device)
-        row["ours_class_stats"] = measure(lambda: stats.update(x, y))
         acc_sum = torch.zeros(c, c, device=device)
         acc_count = torch.zeros(c, device=device)
 
@@ -202,12 +218,13 @@ def bench_statistics(device, dtype, n, c, measure, row, g, bandwidth):
             correct = p.argmax(1) == y
             acc_sum.index_add_(0, y[correct], p[correct])
             acc_count.index_add_(0, y[correct], torch.ones_like(y[correct], dtype=torch.float32))
-        row["eager_class_stats"] = measure(eager_class_stats)
+        row.update(measure.together({"ours_class_stats": lambda: stats.update(x, y),
+                                     "eager_class_stats": eager_class_stats}))
         xg = x.clone().requires_grad_(True)
         target = psl.SoftTarget(y, smoothing=0.1)
-        row["ours_ls_fused_stats"] = measure(fwd_bwd(
-            lambda: psl.soft_cross_entropy(xg, target, stats=stats, calib=cal), xg))
-        row["ours_ls_same_input"] = measure(fwd_bwd(lambda: psl.soft_cross_entropy(xg, target), xg))
+        row.update(measure.together({
+            "ours_ls_fused_stats": fwd_bwd(lambda: psl.soft_cross_entropy(xg, target, stats=stats, calib=cal), xg),
+            "ours_ls_same_input": fwd_bwd(lambda: psl.soft_cross_entropy(xg, target), xg)}))
 
 
 def table(rows, anchors):
