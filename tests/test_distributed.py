@@ -70,7 +70,7 @@ def test_two_gloo_processes_train_like_one(data):
     torch.testing.assert_close(two["weight"], one["weight"], rtol=1e-5, atol=1e-6)
     for got, want in zip(two["records"], one["records"]):
         for key, value in want.items():
-            if key != "img_per_s":
+            if key not in ("img_per_s", "train_seconds"):  # timings differ
                 assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 

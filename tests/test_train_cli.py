@@ -34,6 +34,8 @@ KEYS = {"epoch", "train_loss", "train_acc1", "val_acc1", "val_acc5", "val_ece", 
 def test_ols_run_writes_metrics_checkpoint_and_report(data, tmp_path):
     records = run(data, tmp_path / "ols", "--strategy", "ols", "--aug", "cutmix")
     assert len(records) == 2 and KEYS <= set(records[-1])
+    assert records[0]["setup_seconds"] > 0 and "setup_seconds" not in records[1]  # once per process
+    assert all(r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in records)
     assert 0 <= records[-1]["val_ece"] <= 1 and 0 <= records[-1]["val_acc1"] <= 1
     for name in ("checkpoint.pt", "report.md", "report.json", "reliability.png", "args.json"):
         assert (tmp_path / "ols" / name).exists(), name

@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +319,7 @@ class EpochLog:
 
 def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     """One full run; returns the path of its final checkpoint."""
+    started = time.perf_counter()
     seed_everything(args.seed)
     root = data_root(args)
     val, classes, train_for_epoch, facts = make_loaders(args, root, device, rank, world, strategy_name)
@@ -380,6 +382,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     # The checkpoint is written while the next epoch trains; leaving this block (an interruption or an error
     # too) waits for it, and the barrier below keeps every rank (a student loading this run as its teacher)
     # until it is on disk.
+    # Where a run's time goes beside training: setting up (data decoded or listed, model, resume), in the
+    # first epoch record of each process, and evaluation, in every record.
+    timing = {"setup_seconds": time.perf_counter() - started}
     with CheckpointWriter() as writer:
         for epoch in range(start, stop):
             metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler,
@@ -393,11 +398,14 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
                 raise Interrupted
             strategy.all_reduce()
             strategy.end_epoch()
+            evaluated = time.perf_counter()
             val_metrics, _ = evaluate(run_model, val, device, amp)
             if context is not None:
                 val_metrics["val_context_conf"] = context_confidence(run_model, context, device, amp)
+            timing["eval_seconds"] = time.perf_counter() - evaluated
             if log is not None:
-                log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics, **facts})
+                log.write({"epoch": epoch, "strategy": strategy_name, **metrics, **val_metrics, **facts, **timing})
+            timing.pop("setup_seconds", None)
             checkpoint(epoch)
             if STOP["requested"]:
                 raise Interrupted

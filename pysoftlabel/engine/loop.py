@@ -48,8 +48,8 @@ def _stop_agreed(stop, step, device):
 
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
                     amp_dtype=None, progress=None, start_step=0, stop=None):
-    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s", "steps",
-    "epoch_steps"}`` over all ranks.
+    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s", "train_seconds",
+    "steps", "epoch_steps"}`` over all ranks (the speed and the wall time are this rank's).
 
     ``mix`` (Mixup / CutMix / RICAP) mixes each batch; ``strategy.loss`` computes the loss through the fused
     operator and gathers training calibration (against the first label) in the same pass. ``progress(step,
@@ -97,7 +97,8 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
     totals = all_reduce_(torch.stack([total_loss.double(), torch.tensor(float(images), device=device)]))
     loss_sum, images = totals.tolist()
     return {"train_loss": loss_sum / max(images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
-            "img_per_s": images / elapsed if elapsed > 0 else float("nan"), "steps": done, "epoch_steps": steps}
+            "img_per_s": images / elapsed if elapsed > 0 else float("nan"), "train_seconds": elapsed, "steps": done,
+            "epoch_steps": steps}
 
 
 @torch.no_grad()
