@@ -100,6 +100,68 @@ inline T lane_dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
+// e[i] = exp(x[i] - m) for a row, and in the same sweep (the row is read once for them) the sums of e,
+// of e^2 and of x, with lanes as above.
+template <typename T>
+struct ExpSums {
+  T sum = 0, sum_sq = 0, sum_x = 0;
+};
+
+template <typename T>
+inline ExpSums<T> exp_and_sums(const T* x, T m, T* e, int64_t n) {
+  T s[kLanes] = {}, s2[kLanes] = {}, sx[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) {
+      const T v = exp_vec(x[i + k] - m);
+      e[i + k] = v;
+      s[k] += v;
+      s2[k] += v * v;
+      sx[k] += x[i + k];
+    }
+  }
+  for (; i < n; ++i) {
+    const T v = exp_vec(x[i] - m);
+    e[i] = v;
+    s[0] += v;
+    s2[0] += v * v;
+    sx[0] += x[i];
+  }
+  ExpSums<T> out;
+  for (int k = 0; k < kLanes; ++k) {
+    out.sum += s[k];
+    out.sum_sq += s2[k];
+    out.sum_x += sx[k];
+  }
+  return out;
+}
+
+// The gradient of a row without its hard part, (p sum(t) - s/C - a T - d D) f, with the factors folded:
+// e sum(t)/sum(e) f, s/C f, a f, d f.
+template <typename acc_t>
+struct GradCoefficients {
+  acc_t mass, uniform, table, dense;
+};
+
+template <typename acc_t>
+inline acc_t grad_element_from(acc_t e, acc_t table_mix, acc_t dense, const GradCoefficients<acc_t>& k) {
+  return e * k.mass - k.uniform - k.table * table_mix - k.dense * dense;
+}
+
+// dst = the gradient without its hard part, in one sweep over e (and the table and dense parts present).
+template <bool kTable, bool kDense, typename scalar_t, typename acc_t>
+inline void write_grad(scalar_t* dst, const acc_t* e, const acc_t* table_mix, const acc_t* dense, int64_t n,
+                       const GradCoefficients<acc_t>& k) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    acc_t v = e[c] * k.mass - k.uniform;
+    if constexpr (kTable) v -= k.table * table_mix[c];
+    if constexpr (kDense) v -= k.dense * dense[c];
+    dst[c] = static_cast<scalar_t>(v);
+  }
+}
+
 // Scratch rows of one chunk. malloc, not std::vector: see the note on templates at the top.
 template <typename T>
 struct Scratch {
@@ -127,8 +189,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = job.classes;
   constexpr bool same = std::is_same<scalar_t, acc_t>::value;
-  Scratch<acc_t> x_buf(same ? 0 : C), e(C), dense(job.dense ? C : 0), table_mix(job.table ? C : 0),
-      g(job.grad ? C : 0);
+  Scratch<acc_t> x_buf(same ? 0 : C), e(C), dense(job.dense ? C : 0), table_mix(job.table ? C : 0);
   const int64_t n_bin_values = job.calib_bins ? job.n_bins * 3 : 0;
   Scratch<double> bins(n_bin_values);
   for (int64_t i = 0; i < n_bin_values; ++i) bins[i] = 0;
@@ -166,15 +227,13 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     // Class statistics alone need nothing more of a misclassified row.
     if (!job.loss && !job.grad && !job.calib_bins && argmax != t.y) continue;
     const acc_t m_safe = std::isfinite(m) ? m : acc_t(0);
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) e[c] = exp_vec(x[c] - m_safe);
-    const acc_t s = lane_dot(e.data, static_cast<const acc_t*>(nullptr), C);
-    const acc_t s2 = lane_dot(e.data, e.data, C);
+    const ExpSums<acc_t> row_sums = exp_and_sums(x, m_safe, e.data, C);
+    const acc_t s = row_sums.sum, s2 = row_sums.sum_sq;
     const acc_t lse = m_safe + std::log(s);
     const acc_t x_y = x[t.y];
 
     RowSums<acc_t> sums;
-    sums.shifted_sum = lane_dot(x, static_cast<const acc_t*>(nullptr), C) - acc_t(C) * x_y;
+    sums.shifted_sum = row_sums.sum_x - acc_t(C) * x_y;
     if (t.table_y) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) table_mix[c] = t.table_at(c);
@@ -226,25 +285,28 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
 
     if (job.grad) {
       const acc_t f = row_grad_factor(job, row);
-      const acc_t mass = target_mass(t, sums, C);
-      const acc_t pm = mass * inv_s;
-      // Vectorised over c without the hard part; the two spikes of the hard part are added after.
-      if (t.table_y) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) g[c] = e[c] * pm - t.uniform - t.table_weight * table_mix[c];
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) g[c] = e[c] * pm - t.uniform;
-      }
-      if (job.dense) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) g[c] -= t.dense_weight * dense[c];
-      }
-      g[t.y] -= t.hard * t.lam;
-      g[t.y2] -= t.hard * (acc_t(1) - t.lam);
+      const GradCoefficients<acc_t> k{target_mass(t, sums, C) * inv_s * f, t.uniform * f, t.table_weight * f,
+                                      t.dense_weight * f};
       scalar_t* dst = job.grad + row * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(g[c] * f);
+      const acc_t* table_part = t.table_y ? table_mix.data : nullptr;
+      const acc_t* dense_part = job.dense ? dense.data : nullptr;
+      if (table_part && dense_part) {
+        write_grad<true, true>(dst, e.data, table_part, dense_part, C, k);
+      } else if (table_part) {
+        write_grad<true, false>(dst, e.data, table_part, dense_part, C, k);
+      } else if (dense_part) {
+        write_grad<false, true>(dst, e.data, table_part, dense_part, C, k);
+      } else {
+        write_grad<false, false>(dst, e.data, table_part, dense_part, C, k);
+      }
+      // The two spikes of the hard part, written over the elements of y and y2.
+      const acc_t hard_y = t.hard * t.lam * f, hard_y2 = t.hard * (acc_t(1) - t.lam) * f;
+      const auto at = [&](int64_t c) {
+        return grad_element_from(e.data[c], table_part ? table_part[c] : acc_t(0),
+                                 dense_part ? dense_part[c] : acc_t(0), k);
+      };
+      dst[t.y] = static_cast<scalar_t>(at(t.y) - hard_y - (t.y2 == t.y ? hard_y2 : acc_t(0)));
+      if (t.y2 != t.y) dst[t.y2] = static_cast<scalar_t>(at(t.y2) - hard_y2);
     }
   }
   if (job.calib_bins) {
