@@ -137,23 +137,14 @@ PSL_HD void add_logits(RowState<acc_t>& st, const acc_t (&x)[U][VEC], const int 
   }
 }
 
-// Class-table part of one vector: w = lam S[y] + (1 - lam) S[y2] at its classes.
+// dot += sum_k w[k] x[k], mass += sum_k w[k] over one vector: the class-table part (w = lam S[y] + (1 - lam)
+// S[y2] at its classes, into table_dot and table_mass) and the dense probabilities (into dense_dot, dense_mass).
 template <int VEC, typename acc_t>
-PSL_HD void add_table(RowState<acc_t>& st, const acc_t (&x)[VEC], const acc_t (&w)[VEC]) {
+PSL_HD void add_weighted(acc_t& dot, acc_t& mass, const acc_t (&x)[VEC], const acc_t (&w)[VEC]) {
   PSL_UNROLL
   for (int k = 0; k < VEC; ++k) {
-    st.table_dot += w[k] * x[k];
-    st.table_mass += w[k];
-  }
-}
-
-// Per-sample part of one vector, d: dense probabilities.
-template <int VEC, typename acc_t>
-PSL_HD void add_dense_probabilities(RowState<acc_t>& st, const acc_t (&x)[VEC], const acc_t (&d)[VEC]) {
-  PSL_UNROLL
-  for (int k = 0; k < VEC; ++k) {
-    st.dense_dot += d[k] * x[k];
-    st.dense_mass += d[k];
+    dot += w[k] * x[k];
+    mass += w[k];
   }
 }
 

@@ -137,7 +137,7 @@ void run_row(const Case& k, std::mt19937& rng) {
     if (kTable) {
       float w[VEC];
       table_at(v, w);
-      psl::add_table(st, xv, w);
+      psl::add_weighted(st.table_dot, st.table_mass, xv, w);
     }
     if (kDense) {
       float d[VEC];
@@ -145,7 +145,7 @@ void run_row(const Case& k, std::mt19937& rng) {
       if (k.dense_logits) {
         psl::add_dense_logits(st, xv, d, job.inv_temperature);
       } else {
-        psl::add_dense_probabilities(st, xv, d);
+        psl::add_weighted(st.dense_dot, st.dense_mass, xv, d);
       }
     }
   };

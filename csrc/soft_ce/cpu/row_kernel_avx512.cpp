@@ -9,15 +9,4 @@
 #undef PSL_CPU_LANES
 #undef PSL_CPU_TARGET
 #undef PSL_CPU_NS
-
-namespace psl::avx512 {
-#define PSL_INSTANTIATE(T)                          \
-  template RowStatus run_rows<T>(const RowJob<T>&); \
-  template void scale_rows<T>(T*, int64_t, int64_t, const opmath_t<T>*, bool);
-PSL_INSTANTIATE(float)
-PSL_INSTANTIATE(double)
-PSL_INSTANTIATE(c10::Half)
-PSL_INSTANTIATE(c10::BFloat16)
-#undef PSL_INSTANTIATE
-}  // namespace psl::avx512
 #endif

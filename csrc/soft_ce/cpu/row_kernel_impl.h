@@ -361,5 +361,14 @@ void scale_rows(scalar_t* grad, int64_t rows, int64_t classes, const opmath_t<sc
   });
 }
 
+#define PSL_INSTANTIATE(T)                          \
+  template RowStatus run_rows<T>(const RowJob<T>&); \
+  template void scale_rows<T>(T*, int64_t, int64_t, const opmath_t<T>*, bool);
+PSL_INSTANTIATE(float)
+PSL_INSTANTIATE(double)
+PSL_INSTANTIATE(c10::Half)
+PSL_INSTANTIATE(c10::BFloat16)
+#undef PSL_INSTANTIATE
+
 }  // namespace PSL_CPU_NS
 }  // namespace psl

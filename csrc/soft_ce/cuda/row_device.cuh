@@ -188,7 +188,7 @@ __device__ __forceinline__ void add_target_parts(RowState<opmath_t<scalar_t>>& s
   if constexpr (kTable) {
     acc_t w[VEC];
     table_vector(t, c0, w);
-    add_table(st, x, w);
+    add_weighted(st.table_dot, st.table_mass, x, w);
   }
   if constexpr (kDense) {
     acc_t d[VEC];
@@ -196,7 +196,7 @@ __device__ __forceinline__ void add_target_parts(RowState<opmath_t<scalar_t>>& s
     if (job.dense_logits) {
       add_dense_logits(st, x, d, job.inv_temperature);
     } else {
-      add_dense_probabilities(st, x, d);
+      add_weighted(st.dense_dot, st.dense_mass, x, d);
     }
   }
 }
