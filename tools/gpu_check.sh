@@ -84,7 +84,7 @@ echo
 echo "================ summary ================"
 cat "$OUT/env.txt"
 for stage in $STAGES; do echo "$stage: ${STATUS[$stage]:-not run}"; done
-for log in test.log test_cuda.log; do [ -f "$OUT/$log" ] && grep -E "passed|failed" "$OUT/$log" | tail -1; done
+for log in test.log test_cuda.log; do [ -f "$OUT/$log" ] && grep -E "passed|failed|skipped" "$OUT/$log" | tail -1; done
 [ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -2
 [ -f "$OUT/bench_kernels.md" ] && cat "$OUT/bench_kernels.md"
 [ -f "$OUT/profile.log" ] && grep -E "profiled|row_kernel|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread|Executed Ipc Active|Issue Slots Busy|Executed Instructions  " "$OUT/profile.log"
