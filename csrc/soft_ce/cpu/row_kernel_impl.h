@@ -73,12 +73,29 @@ inline T lane_max(const T* v, int64_t n) {
   T acc[kLanes];
   for (int k = 0; k < kLanes; ++k) acc[k] = -std::numeric_limits<T>::infinity();
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
     for (int k = 0; k < kLanes; ++k) acc[k] = v[i + k] > acc[k] ? v[i + k] : acc[k];
+  }
   for (; i < n; ++i) acc[0] = v[i] > acc[0] ? v[i] : acc[0];
   T m = acc[0];
   for (int k = 1; k < kLanes; ++k) m = acc[k] > m ? acc[k] : m;
   return m;
+}
+
+// The first index of m among v's values (torch.argmax's tie rule), found a vector of lanes at a time;
+// n - 1 when m is none of them (a row of NaN, whose statistics are not used).
+template <typename T>
+inline int64_t first_index_of(const T* v, int64_t n, T m) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    int found = 0;
+#pragma omp simd reduction(| : found)
+    for (int k = 0; k < kLanes; ++k) found |= v[i + k] == m;
+    if (found) break;
+  }
+  while (i < n - 1 && !(v[i] == m)) ++i;
+  return i;
 }
 
 // sum_i a[i] * b[i]; with b == nullptr, sum_i a[i].
@@ -87,12 +104,16 @@ inline T lane_dot(const T* a, const T* b, int64_t n) {
   T acc[kLanes] = {};
   int64_t i = 0;
   if (b) {
-    for (; i + kLanes <= n; i += kLanes)
+    for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
       for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k] * b[i + k];
+    }
     for (; i < n; ++i) acc[0] += a[i] * b[i];
   } else {
-    for (; i + kLanes <= n; i += kLanes)
+    for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
       for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k];
+    }
     for (; i < n; ++i) acc[0] += a[i];
   }
   T s = 0;
@@ -220,10 +241,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     }
 
     const acc_t m = lane_max(x, C);
-    int64_t argmax = 0;  // first index of the maximum, as torch.argmax
-    if (job.class_sum != nullptr || job.calib_bins != nullptr) {
-      while (argmax < C - 1 && !(x[argmax] == m)) ++argmax;
-    }
+    const int64_t argmax = job.class_sum != nullptr || job.calib_bins != nullptr ? first_index_of(x, C, m) : 0;
     // Class statistics alone need nothing more of a misclassified row.
     if (!job.loss && !job.grad && !job.calib_bins && argmax != t.y) continue;
     const acc_t m_safe = std::isfinite(m) ? m : acc_t(0);
