@@ -123,20 +123,9 @@ struct RowTarget {
   const acc_t* table_y = nullptr;
   const acc_t* table_y2 = nullptr;
 
-  // t_c without the per-sample part, which the caller adds as dense_weight * D_c. A kernel built
-  // for targets without a class table passes kTable = false and carries no code for it.
-  template <bool kTable = true>
-  PSL_HD acc_t at(int64_t c) const {
-    acc_t t = uniform;
-    if (c == y) t += hard * lam;
-    if (c == y2) t += hard * (acc_t(1) - lam);
-    if (kTable && table_y) t += table_weight * (lam * table_y[c] + (acc_t(1) - lam) * table_y2[c]);
-    return t;
-  }
-  // The class-table mixture lam S[y]_c + (1 - lam) S[y2]_c.
-  PSL_HD acc_t table_at(int64_t c) const {
-    return lam * table_y[c] + (acc_t(1) - lam) * table_y2[c];
-  }
+  // The class-table mixture lam S[y]_c + (1 - lam) S[y2]_c, of the two rows' values at c.
+  PSL_HD acc_t mix(acc_t s_y, acc_t s_y2) const { return lam * s_y + (acc_t(1) - lam) * s_y2; }
+  PSL_HD acc_t table_at(int64_t c) const { return mix(table_y[c], table_y2[c]); }
 };
 
 template <typename scalar_t>
@@ -210,12 +199,6 @@ PSL_HD acc_t reduction_grad_scale(acc_t valid, int reduction) {
 template <typename acc_t>
 PSL_HD acc_t reduce_loss(acc_t sum, acc_t valid, int reduction) {
   return reduction == 1 ? sum / valid : sum;
-}
-
-// dloss/dx_c = (p_c sum(t) - t_c) * scale.
-template <typename acc_t>
-PSL_HD acc_t grad_element(acc_t p, acc_t mass, acc_t t, acc_t scale) {
-  return (p * mass - t) * scale;
 }
 
 // The factor a row's gradient is multiplied by: grad_scale * grad_output.

@@ -202,6 +202,7 @@ PSL_HD RowTotals<acc_t> row_totals(const RowState<acc_t>& st, acc_t x_y, int64_t
 
 // What pass 2 needs of a row: the target's coefficients with the gradient factor f (reduction scale times
 // upstream gradient) folded in, so that an element costs one multiply-add before the target's own parts.
+// The CPU kernel's gradient sweep uses it too.
 template <typename acc_t>
 struct GradRow {
   acc_t lse, dense_lse;

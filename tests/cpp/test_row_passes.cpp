@@ -130,7 +130,7 @@ void run_row(const Case& k, std::mt19937& rng) {
   auto table_at = [&](int v, float (&w)[VEC]) {  // as table_vector in row_device.cuh
     for (int j = 0; j < VEC; ++j) {
       const int c = v * VEC + j;
-      w[j] = t.table_y2 == t.table_y ? t.table_y[c] : t.lam * t.table_y[c] + (1.f - t.lam) * t.table_y2[c];
+      w[j] = t.table_y2 == t.table_y ? t.table_y[c] : t.table_at(c);
     }
   };
   auto add_parts = [&](State& st, const float (&xv)[VEC], int v) {

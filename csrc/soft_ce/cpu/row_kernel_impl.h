@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "../../common/launch.h"
+#include "../../common/row_passes.h"
 
 namespace psl {
 
@@ -158,27 +159,22 @@ inline ExpSums<T> exp_and_sums(const T* x, T m, T* e, int64_t n) {
   return out;
 }
 
-// The gradient of a row without its hard part, (p sum(t) - s/C - a T - d D) f, with the factors folded:
-// e sum(t)/sum(e) f, s/C f, a f, d f.
+// The gradient (p sum(t) - t) f without its hard part, from e = exp(x - max) (mass_e: sum(t) f / sum(e)) and
+// the row's coefficients g (grad_row, as the CUDA kernel), over the table and dense parts present.
 template <typename acc_t>
-struct GradCoefficients {
-  acc_t mass, uniform, table, dense;
-};
-
-template <typename acc_t>
-inline acc_t grad_element_from(acc_t e, acc_t table_mix, acc_t dense, const GradCoefficients<acc_t>& k) {
-  return e * k.mass - k.uniform - k.table * table_mix - k.dense * dense;
+inline acc_t soft_grad(acc_t e, acc_t mass_e, acc_t table_mix, acc_t dense, const GradRow<acc_t>& g) {
+  return e * mass_e - g.uniform_f - g.table_f * table_mix - g.dense_f * dense;
 }
 
-// dst = the gradient without its hard part, in one sweep over e (and the table and dense parts present).
+// dst = that gradient for the whole row, in one sweep over e.
 template <bool kTable, bool kDense, typename scalar_t, typename acc_t>
-inline void write_grad(scalar_t* dst, const acc_t* e, const acc_t* table_mix, const acc_t* dense, int64_t n,
-                       const GradCoefficients<acc_t>& k) {
+inline void write_grad(scalar_t* dst, const acc_t* e, acc_t mass_e, const acc_t* table_mix, const acc_t* dense,
+                       int64_t n, const GradRow<acc_t>& g) {
 #pragma omp simd
   for (int64_t c = 0; c < n; ++c) {
-    acc_t v = e[c] * k.mass - k.uniform;
-    if constexpr (kTable) v -= k.table * table_mix[c];
-    if constexpr (kDense) v -= k.dense * dense[c];
+    acc_t v = e[c] * mass_e - g.uniform_f;
+    if constexpr (kTable) v -= g.table_f * table_mix[c];
+    if constexpr (kDense) v -= g.dense_f * dense[c];
     dst[c] = static_cast<scalar_t>(v);
   }
 }
@@ -302,29 +298,27 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     }
 
     if (job.grad) {
-      const acc_t f = row_grad_factor(job, row);
-      const GradCoefficients<acc_t> k{target_mass(t, sums, C) * inv_s * f, t.uniform * f, t.table_weight * f,
-                                      t.dense_weight * f};
+      const GradRow<acc_t> g = grad_row(t, RowTotals<acc_t>{lse, acc_t(0), sums}, C, row_grad_factor(job, row));
+      const acc_t mass_e = g.mass_f * inv_s;
       scalar_t* dst = job.grad + row * C;
       const acc_t* table_part = t.table_y ? table_mix.data : nullptr;
       const acc_t* dense_part = job.dense ? dense.data : nullptr;
       if (table_part && dense_part) {
-        write_grad<true, true>(dst, e.data, table_part, dense_part, C, k);
+        write_grad<true, true>(dst, e.data, mass_e, table_part, dense_part, C, g);
       } else if (table_part) {
-        write_grad<true, false>(dst, e.data, table_part, dense_part, C, k);
+        write_grad<true, false>(dst, e.data, mass_e, table_part, dense_part, C, g);
       } else if (dense_part) {
-        write_grad<false, true>(dst, e.data, table_part, dense_part, C, k);
+        write_grad<false, true>(dst, e.data, mass_e, table_part, dense_part, C, g);
       } else {
-        write_grad<false, false>(dst, e.data, table_part, dense_part, C, k);
+        write_grad<false, false>(dst, e.data, mass_e, table_part, dense_part, C, g);
       }
       // The two spikes of the hard part, written over the elements of y and y2.
-      const acc_t hard_y = t.hard * t.lam * f, hard_y2 = t.hard * (acc_t(1) - t.lam) * f;
       const auto at = [&](int64_t c) {
-        return grad_element_from(e.data[c], table_part ? table_part[c] : acc_t(0),
-                                 dense_part ? dense_part[c] : acc_t(0), k);
+        return soft_grad(e.data[c], mass_e, table_part ? table_part[c] : acc_t(0),
+                         dense_part ? dense_part[c] : acc_t(0), g);
       };
-      dst[t.y] = static_cast<scalar_t>(at(t.y) - hard_y - (t.y2 == t.y ? hard_y2 : acc_t(0)));
-      if (t.y2 != t.y) dst[t.y2] = static_cast<scalar_t>(at(t.y2) - hard_y2);
+      dst[t.y] = static_cast<scalar_t>(at(t.y) - g.hard_y_f - (t.y2 == t.y ? g.hard_y2_f : acc_t(0)));
+      if (t.y2 != t.y) dst[t.y2] = static_cast<scalar_t>(at(t.y2) - g.hard_y2_f);
     }
   }
   if (job.calib_bins) {

@@ -130,7 +130,7 @@ __device__ __forceinline__ void table_vector(const RowTarget<acc_t>& t, int c0, 
     acc_t w2[VEC];
     load_values(t.table_y2 + c0, w2);
     PSL_UNROLL
-    for (int k = 0; k < VEC; ++k) w[k] = t.lam * w[k] + (acc_t(1) - t.lam) * w2[k];
+    for (int k = 0; k < VEC; ++k) w[k] = t.mix(w[k], w2[k]);
   }
 }
 
