@@ -151,6 +151,27 @@ def test_does_not_write_into_logits_liger_272(device):
 
 
 @native
+def test_no_gradient_computed_under_no_grad(monkeypatch):
+    """Evaluation under no_grad of logits that require grad: the forward writes no gradient (autograd
+    would drop it), and the loss is the same."""
+    x = torch.randn(8, 12, requires_grad=True)
+    target = psl.SoftTarget(torch.randint(0, 12, (8,)), smoothing=0.1)
+    asked = []
+    op = torch.ops.pysoftlabel.soft_cross_entropy
+
+    def spy(*args):
+        asked.append(args[18])  # compute_grad
+        return op(*args)
+    monkeypatch.setattr(torch.ops.pysoftlabel, "soft_cross_entropy", spy)
+    with torch.no_grad():
+        evaluated = psl.soft_cross_entropy(x, target)
+    trained = psl.soft_cross_entropy(x, target)
+    assert asked == [False, True]
+    assert evaluated.grad_fn is None and trained.grad_fn is not None
+    torch.testing.assert_close(evaluated, trained.detach())
+
+
+@native
 def test_torch_compile_fullgraph():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
     x = torch.randn(10, 8)

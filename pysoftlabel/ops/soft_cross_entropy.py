@@ -92,7 +92,11 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
         state[0:2] = stats.buffers()
     if calib is not None:
         state[2:4] = calib.buffers()
-    return _NativeSoftCrossEntropy.apply(logits, _REDUCTIONS.index(reduction), _spec(target, logits), *state)
+    # Under no_grad (evaluation) no graph is recorded, so a gradient written in the forward would be
+    # thrown away: ask for it only where autograd will use it.
+    want_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _NativeSoftCrossEntropy.apply(logits, _REDUCTIONS.index(reduction), _spec(target, logits), want_grad,
+                                         *state)
 
 
 def _weight(value, dtype):
@@ -123,8 +127,8 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
     synchronisation. A second backward through the same graph, or a traced graph, recomputes it."""
 
     @staticmethod
-    def forward(ctx, logits, reduction, spec, class_sum, class_count, calib_bins, calib_sums):
-        compute_grad = ctx.needs_input_grad[0] and not torch.compiler.is_compiling()
+    def forward(ctx, logits, reduction, spec, want_grad, class_sum, class_count, calib_bins, calib_sums):
+        compute_grad = want_grad and not torch.compiler.is_compiling()
         loss, grad = torch.ops.pysoftlabel.soft_cross_entropy(
             logits, *spec, reduction, None, compute_grad, class_sum, class_count, calib_bins, calib_sums)
         # The target's tensors are detached constants of _spec: kept as they are, for a recomputation.
@@ -139,11 +143,11 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
         if ctx.grad_buffer is not None:
             grad, ctx.grad_buffer = ctx.grad_buffer, None
             torch.ops.pysoftlabel._scale_rows_(grad, grad_output)
-            return grad, None, None, None, None, None, None
+            return grad, None, None, None, None, None, None, None
         (logits,) = ctx.saved_tensors
         _, grad = torch.ops.pysoftlabel.soft_cross_entropy(
             logits, *ctx.spec, ctx.reduction, grad_output, True, None, None, None, None)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 if _C is not None:
