@@ -97,10 +97,29 @@ def test_matches_torch_probability_targets(device):
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("parts", [(), ("smoothing", "mix"), ("table", "dense_logits", "per_row"), ("dense", "ignore")])
 def test_gradcheck_float64(reduction, parts):
+    """First derivatives, and second ones (backward with create_graph=True)."""
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
     target = random_target(6, 5, set(parts), generator=g, logits_dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: psl.soft_cross_entropy(x, target, reduction=reduction), (logits,))
+    assert torch.autograd.gradgradcheck(lambda x: psl.soft_cross_entropy(x, target, reduction=reduction),
+                                        (logits,))
+
+
+@native
+def test_gradient_penalty_matches_torch():
+    """A penalty on the input gradient (create_graph=True) trains the model as with F.cross_entropy."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
+    inputs = torch.randn(10, 6, requires_grad=True)
+    labels = torch.randint(0, 5, (10,))
+    grads = []
+    for loss_fn in (lambda z: psl.soft_cross_entropy(z, psl.SoftTarget(labels, smoothing=0.1)),
+                    lambda z: F.cross_entropy(z, labels, label_smoothing=0.1)):
+        loss = loss_fn(model(inputs))
+        (input_grad,) = torch.autograd.grad(loss, inputs, create_graph=True)
+        grads.append(torch.autograd.grad(loss + input_grad.square().sum(), list(model.parameters())))
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref)
 
 
 @native

@@ -32,7 +32,8 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     With ``SoftTarget(labels, smoothing=s)`` this equals ``F.cross_entropy(logits, labels,
     label_smoothing=s)``. The native kernels read each row of logits once for the loss, write the
     gradient in the same call (when ``logits`` requires grad) and accumulate ``stats`` / ``calib`` in
-    that pass; ``loss.backward()`` then costs no pass over the logits.
+    that pass; ``loss.backward()`` then costs no pass over the logits. Second derivatives (a backward
+    with ``create_graph=True``, as gradient penalties take) go through the reference formula.
 
     Args:
         logits (Tensor[N, C]): float32, float16, bfloat16 or float64 scores; any strides.
@@ -120,11 +121,35 @@ def _spec(target: SoftTarget, logits: Tensor):
             float(target.temperature), int(target.ignore_index))
 
 
+def _target_from_spec(spec) -> SoftTarget:
+    """The SoftTarget that _spec turned into ``spec`` (its weights as fp32 / fp64 tensors or floats)."""
+    (labels, labels2, lam, lam_value, smoothing, smoothing_value, table, table_weight, table_weight_value,
+     dense, dense_weight, dense_weight_value, dense_logits, temperature, ignore_index) = spec
+    def weight(tensor, value):
+        return value if tensor is None else tensor
+    return SoftTarget(labels, smoothing=weight(smoothing, smoothing_value), labels2=labels2,
+                      lam=None if labels2 is None else weight(lam, lam_value), table=table,
+                      table_weight=weight(table_weight, table_weight_value), dense=dense,
+                      dense_weight=weight(dense_weight, dense_weight_value), dense_logits=dense_logits,
+                      temperature=temperature, ignore_index=ignore_index)
+
+
+def _differentiable_grad(logits, spec, reduction, grad_output):
+    """The gradient as PyTorch ops that autograd can differentiate again, for a backward with
+    ``create_graph=True`` (gradient penalties, Hessian-vector products, meta-learning): the reference
+    formula, which builds the N x C target. The native kernels' gradient is a constant to autograd."""
+    with torch.enable_grad():
+        loss = reference.soft_cross_entropy(logits, _target_from_spec(spec), _REDUCTIONS[reduction])
+        (grad,) = torch.autograd.grad(loss, logits, grad_output, create_graph=True)
+    return grad
+
+
 class _NativeSoftCrossEntropy(torch.autograd.Function):
     """Autograd over the native op. In eager mode the forward already writes the unscaled gradient
     into a fresh buffer (never into ``logits``); backward scales it in place on the device, skipping
     rows whose factor is 1 (no pass at all after a plain ``loss.backward()``) and without a host
-    synchronisation. A second backward through the same graph, or a traced graph, recomputes it."""
+    synchronisation. A second backward through the same graph, or a traced graph, recomputes it; a
+    backward with ``create_graph=True`` takes the reference formula, so second derivatives are exact."""
 
     @staticmethod
     def forward(ctx, logits, reduction, spec, want_grad, class_sum, class_count, calib_bins, calib_sums):
@@ -140,13 +165,16 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        if ctx.grad_buffer is not None:
-            grad, ctx.grad_buffer = ctx.grad_buffer, None
-            torch.ops.pysoftlabel._scale_rows_(grad, grad_output)
-            return grad, None, None, None, None, None, None, None
         (logits,) = ctx.saved_tensors
-        _, grad = torch.ops.pysoftlabel.soft_cross_entropy(
-            logits, *ctx.spec, ctx.reduction, grad_output, True, None, None, None, None)
+        buffer, ctx.grad_buffer = ctx.grad_buffer, None
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must carry its own graph
+            grad = _differentiable_grad(logits, ctx.spec, ctx.reduction, grad_output)
+        elif buffer is not None:
+            grad = buffer
+            torch.ops.pysoftlabel._scale_rows_(grad, grad_output)
+        else:
+            _, grad = torch.ops.pysoftlabel.soft_cross_entropy(
+                logits, *ctx.spec, ctx.reduction, grad_output, True, None, None, None, None)
         return grad, None, None, None, None, None, None, None
 
 
