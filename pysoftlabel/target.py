@@ -40,6 +40,7 @@ class SoftTarget:
         temperature (float): temperature of ``dense`` logits. Default: 1.
         ignore_index (int): label value of rows to ignore. Default: -100.
 
+    A weight given as a 0-d tensor applies to every row (as a float does, but without reading it on the host).
     Targets are constants: no gradient flows into ``table``, ``dense`` or the weights.
     Per-row value checks (labels in range, weights in range) happen when the loss is computed,
     because they need ``C`` and, on CUDA, would otherwise cost a host-device synchronisation.
@@ -76,9 +77,12 @@ class SoftTarget:
         for name in ("smoothing", "lam", "table_weight", "dense_weight"):
             value = getattr(self, name)
             if torch.is_tensor(value):
+                if value.dim() == 0:  # one weight for every row, e.g. lam drawn on the device: no sync
+                    value = value.expand(n)
+                    setattr(self, name, value)
                 if value.shape != (n,):
-                    raise ValueError(f"{name} must be a float or a tensor of shape [N] = [{n}], got shape "
-                                     f"{tuple(value.shape)}")
+                    raise ValueError(f"{name} must be a float, a 0-d tensor or a tensor of shape [N] = [{n}], "
+                                     f"got shape {tuple(value.shape)}")
                 if not value.is_floating_point():
                     raise ValueError(f"{name} must be floating point, got dtype {value.dtype}")
             elif value is not None:

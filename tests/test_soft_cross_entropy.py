@@ -252,6 +252,24 @@ def _bad(**changes):
 
 @native
 @pytest.mark.parametrize("backend", ["native", "reference"])
+def test_zero_dim_weights_equal_floats(backend):
+    """A 0-d tensor weight (lam drawn on the device, a scheduled smoothing) is one weight for every row."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 7, generator=g)
+    labels, labels2 = torch.randint(0, 7, (6,), generator=g), torch.randint(0, 7, (6,), generator=g)
+    dense = torch.softmax(torch.randn(6, 7, generator=g), 1)
+    weights = dict(smoothing=0.1, lam=0.3, dense_weight=0.4)
+    as_tensors = psl.SoftTarget(labels, labels2=labels2, dense=dense,
+                                **{k: torch.tensor(v) for k, v in weights.items()})
+    as_floats = psl.SoftTarget(labels, labels2=labels2, dense=dense, **weights)
+    loss, grad = loss_and_grad(logits, as_tensors, "none", backend)
+    want_loss, want_grad = loss_and_grad(logits, as_floats, "none", backend)
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(grad, want_grad)
+
+
+@native
+@pytest.mark.parametrize("backend", ["native", "reference"])
 @pytest.mark.parametrize("case, match", [
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 5, 2]))), "labels"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, -3, 2]))), "labels"),
@@ -259,6 +277,10 @@ def _bad(**changes):
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 1, 1, 1]),
                                         lam=torch.tensor([0.5, 1.5, 0.2, 0.1]))), "lam"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor([0.1, 0.9, -0.2, 0.0]))), "weight"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 1, 1, 1]),
+                                        lam=torch.tensor(1.5))), "lam"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor(0.7),
+                                        dense=torch.rand(4, 5), dense_weight=torch.tensor(0.5))), "exceeds 1"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor([0.5, 0.9, 0.2, 0.0]),
                                         dense=torch.rand(4, 5), dense_weight=0.5)), "exceeds 1"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), table=torch.rand(4, 4), table_weight=0.1)), "table"),
