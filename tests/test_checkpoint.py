@@ -20,6 +20,20 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_damaged_or_foreign_file_is_a_value_error_naming_it(tmp_path):
+    whole = save_checkpoint({"epoch": 1, "w": torch.randn(1000)}, tmp_path / "whole.pt")
+    data = whole.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])  # a copy that stopped half way
+    (tmp_path / "text.pt").write_text("garbage\n")
+    for name in ("cut.pt", "text.pt"):
+        with pytest.raises(ValueError, match=f"{name} is not a whole checkpoint"):
+            load_checkpoint(tmp_path / name)
+    save_checkpoint([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list, not a training state"):
+        load_checkpoint(tmp_path / "list.pt")
+    assert load_checkpoint(whole)["epoch"] == 1
+
+
 def test_writer_saves_the_state_as_it_was_when_handed_over(tmp_path):
     weight, counts = torch.ones(1000), np.zeros(3)
     nested = {"model": {"w": weight}, "optimizer": {"state": [weight * 2]}, "epoch": 3, "names": ("a", "b"),

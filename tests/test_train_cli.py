@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import train_imagenet  # noqa: E402
 
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
+from pysoftlabel.engine import save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,20 @@ def test_ldl_trains_its_teacher_first(data, tmp_path):
     assert (tmp_path / "ldl" / "teacher" / "checkpoint.pt").exists() and len(records) == 2
 
 
+def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_path):
+    out = tmp_path / "ldl"
+    out.mkdir()
+    (out / "checkpoint.pt").write_text("garbage\n")
+    with pytest.raises(SystemExit, match="checkpoint.pt is not a whole checkpoint"):
+        run(data, out, "--strategy", "ldl", "--resume")
+    assert not (out / "teacher").exists()  # the teacher was not trained first
+    save_checkpoint({"epoch": 0}, out / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="has no model, optimizer, rng, scheduler, strategy"):
+        run(data, out, "--resume")
+    with pytest.raises(SystemExit, match="--teacher: .* has no model"):
+        run(data, out, "--strategy", "kd", "--teacher", str(out / "checkpoint.pt"))
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--strategy", "nope"], "unknown strategy"),
     (["--data", "/does/not/exist"], "no train/ folder"),
@@ -118,6 +133,16 @@ def test_evaluate_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_pat
     with pytest.raises(SystemExit):
         evaluate.main([str(tmp_path / "missing.pt"), "--data", str(tmp_path)] + argv)
     assert match in capsys.readouterr().err
+
+
+def test_evaluate_a_foreign_or_damaged_checkpoint_gives_one_clear_line(capsys, tmp_path):
+    import evaluate
+    save_checkpoint({"epoch": 3}, tmp_path / "foreign.pt")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 cut off")
+    for name, match in (("foreign.pt", "has no arch, classes, model"), ("cut.pt", "is not a whole checkpoint")):
+        with pytest.raises(SystemExit):
+            evaluate.main([str(tmp_path / name), "--data", str(tmp_path)])
+        assert match in capsys.readouterr().err
 
 
 def test_teacher_of_another_class_count(data, tmp_path):

@@ -38,11 +38,15 @@ def main(argv=None):
         device = parse_device(args.device)
     except ValueError as error:
         p.error(str(error))
-    if not Path(args.checkpoint).is_file():
-        p.error(f"checkpoint: {args.checkpoint} does not exist")
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except ValueError as error:
+        p.error(str(error))
+    missing = sorted({"arch", "classes", "model"} - state.keys())
+    if missing:
+        p.error(f"checkpoint: {args.checkpoint} has no {', '.join(missing)}: not a checkpoint of train_imagenet.py")
     if not Path(args.data, "val").is_dir():
         p.error(f"--data: {args.data} has no val/ folder")
-    state = load_checkpoint(args.checkpoint)
     run_args = json.loads(Path(args.checkpoint).with_name("args.json").read_text()) \
         if Path(args.checkpoint).with_name("args.json").exists() else {}
     image_size = args.image_size or int(run_args.get("image_size", 224))

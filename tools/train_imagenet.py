@@ -35,7 +35,8 @@ from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, autocast_dtype, context_confidence, evaluate,
-                                load_checkpoint, parse_device, train_one_epoch, write_calibration_report)
+                                check_checkpoint, load_checkpoint, parse_device, train_one_epoch,
+                                write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
 from pysoftlabel.models import create_model
 
@@ -350,6 +351,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
+        missing = sorted({"model", "optimizer", "scheduler", "strategy", "rng", "epoch"} - state.keys())
+        if missing:
+            raise ValueError(f"--resume: {ckpt_path} has no {', '.join(missing)}: not a checkpoint of this program")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -419,6 +423,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
 
 def load_teacher(path, arch, num_classes, device):
     state = load_checkpoint(path, map_location=device)
+    if "model" not in state:
+        raise ValueError(f"--teacher: {path} has no model: not a checkpoint of this program")
     teacher = create_model(state.get("arch", arch), num_classes).to(device, memory_format=torch.channels_last)
     head = [v for k, v in state["model"].items() if v.dim() == 2][-1]
     if head.shape[0] != num_classes:
@@ -454,6 +460,10 @@ def main(argv=None):
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     try:
+        if args.resume:  # a damaged checkpoint is an error now, not after the teacher has been trained
+            for path in (args.out / "teacher" / "checkpoint.pt", args.out / "checkpoint.pt"):
+                if path.exists():
+                    check_checkpoint(path)
         teacher = None
         if args.strategy in ("ldl", "kd"):
             path = args.teacher

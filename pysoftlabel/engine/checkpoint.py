@@ -3,12 +3,13 @@ does it on a background thread while training goes on."""
 import copy
 import os
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointWriter"]
+__all__ = ["save_checkpoint", "check_checkpoint", "load_checkpoint", "CheckpointWriter"]
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -28,11 +29,23 @@ def save_checkpoint(state: dict, path) -> Path:
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def check_checkpoint(path) -> Path:
+    """Raises ValueError unless ``path`` is a whole checkpoint file (torch.save's zip format, which ends in
+    the zip directory: a cut-off or foreign file has none). Reads only the end of the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint: {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint: {path} is not a whole checkpoint (cut off, or not written by "
+                         "torch.save); move it away to start over")
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    state = torch.load(check_checkpoint(path), map_location=map_location, weights_only=False)
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint: {path} holds a {type(state).__name__}, not a training state (a dict)")
+    return state
 
 
 def _cpu_copy(value):
