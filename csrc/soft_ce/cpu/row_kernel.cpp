@@ -1,5 +1,6 @@
 // CPU row kernel: rows in parallel (at::parallel_for), each row in cache-resident sweeps (max; exp
-// and sums; gradient) that the compiler vectorises. The body is row_kernel_impl.h; this file builds it
+// and sums; gradient) that the compiler vectorises; class and calibration statistics per block of rows,
+// added up in block order, so that they come out the same on every run. The body is row_kernel_impl.h; this file builds it
 // for the baseline instruction set and picks the AVX-512 or AVX2 build (row_kernel_avx512.cpp,
 // row_kernel_avx2.cpp) where the CPU has it.
 #define PSL_CPU_NS baseline
@@ -12,12 +13,7 @@
 
 namespace psl {
 
-std::mutex& class_lock(int64_t label) {
-  static std::mutex locks[64];
-  return locks[label % 64];
-}
-
-std::mutex& calib_lock() {
+std::mutex& report_lock() {
   static std::mutex lock;
   return lock;
 }

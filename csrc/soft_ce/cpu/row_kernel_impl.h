@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <type_traits>
@@ -25,10 +26,8 @@
 
 namespace psl {
 
-// Shared by both copies (defined in row_kernel.cpp): locks for the class-statistics rows, which rows
-// of one class in different threads share, and for the calibration histogram.
-std::mutex& class_lock(int64_t label);
-std::mutex& calib_lock();
+// Shared by the copies (defined in row_kernel.cpp): the lock of a launch's error report.
+std::mutex& report_lock();
 
 namespace PSL_CPU_NS {
 
@@ -179,6 +178,18 @@ inline void write_grad(scalar_t* dst, const acc_t* e, acc_t mass_e, const acc_t*
   }
 }
 
+// dst = (overwrite ? 0 : dst) + e * scale, in float: a row of class statistics.
+template <typename acc_t>
+inline void add_scaled(float* dst, const acc_t* e, acc_t scale, int64_t n, bool overwrite) {
+  if (overwrite) {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<float>(e[c] * scale);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) dst[c] += static_cast<float>(e[c] * scale);
+  }
+}
+
 // Scratch rows of one chunk. malloc, not std::vector: see the note on templates at the top.
 template <typename T>
 struct Scratch {
@@ -192,7 +203,7 @@ struct Scratch {
 
 // Records the first invalid row of a launch (threads race; the lowest row wins).
 inline void report(RowStatus& status, int code, int64_t row) {
-  std::mutex& lock = calib_lock();
+  std::mutex& lock = report_lock();
   lock.lock();
   if (status.code == kRowOk || row < status.row) {
     status.code = code;
@@ -201,16 +212,29 @@ inline void report(RowStatus& status, int code, int64_t row) {
   lock.unlock();
 }
 
+// The statistics of one block of rows, kept apart from the job's and added to them in block order once
+// every block is done (run_blocks), so that they do not depend on which thread ran which block or when:
+// the same bits on every run, as the loss and the gradient. A slot holds the class-statistics row of one
+// label of the block. The first block, first in that order anyway, adds to the job's class rows directly.
+struct BlockStats {
+  bool direct = false;             // class statistics straight into job.class_sum / class_count
+  int32_t* slot_of_row = nullptr;  // per row of the block: the slot of its label, -1 for none
+  int64_t* slot_class = nullptr;   // per slot: its class
+  int32_t slots = 0;
+  float* class_rows = nullptr;     // slots x C: sum of the softmax of the slot's correct rows
+  float* slot_count = nullptr;     // per slot: how many rows class_rows holds (0: class_rows unset)
+  double* bins = nullptr;          // n_bins x 3, as job.calib_bins
+  double* calib_sums = nullptr;    // 3, as job.calib_sums
+};
+
+// Rows [begin, end) of the job; stats: their block's statistics (run_blocks), null when the job keeps none.
 template <typename scalar_t>
-PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end, RowStatus& status) {
+PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_t end, RowStatus& status,
+                              BlockStats* stats) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = job.classes;
   constexpr bool same = std::is_same<scalar_t, acc_t>::value;
   Scratch<acc_t> x_buf(same ? 0 : C), e(C), dense(job.dense ? C : 0), table_mix(job.table ? C : 0);
-  const int64_t n_bin_values = job.calib_bins ? job.n_bins * 3 : 0;
-  Scratch<double> bins(n_bin_values);
-  for (int64_t i = 0; i < n_bin_values; ++i) bins[i] = 0;
-  double calib_sums[3] = {0, 0, 0};
 
   for (int64_t row = begin; row < end; ++row) {
     if (row_ignored(job, row)) {
@@ -224,7 +248,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     const int code = make_row_target(job, row, t);
     if (code != kRowOk) {
       report(status, code, row);
-      break;  // the statistics of this chunk are still merged below: they were accumulated before it
+      break;  // run_rows then adds no statistics of this launch's last wave
     }
 
     const scalar_t* src = job.logits + row * C;
@@ -276,25 +300,24 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     const bool finite = std::isfinite(lse);
     if (job.calib_bins) {
       if (!finite) {
-        calib_sums[2] += 1;
+        stats->calib_sums[2] += 1;
       } else {
         const acc_t confidence = inv_s * e[argmax];
         const acc_t p_y = e[t.y] * inv_s;
         const int64_t b = confidence_bin(confidence, job.n_bins);
-        bins[b * 3 + 0] += 1;
-        bins[b * 3 + 1] += confidence;
-        bins[b * 3 + 2] += argmax == t.y ? 1 : 0;
-        calib_sums[0] += lse - x_y;
-        calib_sums[1] += brier_score(s2 * inv_s * inv_s, p_y);
+        stats->bins[b * 3 + 0] += 1;
+        stats->bins[b * 3 + 1] += confidence;
+        stats->bins[b * 3 + 2] += argmax == t.y ? 1 : 0;
+        stats->calib_sums[0] += lse - x_y;
+        stats->calib_sums[1] += brier_score(s2 * inv_s * inv_s, p_y);
       }
     }
-    if (job.class_sum && finite && argmax == t.y) {
-      std::mutex& lock = class_lock(t.y);
-      lock.lock();
-      float* dst = job.class_sum + t.y * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<float>(e[c] * inv_s);
-      job.class_count[t.y] += 1;
-      lock.unlock();
+    if (job.class_sum && finite && argmax == t.y) {  // the first block into the job's rows, the others into slots
+      const int32_t slot = stats->direct ? -1 : stats->slot_of_row[row - begin];
+      float* dst = slot < 0 ? job.class_sum + t.y * C : stats->class_rows + slot * C;
+      float& count = slot < 0 ? job.class_count[t.y] : stats->slot_count[slot];
+      add_scaled(dst, e.data, inv_s, C, slot >= 0 && count == 0);
+      count += 1;
     }
 
     if (job.grad) {
@@ -321,12 +344,123 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
       if (t.y2 != t.y) dst[t.y2] = static_cast<scalar_t>(at(t.y2) - g.hard_y2_f);
     }
   }
-  if (job.calib_bins) {
-    std::mutex& lock = calib_lock();
-    lock.lock();
-    for (int64_t i = 0; i < n_bin_values; ++i) job.calib_bins[i] += bins[i];
-    for (int i = 0; i < 3; ++i) job.calib_sums[i] += calib_sums[i];
-    lock.unlock();
+}
+
+// The class-statistics slots of the block [begin, end): one per distinct label in range, in the order the
+// labels first appear; slot_of_class is scratch of `classes` entries.
+inline void assign_slots(const int64_t* labels, int64_t begin, int64_t end, int64_t classes, BlockStats& stats,
+                         int32_t* slot_of_class) {
+  for (int64_t c = 0; c < classes; ++c) slot_of_class[c] = -1;
+  stats.slots = 0;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t y = labels[row];
+    int32_t slot = -1;
+    if (y >= 0 && y < classes) {
+      if (slot_of_class[y] < 0) {
+        slot_of_class[y] = stats.slots;
+        stats.slot_class[stats.slots] = y;
+        stats.slot_count[stats.slots] = 0;
+        ++stats.slots;
+      }
+      slot = slot_of_class[y];
+    }
+    stats.slot_of_row[row - begin] = slot;
+  }
+}
+
+// class_sum[:, c0:c1] += the blocks' slot rows, block after block.
+PSL_CPU_TARGET inline void add_class_rows(float* class_sum, int64_t classes, int64_t c0, int64_t c1,
+                                          const BlockStats* blocks, int64_t n_blocks) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    for (int32_t slot = 0; slot < blocks[b].slots; ++slot) {
+      if (blocks[b].slot_count[slot] == 0) continue;
+      float* dst = class_sum + blocks[b].slot_class[slot] * classes;
+      const float* src = blocks[b].class_rows + slot * classes;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+    }
+  }
+}
+
+// Rows with statistics: one block of consecutive rows per thread, each block with its own BlockStats (its
+// rows in order), added to the job's in block order once the blocks are done. The bits then depend on
+// the number of threads, as PyTorch's CPU reductions, and not on their timing. A wave is as many rows
+// as keep the slot rows within kSlotBytes; nothing is added of a wave with an invalid row.
+constexpr int64_t kSlotBytes = int64_t(64) << 20;
+
+// The slot rows of a block (uninitialised: run_chunk writes a slot's row before adding to it).
+struct SlotRows {
+  float* data = nullptr;
+  void reset(int64_t n) {
+    std::free(data);
+    data = n ? static_cast<float*>(std::malloc(sizeof(float) * n)) : nullptr;
+    if (n != 0 && data == nullptr) throw std::bad_alloc();
+  }
+  ~SlotRows() { std::free(data); }
+};
+
+template <typename scalar_t>
+void run_blocks(const RowJob<scalar_t>& job, RowStatus& status) {
+  const int64_t C = job.classes, threads = at::get_num_threads();
+  const int64_t fit = job.class_sum ? kSlotBytes / (C * int64_t(sizeof(float))) : job.rows;
+  const int64_t wave = fit > threads ? fit : threads;
+  const int64_t max_blocks = threads, max_rows = wave < job.rows ? wave : job.rows;
+  const int64_t bin_values = job.calib_bins ? job.n_bins * 3 : 0;
+  Scratch<BlockStats> blocks(max_blocks);
+  std::unique_ptr<SlotRows[]> slot_rows(new SlotRows[max_blocks]);
+  Scratch<int32_t> slot_of_row(job.class_sum ? max_rows : 0);
+  Scratch<int64_t> slot_class(job.class_sum ? max_rows : 0);
+  Scratch<float> slot_count(job.class_sum ? max_rows : 0);
+  Scratch<int32_t> slot_of_class(job.class_sum ? max_blocks * C : 0);
+  Scratch<double> bins(max_blocks * bin_values), calib_sums(max_blocks * 3);
+  for (int64_t w0 = 0; w0 < job.rows && status.code == kRowOk; w0 += wave) {
+    const int64_t w1 = w0 + wave < job.rows ? w0 + wave : job.rows;
+    const int64_t n_blocks = w1 - w0 < threads ? w1 - w0 : threads;
+    const int64_t block = (w1 - w0 + n_blocks - 1) / n_blocks;
+    const auto rows_of = [&](int64_t b, int64_t& begin, int64_t& end) {
+      begin = w0 + b * block;
+      end = begin + block < w1 ? begin + block : w1;
+    };
+    for (int64_t i = 0; i < n_blocks * bin_values; ++i) bins[i] = 0;
+    for (int64_t i = 0; i < n_blocks * 3; ++i) calib_sums[i] = 0;
+    at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t begin, end;
+        rows_of(b, begin, end);
+        BlockStats& stats = blocks[b];
+        stats = BlockStats{};
+        stats.direct = b == 0;
+        stats.bins = bins.data + b * bin_values;
+        stats.calib_sums = calib_sums.data + b * 3;
+        if (job.class_sum && b > 0) {
+          const int64_t first = begin - w0;  // the block's rows (and at most as many slots) in the wave
+          stats.slot_of_row = slot_of_row.data + first;
+          stats.slot_class = slot_class.data + first;
+          stats.slot_count = slot_count.data + first;
+          assign_slots(job.labels, begin, end, C, stats, slot_of_class.data + b * C);
+          slot_rows[b].reset(stats.slots * C);
+          stats.class_rows = slot_rows[b].data;
+        }
+        run_chunk(job, begin, end, status, &stats);
+      }
+    });
+    if (status.code != kRowOk) break;
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      for (int64_t i = 0; i < bin_values; ++i) job.calib_bins[i] += blocks[b].bins[i];
+      if (job.calib_sums) {
+        for (int i = 0; i < 3; ++i) job.calib_sums[i] += blocks[b].calib_sums[i];
+      }
+      for (int32_t slot = 0; slot < blocks[b].slots; ++slot) {
+        job.class_count[blocks[b].slot_class[slot]] += blocks[b].slot_count[slot];
+      }
+    }
+    int64_t slots = 0;
+    for (int64_t b = 0; b < n_blocks; ++b) slots += blocks[b].slots;
+    if (slots > 0) {
+      at::parallel_for(0, C, grain_for(slots), [&](int64_t c0, int64_t c1) {
+        add_class_rows(job.class_sum, C, c0, c1, blocks.data, n_blocks);
+      });
+    }
   }
 }
 
@@ -342,9 +476,11 @@ RowStatus run_rows(const RowJob<scalar_t>& job_in) {
     job.valid_and_scale[1] = reduction_grad_scale(valid, job.reduction);
     job.grad_scale = job.valid_and_scale + 1;
   }
-  if (job.rows > 0) {
+  if (job.class_sum || job.calib_bins) {
+    run_blocks(job, status);
+  } else if (job.rows > 0) {
     at::parallel_for(0, job.rows, grain_for(job.classes),
-                     [&](int64_t begin, int64_t end) { run_chunk(job, begin, end, status); });
+                     [&](int64_t begin, int64_t end) { run_chunk(job, begin, end, status, nullptr); });
   }
   if (job.reduction != 0 && status.code == kRowOk) {
     acc_t sum = 0;  // in row order: deterministic
