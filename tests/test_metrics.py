@@ -159,6 +159,24 @@ def test_cpu_statistics_are_the_same_bits_on_every_run(threads):
     torch.testing.assert_close(runs[0][1], ref.count)
 
 
+@pytest.mark.cuda
+def test_cuda_statistics_alert_under_deterministic_algorithms():
+    """CUDA statistics are float atomics: torch.use_deterministic_algorithms makes them an error, as
+    PyTorch's own nondeterministic kernels; the loss without statistics stays allowed."""
+    logits = torch.randn(16, 5, device="cuda")
+    labels = torch.randint(0, 5, (16,), device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        for update in (lambda: psl.ClassStats(5, "cuda").update(logits, labels),
+                       lambda: psl.CalibrationStats(device="cuda").update(logits, labels),
+                       lambda: psl.soft_cross_entropy(logits, labels, calib=psl.CalibrationStats(device="cuda"))):
+            with pytest.raises(RuntimeError, match="pysoftlabel class and calibration statistics on CUDA"):
+                update()
+        psl.soft_cross_entropy(logits, labels)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def _ddp_worker(rank, world, init_file, out_file, logits, labels):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     shard = slice(rank, None, world)

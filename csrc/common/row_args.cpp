@@ -1,5 +1,6 @@
 #include "row_args.h"
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -108,6 +109,13 @@ RowOutputs run_rows(const RowArgs& a) {
                       "calib_bins must have shape [M, 3], got ", shape(a.calib_bins->sizes()));
     check_state(a.calib_bins, logits_in, at::kDouble, {a.calib_bins->size(0), 3}, "calib_bins");
     check_state(a.calib_sums, logits_in, at::kDouble, {3}, "calib_sums");
+  }
+
+  // Class and calibration statistics on CUDA are float atomics, whose last bits follow the order in which
+  // rows land (the CPU kernel adds its blocks in a fixed order): an error, or a warning, under
+  // torch.use_deterministic_algorithms, as PyTorch's own such kernels.
+  if (logits_in.is_cuda() && (a.class_sum || a.calib_bins)) {
+    at::globalContext().alertNotDeterministic("pysoftlabel class and calibration statistics on CUDA");
   }
 
 #if defined(PSL_WITH_CUDA)
