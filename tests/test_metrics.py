@@ -159,6 +159,24 @@ def test_cpu_statistics_are_the_same_bits_on_every_run(threads):
     torch.testing.assert_close(runs[0][1], ref.count)
 
 
+@pytest.mark.skipif(not psl.extension_info()["cpu"], reason="extension not built")
+def test_an_invalid_row_leaves_the_statistics_as_they_were():
+    """The CPU kernel checks every row before it adds any: a ValueError does not leave half a batch in."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 10, generator=g)
+    labels = torch.randint(0, 10, (64,), generator=g)
+    stats, cal = psl.ClassStats(10).update(logits, labels), psl.calibration_stats(logits, labels)
+    before = [t.clone() for t in (stats.sum, stats.count, cal.bins, cal.sums)]
+    bad = labels.clone()
+    bad[50] = 10  # in the second thread's block: the first block's rows would otherwise be in already
+    for update in (lambda: stats.update(logits, bad), lambda: cal.update(logits, bad),
+                   lambda: psl.soft_cross_entropy(logits, bad, stats=stats, calib=cal)):
+        with pytest.raises(ValueError, match="out of range"):
+            update()
+    for got, want in zip((stats.sum, stats.count, cal.bins, cal.sums), before):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.cuda
 def test_cuda_statistics_alert_under_deterministic_algorithms():
     """CUDA statistics are float atomics: torch.use_deterministic_algorithms makes them an error, as

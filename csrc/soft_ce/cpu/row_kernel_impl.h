@@ -248,7 +248,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     const int code = make_row_target(job, row, t);
     if (code != kRowOk) {
       report(status, code, row);
-      break;  // run_rows then adds no statistics of this launch's last wave
+      break;  // (rows with statistics were all checked before: see run_blocks)
     }
 
     const scalar_t* src = job.logits + row * C;
@@ -385,8 +385,24 @@ PSL_CPU_TARGET inline void add_class_rows(float* class_sum, int64_t classes, int
 // Rows with statistics: one block of consecutive rows per thread, each block with its own BlockStats (its
 // rows in order), added to the job's in block order once the blocks are done. The bits then depend on
 // the number of threads, as PyTorch's CPU reductions, and not on their timing. A wave is as many rows
-// as keep the slot rows within kSlotBytes; nothing is added of a wave with an invalid row.
+// as keep the slot rows within kSlotBytes. Every row's target is checked first, so that an invalid row
+// leaves the statistics as they were.
 constexpr int64_t kSlotBytes = int64_t(64) << 20;
+
+template <typename scalar_t>
+RowStatus first_invalid_row(const RowJob<scalar_t>& job) {
+  RowStatus status;
+  RowTarget<opmath_t<scalar_t>> t;
+  for (int64_t row = 0; row < job.rows; ++row) {
+    const int code = row_ignored(job, row) ? int(kRowOk) : make_row_target(job, row, t);
+    if (code != kRowOk) {
+      status.code = code;
+      status.row = row;
+      break;
+    }
+  }
+  return status;
+}
 
 // The slot rows of a block (uninitialised: run_chunk writes a slot's row before adding to it).
 struct SlotRows {
@@ -401,6 +417,8 @@ struct SlotRows {
 
 template <typename scalar_t>
 void run_blocks(const RowJob<scalar_t>& job, RowStatus& status) {
+  status = first_invalid_row(job);
+  if (status.code != kRowOk) return;
   const int64_t C = job.classes, threads = at::get_num_threads();
   const int64_t fit = job.class_sum ? kSlotBytes / (C * int64_t(sizeof(float))) : job.rows;
   const int64_t wave = fit > threads ? fit : threads;
@@ -413,7 +431,7 @@ void run_blocks(const RowJob<scalar_t>& job, RowStatus& status) {
   Scratch<float> slot_count(job.class_sum ? max_rows : 0);
   Scratch<int32_t> slot_of_class(job.class_sum ? max_blocks * C : 0);
   Scratch<double> bins(max_blocks * bin_values), calib_sums(max_blocks * 3);
-  for (int64_t w0 = 0; w0 < job.rows && status.code == kRowOk; w0 += wave) {
+  for (int64_t w0 = 0; w0 < job.rows; w0 += wave) {
     const int64_t w1 = w0 + wave < job.rows ? w0 + wave : job.rows;
     const int64_t n_blocks = w1 - w0 < threads ? w1 - w0 : threads;
     const int64_t block = (w1 - w0 + n_blocks - 1) / n_blocks;
@@ -444,7 +462,6 @@ void run_blocks(const RowJob<scalar_t>& job, RowStatus& status) {
         run_chunk(job, begin, end, status, &stats);
       }
     });
-    if (status.code != kRowOk) break;
     for (int64_t b = 0; b < n_blocks; ++b) {
       for (int64_t i = 0; i < bin_values; ++i) job.calib_bins[i] += blocks[b].bins[i];
       if (job.calib_sums) {
