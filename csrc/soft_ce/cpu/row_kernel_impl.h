@@ -265,7 +265,13 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     // Class statistics alone need nothing more of a misclassified row.
     if (!job.loss && !job.grad && !job.calib_bins && argmax != t.y) continue;
     const acc_t m_safe = std::isfinite(m) ? m : acc_t(0);
-    const ExpSums<acc_t> row_sums = exp_and_sums(x, m_safe, e.data, C);
+    // exp(x - max) straight into the row's gradient when it has the accumulation type: the gradient's
+    // cache misses then fall in this compute-bound sweep, and the gradient sweep below runs in cache.
+    acc_t* er = e.data;
+    if constexpr (same) {
+      if (job.grad) er = job.grad + row * C;
+    }
+    const ExpSums<acc_t> row_sums = exp_and_sums(x, m_safe, er, C);
     const acc_t s = row_sums.sum, s2 = row_sums.sum_sq;
     const acc_t lse = m_safe + std::log(s);
     const acc_t x_y = x[t.y];
@@ -302,8 +308,8 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
       if (!finite) {
         stats->calib_sums[2] += 1;
       } else {
-        const acc_t confidence = inv_s * e[argmax];
-        const acc_t p_y = e[t.y] * inv_s;
+        const acc_t confidence = inv_s * er[argmax];
+        const acc_t p_y = er[t.y] * inv_s;
         const int64_t b = confidence_bin(confidence, job.n_bins);
         stats->bins[b * 3 + 0] += 1;
         stats->bins[b * 3 + 1] += confidence;
@@ -316,7 +322,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
       const int32_t slot = stats->direct ? -1 : stats->slot_of_row[row - begin];
       float* dst = slot < 0 ? job.class_sum + t.y * C : stats->class_rows + slot * C;
       float& count = slot < 0 ? job.class_count[t.y] : stats->slot_count[slot];
-      add_scaled(dst, e.data, inv_s, C, slot >= 0 && count == 0);
+      add_scaled(dst, er, inv_s, C, slot >= 0 && count == 0);
       count += 1;
     }
 
@@ -326,22 +332,25 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
       scalar_t* dst = job.grad + row * C;
       const acc_t* table_part = t.table_y ? table_mix.data : nullptr;
       const acc_t* dense_part = job.dense ? dense.data : nullptr;
-      if (table_part && dense_part) {
-        write_grad<true, true>(dst, e.data, mass_e, table_part, dense_part, C, g);
-      } else if (table_part) {
-        write_grad<true, false>(dst, e.data, mass_e, table_part, dense_part, C, g);
-      } else if (dense_part) {
-        write_grad<false, true>(dst, e.data, mass_e, table_part, dense_part, C, g);
-      } else {
-        write_grad<false, false>(dst, e.data, mass_e, table_part, dense_part, C, g);
-      }
-      // The two spikes of the hard part, written over the elements of y and y2.
+      // The two spikes of the hard part, taken before the sweep (which may overwrite er) and written over
+      // the elements of y and y2 after it.
       const auto at = [&](int64_t c) {
-        return soft_grad(e.data[c], mass_e, table_part ? table_part[c] : acc_t(0),
-                         dense_part ? dense_part[c] : acc_t(0), g);
+        return soft_grad(er[c], mass_e, table_part ? table_part[c] : acc_t(0), dense_part ? dense_part[c] : acc_t(0),
+                         g);
       };
-      dst[t.y] = static_cast<scalar_t>(at(t.y) - g.hard_y_f - (t.y2 == t.y ? g.hard_y2_f : acc_t(0)));
-      if (t.y2 != t.y) dst[t.y2] = static_cast<scalar_t>(at(t.y2) - g.hard_y2_f);
+      const acc_t spike_y = at(t.y) - g.hard_y_f - (t.y2 == t.y ? g.hard_y2_f : acc_t(0));
+      const acc_t spike_y2 = at(t.y2) - g.hard_y2_f;
+      if (table_part && dense_part) {
+        write_grad<true, true>(dst, er, mass_e, table_part, dense_part, C, g);
+      } else if (table_part) {
+        write_grad<true, false>(dst, er, mass_e, table_part, dense_part, C, g);
+      } else if (dense_part) {
+        write_grad<false, true>(dst, er, mass_e, table_part, dense_part, C, g);
+      } else {
+        write_grad<false, false>(dst, er, mass_e, table_part, dense_part, C, g);
+      }
+      dst[t.y] = static_cast<scalar_t>(spike_y);
+      if (t.y2 != t.y) dst[t.y2] = static_cast<scalar_t>(spike_y2);
     }
   }
 }
