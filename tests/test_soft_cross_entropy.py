@@ -107,11 +107,12 @@ def test_gradcheck_float64(reduction, parts):
 
 
 @native
-def test_gradient_penalty_matches_torch():
+@pytest.mark.parametrize("device", devices())
+def test_gradient_penalty_matches_torch(device):
     """A penalty on the input gradient (create_graph=True) trains the model as with F.cross_entropy."""
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
-    inputs = torch.randn(10, 6, requires_grad=True)
-    labels = torch.randint(0, 5, (10,))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5)).to(device)
+    inputs = torch.randn(10, 6, device=device, requires_grad=True)
+    labels = torch.randint(0, 5, (10,), device=device)
     grads = []
     for loss_fn in (lambda z: psl.soft_cross_entropy(z, psl.SoftTarget(labels, smoothing=0.1)),
                     lambda z: F.cross_entropy(z, labels, label_smoothing=0.1)):
