@@ -94,7 +94,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     save_checkpoint({"epoch": 0}, out / "checkpoint.pt")
     with pytest.raises(SystemExit, match="has no model, optimizer, rng, scheduler, strategy"):
         run(data, out, "--resume")
-    with pytest.raises(SystemExit, match="--teacher: .* has no model"):
+    with pytest.raises(SystemExit, match="checkpoint.pt has no model: not a checkpoint of this program"):
         run(data, out, "--strategy", "kd", "--teacher", str(out / "checkpoint.pt"))
 
 

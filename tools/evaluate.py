@@ -39,12 +39,9 @@ def main(argv=None):
     except ValueError as error:
         p.error(str(error))
     try:
-        state = load_checkpoint(args.checkpoint)
+        state = load_checkpoint(args.checkpoint, keys=("arch", "classes", "model"))
     except ValueError as error:
         p.error(str(error))
-    missing = sorted({"arch", "classes", "model"} - state.keys())
-    if missing:
-        p.error(f"checkpoint: {args.checkpoint} has no {', '.join(missing)}: not a checkpoint of train_imagenet.py")
     if not Path(args.data, "val").is_dir():
         p.error(f"--data: {args.data} has no val/ folder")
     run_args = json.loads(Path(args.checkpoint).with_name("args.json").read_text()) \

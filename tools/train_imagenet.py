@@ -350,10 +350,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     start, start_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        missing = sorted({"model", "optimizer", "scheduler", "strategy", "rng", "epoch"} - state.keys())
-        if missing:
-            raise ValueError(f"--resume: {ckpt_path} has no {', '.join(missing)}: not a checkpoint of this program")
+        state = load_checkpoint(ckpt_path, device, keys=("model", "optimizer", "scheduler", "strategy", "rng", "epoch"))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -422,9 +419,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
 
 
 def load_teacher(path, arch, num_classes, device):
-    state = load_checkpoint(path, map_location=device)
-    if "model" not in state:
-        raise ValueError(f"--teacher: {path} has no model: not a checkpoint of this program")
+    state = load_checkpoint(path, device, keys=("model",))
     teacher = create_model(state.get("arch", arch), num_classes).to(device, memory_format=torch.channels_last)
     head = [v for k, v in state["model"].items() if v.dim() == 2][-1]
     if head.shape[0] != num_classes:

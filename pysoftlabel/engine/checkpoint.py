@@ -41,10 +41,15 @@ def check_checkpoint(path) -> Path:
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu", keys=()) -> dict:
+    """The state saved at ``path``; ValueError naming the file unless it is a whole checkpoint holding a dict
+    with every one of ``keys``."""
     state = torch.load(check_checkpoint(path), map_location=map_location, weights_only=False)
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: {path} holds a {type(state).__name__}, not a training state (a dict)")
+    missing = sorted(set(keys) - state.keys())
+    if missing:
+        raise ValueError(f"checkpoint: {path} has no {', '.join(missing)}: not a checkpoint of this program")
     return state
 
 
