@@ -190,14 +190,20 @@ inline void add_scaled(float* dst, const acc_t* e, acc_t scale, int64_t n, bool 
   }
 }
 
-// Scratch rows of one chunk. malloc, not std::vector: see the note on templates at the top.
+// Scratch rows of one chunk (uninitialised). malloc, not std::vector: see the note on templates at the top.
 template <typename T>
 struct Scratch {
   T* data = nullptr;
-  explicit Scratch(int64_t n) : data(n ? static_cast<T*>(std::malloc(sizeof(T) * n)) : nullptr) {
+  Scratch() = default;
+  explicit Scratch(int64_t n) { reset(n); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(data); }
+  void reset(int64_t n) {
+    std::free(data);
+    data = n ? static_cast<T*>(std::malloc(sizeof(T) * n)) : nullptr;
     if (n != 0 && data == nullptr) throw std::bad_alloc();
   }
-  ~Scratch() { std::free(data); }
   T& operator[](int64_t i) { return data[i]; }
 };
 
@@ -413,17 +419,6 @@ RowStatus first_invalid_row(const RowJob<scalar_t>& job) {
   return status;
 }
 
-// The slot rows of a block (uninitialised: run_chunk writes a slot's row before adding to it).
-struct SlotRows {
-  float* data = nullptr;
-  void reset(int64_t n) {
-    std::free(data);
-    data = n ? static_cast<float*>(std::malloc(sizeof(float) * n)) : nullptr;
-    if (n != 0 && data == nullptr) throw std::bad_alloc();
-  }
-  ~SlotRows() { std::free(data); }
-};
-
 template <typename scalar_t>
 void run_blocks(const RowJob<scalar_t>& job, RowStatus& status) {
   status = first_invalid_row(job);
@@ -434,7 +429,7 @@ void run_blocks(const RowJob<scalar_t>& job, RowStatus& status) {
   const int64_t max_blocks = threads, max_rows = wave < job.rows ? wave : job.rows;
   const int64_t bin_values = job.calib_bins ? job.n_bins * 3 : 0;
   Scratch<BlockStats> blocks(max_blocks);
-  std::unique_ptr<SlotRows[]> slot_rows(new SlotRows[max_blocks]);
+  std::unique_ptr<Scratch<float>[]> slot_rows(new Scratch<float>[max_blocks]);  // written before read
   Scratch<int32_t> slot_of_row(job.class_sum ? max_rows : 0);
   Scratch<int64_t> slot_class(job.class_sum ? max_rows : 0);
   Scratch<float> slot_count(job.class_sum ? max_rows : 0);
