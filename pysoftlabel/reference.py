@@ -48,7 +48,10 @@ def soft_cross_entropy(logits: Tensor, target: SoftTarget, reduction: str = "mea
     x = logits if logits.dtype == torch.float64 else logits.float()
     t = target_distribution(target, x.shape[1], x.dtype)
     valid = target.labels != target.ignore_index
-    loss = -(t * torch.log_softmax(x, dim=1)).sum(dim=1)
+    x = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))  # ignored rows: no NaN
+    # A class of target weight 0 adds 0 even where its logit is -inf (a masked class): 0 log 0 = 0.
+    terms = t * torch.log_softmax(x, dim=1)
+    loss = -torch.where(t != 0, terms, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1)
     loss = torch.where(valid, loss, torch.zeros((), dtype=x.dtype, device=x.device))
     if reduction == "none":
         return loss

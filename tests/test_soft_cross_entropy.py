@@ -1,4 +1,5 @@
 """Parity of the native soft_cross_entropy with pysoftlabel.reference, and its contract."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -137,6 +138,71 @@ def test_ignored_rows_and_empty_batch(device):
     out = psl.soft_cross_entropy(empty, torch.zeros(0, dtype=torch.long, device=device), reduction="sum")
     out.backward()
     assert out.item() == 0 and empty.grad.shape == (0, 6)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_masked_logits_match_torch(device, dtype, smoothing):
+    """Classes masked with -inf: a class of target weight 0 adds 0 (finite hard-label loss, as
+    F.cross_entropy), one with weight is +inf (label smoothing, a masked label); never NaN. The gradient
+    matches F.cross_entropy's, also on rows whose label is masked."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(40, 300, generator=g)
+    logits[torch.rand(40, 300, generator=g) < 0.4] = -float("inf")
+    labels = torch.randint(0, 300, (40,), generator=g)
+    labels[:30] = logits[:30].argmax(1)  # a finite label logit in most rows; rows 30.. may have it masked
+    labels[::9] = -100
+    logits = logits.to(device, dtype)
+    labels = labels.to(device)
+    x = logits.clone().requires_grad_(True)
+    ref_x = logits.float().clone().requires_grad_(True)
+    for reduction in ("none", "sum"):
+        ours = psl.soft_cross_entropy(x, psl.SoftTarget(labels, smoothing=smoothing), reduction=reduction)
+        theirs = F.cross_entropy(ref_x, labels, label_smoothing=smoothing, reduction=reduction)
+        assert not ours.isnan().any()
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        weight = torch.linspace(0.5, 1.5, ours.numel(), device=device).reshape(ours.shape)
+        ours_grad, = torch.autograd.grad((ours.nan_to_num(0, 0, 0) * weight).sum(), x)
+        theirs_grad, = torch.autograd.grad((theirs.nan_to_num(0, 0, 0) * weight).sum(), ref_x)
+        torch.testing.assert_close(ours_grad.float(), theirs_grad, **({} if dtype == torch.float32 else
+                                                                       dict(atol=1e-2, rtol=1e-2)))
+    per_row = psl.soft_cross_entropy(logits, psl.SoftTarget(labels, smoothing=smoothing), reduction="none")
+    label_masked = (labels != -100) & (logits.gather(1, labels.clamp(min=0)[:, None])[:, 0] == -float("inf"))
+    assert label_masked.any() and per_row[label_masked].eq(float("inf")).all()
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("parts", [("smoothing",), ("mix",), ("table",), ("dense",), ("dense_logits",),
+                                   ("mix", "table", "dense", "ignore", "per_row")])
+def test_masked_classes_soft_targets_parity(device, parts):
+    """Classes masked in the logits, and given no weight by the class table and the dense target (a model
+    restricted to a subset of classes): native equals reference, finite except for label smoothing (which
+    gives the masked classes weight)."""
+    g = torch.Generator().manual_seed(3)
+    n, c = 24, 257
+    masked = torch.rand(c, generator=g) < 0.3
+    target = random_target(n, c, set(parts), generator=g)
+    keep = ~masked
+    labels = torch.where(target.labels == -100, -100, keep.nonzero()[:, 0][target.labels % int(keep.sum())])
+    changes = {"labels": labels.to(device)}
+    if target.labels2 is not None:
+        changes["labels2"] = keep.nonzero()[:, 0][target.labels2 % int(keep.sum())].to(device)
+    if target.table is not None:
+        changes["table"] = torch.where(masked, 0.0, target.table).to(device)
+    if target.dense is not None:
+        changes["dense"] = torch.where(masked, -float("inf") if target.dense_logits else 0.0, target.dense).to(device)
+    for name in ("smoothing", "lam", "table_weight", "dense_weight"):
+        if torch.is_tensor(getattr(target, name)):
+            changes[name] = getattr(target, name).to(device)
+    target = dataclasses.replace(target, **changes)
+    logits = torch.randn(n, c, generator=g).masked_fill(masked, -float("inf")).to(device)
+    check_parity(logits, target, "none")
+    loss = psl.soft_cross_entropy(logits, target, reduction="none")
+    valid = target.labels != -100
+    assert torch.isfinite(loss[valid]).all() != ("smoothing" in parts)
 
 
 @native

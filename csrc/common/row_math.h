@@ -14,6 +14,10 @@
 // Sums of t_c * x_c are taken over x_c - x_y (the label's logit) so that hard and nearly hard targets
 // lose no precision to cancellation: sum(t) * (lse - x_y) - sum_c t_c (x_c - x_y).
 //
+// A class whose target weight is 0 contributes nothing, even where its logit is -inf (a masked class):
+// 0 log 0 = 0, as in F.cross_entropy. Where the label's own logit is -inf the sums are taken against the
+// row's max instead, and the loss is +inf when the target gives the label any weight.
+//
 // Nothing here includes ATen: the CUDA translation unit stays light and compiles in seconds.
 #pragma once
 
@@ -164,13 +168,28 @@ PSL_HD int make_row_target(const RowJob<scalar_t>& job, int64_t row,
   return kRowOk;
 }
 
-// Row sums gathered in the pass over the logits, each over x_c - x_y.
+// w * v, and 0 where w is 0 whatever v is (0 * -inf would be NaN): a term the target gives no weight.
+template <typename acc_t>
+PSL_HD acc_t weighted(acc_t w, acc_t v) {
+  return w == acc_t(0) ? acc_t(0) : w * v;
+}
+
+// The logit that a row's sums are taken against: the label's, or where that is -inf the row's max (0 when
+// the max is -inf too: the row then has no finite logit and its loss is NaN).
+template <typename acc_t>
+PSL_HD acc_t row_shift(acc_t x_y, acc_t max) {
+  if (x_y != acc_t(-INFINITY)) return x_y;
+  return max == acc_t(-INFINITY) ? acc_t(0) : max;
+}
+
+// Row sums gathered in the pass over the logits, each over x_c - shift (shift: row_shift).
 template <typename acc_t>
 struct RowSums {
-  acc_t shifted_sum = 0;   // sum_c (x_c - x_y)                          (uniform part)
-  acc_t table_dot = 0;     // sum_c T_c (x_c - x_y), T = lam S[y] + (1 - lam) S[y2]
+  acc_t shift = 0;         // x_y, or the row's max where x_y is -inf
+  acc_t shifted_sum = 0;   // sum_c (x_c - shift)                          (uniform part)
+  acc_t table_dot = 0;     // sum_c T_c (x_c - shift), T = lam S[y] + (1 - lam) S[y2]
   acc_t table_mass = 0;    // sum_c T_c (1 for probability rows, 0 for OLS's all-zero first epoch)
-  acc_t dense_dot = 0;     // sum_c D_c (x_c - x_y)
+  acc_t dense_dot = 0;     // sum_c D_c (x_c - shift)
   acc_t dense_mass = 0;    // sum_c D_c
 };
 
@@ -180,13 +199,15 @@ PSL_HD acc_t target_mass(const RowTarget<acc_t>& t, const RowSums<acc_t>& r, int
   return t.hard + t.uniform * acc_t(C) + t.table_weight * r.table_mass + t.dense_weight * r.dense_mass;
 }
 
-// loss = sum(t) (lse - x_y) - sum_c t_c (x_c - x_y), given lse and x_y of the row and x_y2.
+// loss = sum(t) (lse - shift) - sum_c t_c (x_c - shift), given lse and x_y, x_y2 of the row. (With
+// shift = x_y the label's own term is exactly 0.)
 template <typename acc_t>
 PSL_HD acc_t row_loss(const RowTarget<acc_t>& t, const RowSums<acc_t>& r, int64_t C, acc_t lse,
                       acc_t x_y, acc_t x_y2) {
-  const acc_t dot = t.hard * (acc_t(1) - t.lam) * (x_y2 - x_y) + t.uniform * r.shifted_sum +
-                    t.table_weight * r.table_dot + t.dense_weight * r.dense_dot;
-  return target_mass(t, r, C) * (lse - x_y) - dot;
+  const acc_t dot = weighted(t.hard * t.lam, x_y - r.shift) + weighted(t.hard * (acc_t(1) - t.lam), x_y2 - r.shift) +
+                    weighted(t.uniform, r.shifted_sum) + weighted(t.table_weight, r.table_dot) +
+                    weighted(t.dense_weight, r.dense_dot);
+  return target_mass(t, r, C) * (lse - r.shift) - dot;
 }
 
 // The gradient scale of a reduction over `valid` rows: 1 / valid for 'mean' (1 when none count).

@@ -92,7 +92,7 @@ struct RowState {
       const acc_t dm = max_ignoring_nan(dense_max, o.dense_max);
       const acc_t da = rescale(dense_max, dm), db = rescale(o.dense_max, dm);
       dense_sum = dense_sum * da + o.dense_sum * db;
-      dense_dot = dense_dot * da + o.dense_dot * db;
+      dense_dot = weighted(da, dense_dot) + weighted(db, o.dense_dot);  // an exp that underflowed: 0, not NaN
       dense_max = dm;
     } else if (kDense) {
       dense_dot += o.dense_dot;
@@ -143,7 +143,7 @@ template <int VEC, typename acc_t>
 PSL_HD void add_weighted(acc_t& dot, acc_t& mass, const acc_t (&x)[VEC], const acc_t (&w)[VEC]) {
   PSL_UNROLL
   for (int k = 0; k < VEC; ++k) {
-    dot += w[k] * x[k];
+    dot += weighted(w[k], x[k]);
     mass += w[k];
   }
 }
@@ -162,14 +162,14 @@ PSL_HD void add_dense_logits(RowState<acc_t>& st, const acc_t (&x)[VEC], const a
   const acc_t m = max_ignoring_nan(st.dense_max, zmax);
   const acc_t a = rescale(st.dense_max, m);
   st.dense_sum *= a;
-  st.dense_dot *= a;
+  st.dense_dot = weighted(a, st.dense_dot);
   st.dense_max = m;
   const acc_t base = exp_base(m);
   PSL_UNROLL
   for (int k = 0; k < VEC; ++k) {
     const acc_t e = exp_minus(z[k], base);
     st.dense_sum += e;
-    st.dense_dot += e * x[k];
+    st.dense_dot += weighted(e, x[k]);
   }
 }
 
@@ -184,16 +184,18 @@ struct RowTotals {
 template <typename acc_t>
 PSL_HD RowTotals<acc_t> row_totals(const RowState<acc_t>& st, acc_t x_y, int64_t C, bool dense_logits) {
   RowTotals<acc_t> r;
+  const acc_t shift = row_shift(x_y, st.max);
   r.lse = st.max + log(st.sum);
-  r.sums.shifted_sum = st.sum_x - acc_t(C) * x_y;
-  r.sums.table_dot = st.table_dot - st.table_mass * x_y;
+  r.sums.shift = shift;
+  r.sums.shifted_sum = st.sum_x - acc_t(C) * shift;
+  r.sums.table_dot = st.table_dot - st.table_mass * shift;
   r.sums.table_mass = st.table_mass;
   if (dense_logits) {
-    r.sums.dense_dot = st.dense_dot / st.dense_sum - x_y;
+    r.sums.dense_dot = st.dense_dot / st.dense_sum - shift;
     r.sums.dense_mass = 1;
     r.dense_lse = st.dense_max + log(st.dense_sum);
   } else {
-    r.sums.dense_dot = st.dense_dot - st.dense_mass * x_y;
+    r.sums.dense_dot = st.dense_dot - st.dense_mass * shift;
     r.sums.dense_mass = st.dense_mass;
     r.dense_lse = 0;
   }

@@ -30,7 +30,8 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
                \frac{1}{|V|} \sum_{i \in V} \ell_i & \text{'mean'} \end{cases}
 
     With ``SoftTarget(labels, smoothing=s)`` this equals ``F.cross_entropy(logits, labels,
-    label_smoothing=s)``. The native kernels read each row of logits once for the loss, write the
+    label_smoothing=s)``, also for classes masked with ``-inf`` logits: a class of target weight 0 adds
+    nothing (:math:`0 \log 0 = 0`), one with weight makes the loss ``inf``; the gradient stays finite. The native kernels read each row of logits once for the loss, write the
     gradient in the same call (when ``logits`` requires grad) and accumulate ``stats`` / ``calib`` in
     that pass; ``loss.backward()`` then costs no pass over the logits. Second derivatives (a backward
     with ``create_graph=True``, as gradient penalties take) go through the reference formula.

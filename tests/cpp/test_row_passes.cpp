@@ -17,8 +17,8 @@ namespace {
 int failures = 0;
 
 void expect_close(double got, double want, double atol, double rtol, const char* what, long long i) {
-  const bool both_nan = std::isnan(got) && std::isnan(want);
-  if (!both_nan && !(std::fabs(got - want) <= atol + rtol * std::fabs(want))) {
+  const bool same = got == want || (std::isnan(got) && std::isnan(want));  // infinities included
+  if (!same && !(std::fabs(got - want) <= atol + rtol * std::fabs(want))) {
     if (failures < 30) std::printf("FAIL %s[%lld]: got %.9g, want %.9g\n", what, i, got, want);
     ++failures;
   }
@@ -29,7 +29,8 @@ struct Case {
   int C, threads, vec;
   bool mix, table, dense, dense_logits;
   double s, a, d, lam, temperature;
-  int values;  // 0 normal, 1 whole numbers (ties of the max), 2 with -inf, 3 with a NaN, 4 all -inf, 5 0/1
+  int values;  // 0 normal, 1 whole numbers (ties of the max), 2 with -inf, 3 with a NaN, 4 all -inf, 5 0/1,
+              // 6 with -inf at the label too, 7 with -inf at the mixup partner label
 };
 
 using State = psl::RowState<float>;
@@ -71,16 +72,23 @@ void run_row(const Case& k, std::mt19937& rng) {
   std::vector<float> x(C), s_y(C), s_y2(C), dense(C);
   for (auto& v : x) v = k.values == 1 ? std::round(normal(rng) / 2.f) : normal(rng);  // 1: many ties
   if (k.values == 5) for (auto& v : x) v = uniform(rng) < 0.1f ? 1.f : 0.f;  // ties in every group of vectors
-  if (k.values == 2) for (int c = 0; c < C; c += 3) x[c] = -INFINITY;
+  const bool masked = k.values == 2 || k.values == 6 || k.values == 7;  // every third class masked with -inf
+  if (masked) for (int c = 0; c < C; c += 3) x[c] = -INFINITY;
   if (k.values == 3) x[C / 2] = NAN;
   if (k.values == 4) for (auto& v : x) v = -INFINITY;
   int64_t y = label(rng), y2 = k.mix ? label(rng) : y;
-  if (k.values == 2 && y % 3 == 0) y = (y + 1) % C;  // a finite label logit
+  if ((k.values == 2 || k.values == 7) && y % 3 == 0) y = (y + 1) % C;  // a finite label logit
+  if (k.values == 6) y = y / 3 * 3;                   // a masked label
+  if (k.values == 7) y2 = y2 / 3 * 3;                 // a masked partner
   double sy = 0, sy2 = 0;
   for (int c = 0; c < C; ++c) {
     sy += s_y[c] = uniform(rng);
     sy2 += s_y2[c] = uniform(rng);
     dense[c] = k.dense_logits ? normal(rng) : uniform(rng);
+    if (masked && c % 3 == 0) {  // the table and the teacher mask the class too
+      s_y[c] = s_y2[c] = 0.f;
+      dense[c] = k.dense_logits ? -INFINITY : 0.f;
+    }
   }
   for (int c = 0; c < C; ++c) {
     s_y[c] /= static_cast<float>(sy);
@@ -240,8 +248,7 @@ void run_row(const Case& k, std::mt19937& rng) {
   expect_close(st.sum_sq, z2, 0, 2e-6, "sum exp^2", 0);
   expect_close(r.lse, lse, 2e-6, 1e-6, "lse", 0);
   expect_close(1.0 / st.sum, std::exp(m - lse), 0, 2e-6, "confidence", 0);
-  if (k.values == 2) return;  // -inf logits: the loss of the uniform part is -inf or NaN, as in the CPU kernel
-  expect_close(loss, want_loss, 2e-5, 2e-5, "loss", 0);
+  expect_close(loss, want_loss, 2e-5, 2e-5, "loss", 0);  // +inf where a masked class has target weight
 
   // Pass 2 of every vector, as pass2() (gradient) in row_device.cuh.
   for (int v = 0; v < n_vec; ++v) {
@@ -284,6 +291,13 @@ int main() {
       {"ties within groups", 4096, 32, 8, false, false, false, false, 0.1, 0, 0, 1, 1, 5},
       {"ties within groups, fp32-like", 4096, 64, 4, false, false, false, false, 0.1, 0, 0, 1, 1, 5},
       {"-inf logits", 960, 32, 4, false, false, false, false, 0.0, 0, 0, 1, 1, 2},
+      {"-inf logits, smoothed: loss +inf", 960, 32, 4, false, false, false, false, 0.1, 0, 0, 1, 1, 2},
+      {"-inf at the mixup partner: loss +inf", 999, 64, 1, true, false, false, false, 0.0, 0, 0, 0.4, 1, 7},
+      {"-inf at the mixup partner, lam 1", 999, 64, 1, true, false, false, false, 0.0, 0, 0, 1.0, 1, 7},
+      {"-inf logits, masked in table and dense", 1002, 32, 1, true, true, true, false, 0.0, 0.3, 0.3, 0.6, 1, 2},
+      {"-inf logits, masked in dense logits", 1000, 32, 4, false, false, true, true, 0.0, 0, 0.6, 1, 2.0, 2},
+      {"-inf at the label: loss +inf", 960, 64, 8, false, false, false, false, 0.0, 0, 0, 1, 1, 6},
+      {"-inf at the label, no weight on it", 1002, 32, 1, false, true, true, true, 0.0, 0.5, 0.5, 1, 1, 6},
       {"a NaN logit", 512, 64, 8, false, false, false, false, 0.1, 0, 0, 1, 1, 3},
       {"all -inf", 64, 32, 4, false, false, false, false, 0.0, 0, 0, 1, 1, 4},
       {"mixup", 1000, 32, 8, true, false, false, false, 0.1, 0, 0, 0.3, 1, 0},

@@ -98,24 +98,31 @@ inline int64_t first_index_of(const T* v, int64_t n, T m) {
   return i;
 }
 
-// sum_i a[i] * b[i]; with b == nullptr, sum_i a[i].
+// sum_i a[i].
 template <typename T>
-inline T lane_dot(const T* a, const T* b, int64_t n) {
+inline T lane_sum(const T* a, int64_t n) {
   T acc[kLanes] = {};
   int64_t i = 0;
-  if (b) {
-    for (; i + kLanes <= n; i += kLanes) {
+  for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
-      for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k] * b[i + k];
-    }
-    for (; i < n; ++i) acc[0] += a[i] * b[i];
-  } else {
-    for (; i + kLanes <= n; i += kLanes) {
-#pragma omp simd
-      for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k];
-    }
-    for (; i < n; ++i) acc[0] += a[i];
+    for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k];
   }
+  for (; i < n; ++i) acc[0] += a[i];
+  T s = 0;
+  for (int k = 0; k < kLanes; ++k) s += acc[k];
+  return s;
+}
+
+// sum_i w[i] * x[i], a term of weight 0 adding 0 even where x[i] is -inf (weighted, row_math.h).
+template <typename T>
+inline T lane_weighted_dot(const T* w, const T* x, int64_t n) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) acc[k] += weighted(w[i + k], x[i + k]);
+  }
+  for (; i < n; ++i) acc[0] += weighted(w[i], x[i]);
   T s = 0;
   for (int k = 0; k < kLanes; ++k) s += acc[k];
   return s;
@@ -283,12 +290,13 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     const acc_t x_y = x[t.y];
 
     RowSums<acc_t> sums;
-    sums.shifted_sum = row_sums.sum_x - acc_t(C) * x_y;
+    sums.shift = row_shift(x_y, m);
+    sums.shifted_sum = row_sums.sum_x - acc_t(C) * sums.shift;
     if (t.table_y) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) table_mix[c] = t.table_at(c);
-      const acc_t mass = lane_dot(table_mix.data, static_cast<const acc_t*>(nullptr), C);
-      sums.table_dot = lane_dot(table_mix.data, x, C) - mass * x_y;
+      const acc_t mass = lane_sum(table_mix.data, C);
+      sums.table_dot = lane_weighted_dot(table_mix.data, x, C) - mass * sums.shift;
       sums.table_mass = mass;
     }
     if (job.dense) {
@@ -298,12 +306,12 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
         const acc_t dm = lane_max(dense.data, C);
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) dense[c] = exp_vec((dense[c] - dm) * job.inv_temperature);
-        const acc_t inv = acc_t(1) / lane_dot(dense.data, static_cast<const acc_t*>(nullptr), C);
+        const acc_t inv = acc_t(1) / lane_sum(dense.data, C);
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) dense[c] *= inv;
       }
-      const acc_t mass = lane_dot(dense.data, static_cast<const acc_t*>(nullptr), C);
-      sums.dense_dot = lane_dot(dense.data, x, C) - mass * x_y;
+      const acc_t mass = lane_sum(dense.data, C);
+      sums.dense_dot = lane_weighted_dot(dense.data, x, C) - mass * sums.shift;
       sums.dense_mass = mass;
     }
     if (job.loss) job.loss[row] = row_loss(t, sums, C, lse, x_y, x[t.y2]);
