@@ -90,8 +90,8 @@ class SoftTarget:
         if isinstance(self.lam, float) and not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
         scalars = [getattr(self, k) for k in ("smoothing", "table_weight", "dense_weight")]
-        if any(isinstance(v, float) and v < 0 for v in scalars):
-            raise ValueError(f"smoothing, table_weight, dense_weight must be >= 0, got {scalars}")
+        if any(isinstance(v, float) and not v >= 0 for v in scalars):  # NaN too
+            raise ValueError(f"smoothing, table_weight, dense_weight must be >= 0 (not NaN), got {scalars}")
         if all(isinstance(v, float) for v in scalars) and sum(scalars) > 1 + WEIGHT_TOLERANCE:
             raise ValueError(f"smoothing + table_weight + dense_weight must be <= 1, got {sum(scalars)}")
         if self.table is not None:
@@ -139,14 +139,14 @@ class SoftTarget:
         if self.labels2 is not None:
             if bool(((self.labels2 < 0) | (self.labels2 >= num_classes))[valid].any()):
                 raise ValueError(f"labels2: a label is out of range [0, {num_classes})")
-            if torch.is_tensor(self.lam) and bool(((self.lam < 0) | (self.lam > 1))[valid].any()):
-                raise ValueError("lam: a mixing weight is outside [0, 1]")
+            if torch.is_tensor(self.lam) and bool((~((self.lam >= 0) & (self.lam <= 1)))[valid].any()):
+                raise ValueError("lam: a mixing weight is outside [0, 1] or NaN")
         weights = [w for w in (self.smoothing, self.table_weight, self.dense_weight)]
         if any(torch.is_tensor(w) for w in weights):
             rows = [w if torch.is_tensor(w) else torch.full_like(self.labels, w, dtype=torch.float64) for w in weights]
             rows = [r.double()[valid] for r in rows]
-            if any(bool((r < 0).any()) for r in rows):
-                raise ValueError("smoothing, table_weight, dense_weight: a weight is negative")
+            if any(bool((~(r >= 0)).any()) for r in rows):
+                raise ValueError("smoothing, table_weight, dense_weight: a weight is negative or NaN")
             if bool((sum(rows) > 1 + WEIGHT_TOLERANCE).any()):
                 raise ValueError("smoothing, table_weight, dense_weight: s + a + d exceeds 1")
 

@@ -102,8 +102,8 @@ PSL_HD const char* row_error_message(int code) {
   switch (code) {
     case kBadLabel: return "labels: a label is out of range [0, C) and is not ignore_index";
     case kBadLabel2: return "labels2: a label is out of range [0, C)";
-    case kBadLam: return "lam: a mixing weight is outside [0, 1]";
-    case kNegativeWeight: return "smoothing, table_weight, dense_weight: a weight is negative";
+    case kBadLam: return "lam: a mixing weight is outside [0, 1] or NaN";
+    case kNegativeWeight: return "smoothing, table_weight, dense_weight: a weight is negative or NaN";
     case kWeightsOverOne: return "smoothing, table_weight, dense_weight: s + a + d exceeds 1";
     default: return "ok";
   }
