@@ -88,6 +88,31 @@ def test_merge_state_dict_and_reset():
     assert copy.reset().count == 0
 
 
+def test_sum_of_accumulators_and_bad_state():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(90, 4, generator=g)
+    labels = torch.randint(0, 4, (90,), generator=g)
+    parts = [psl.calibration_stats(logits[i:i + 30], labels[i:i + 30]) for i in (0, 30, 60)]
+    total = sum(parts)  # starts from 0
+    torch.testing.assert_close(total.bins, psl.calibration_stats(logits, labels).bins)
+    assert parts[0].count == 30  # summing did not add into the first part
+    with pytest.raises(ValueError, match=r"lacks \['sums'\]"):
+        psl.CalibrationStats().load_state_dict({"bins": torch.zeros(15, 3)})
+    with pytest.raises(ValueError, match="must be a tensor"):
+        psl.ClassStats(3).load_state_dict({"sum": torch.zeros(3, 3), "count": [0, 0, 0]})
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: psl.CalibrationStats(2.5), "n_bins must be an integer"),
+    (lambda: psl.CalibrationStats(0), "n_bins must be >= 1"),
+    (lambda: psl.ClassStats(True), "num_classes must be an integer"),
+    (lambda: psl.ClassStats("10"), "num_classes must be an integer"),
+])
+def test_bad_counts_raise_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
 def test_calibration_edge_cases():
     one_class = psl.calibration_stats(torch.randn(4, 1), torch.zeros(4, dtype=torch.long))
     assert one_class.accuracy == 1.0 and one_class.ece == pytest.approx(0.0)

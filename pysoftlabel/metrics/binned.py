@@ -3,7 +3,7 @@ classwise ECE, both streaming and mergeable in fixed-size state."""
 import torch
 from torch import Tensor
 
-from .state import SummedState
+from .state import SummedState, count_argument
 
 __all__ = ["AdaptiveCalibrationStats", "ClasswiseCalibrationStats"]
 
@@ -26,10 +26,11 @@ class AdaptiveCalibrationStats(SummedState):
     _state = ("cells",)
 
     def __init__(self, n_bins: int = 15, resolution: int = 10000, device=None):
-        if n_bins < 1 or resolution < n_bins:
-            raise ValueError(f"need 1 <= n_bins <= resolution, got n_bins={n_bins}, resolution={resolution}")
-        self.n_bins = int(n_bins)
-        self.cells = torch.zeros(int(resolution), 3, dtype=torch.float64, device=device)
+        n_bins, resolution = count_argument("n_bins", n_bins), count_argument("resolution", resolution)
+        if resolution < n_bins:
+            raise ValueError(f"need n_bins <= resolution, got n_bins={n_bins}, resolution={resolution}")
+        self.n_bins = n_bins
+        self.cells = torch.zeros(resolution, 3, dtype=torch.float64, device=device)
 
     def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100):
         valid = labels != ignore_index
@@ -68,7 +69,7 @@ class ClasswiseCalibrationStats(SummedState):
     _state = ("bins", "rows")
 
     def __init__(self, num_classes: int, n_bins: int = 15, device=None):
-        self.num_classes, self.n_bins = int(num_classes), int(n_bins)
+        self.num_classes, self.n_bins = count_argument("num_classes", num_classes), count_argument("n_bins", n_bins)
         self.bins = torch.zeros(self.num_classes, self.n_bins, 3, dtype=torch.float64, device=device)
         self.rows = torch.zeros((), dtype=torch.float64, device=device)
 

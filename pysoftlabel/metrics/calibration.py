@@ -3,7 +3,7 @@ import torch
 from torch import Tensor
 
 from ..ops.calibration import calibration_update
-from .state import SummedState
+from .state import SummedState, count_argument
 
 __all__ = ["CalibrationStats", "calibration_stats"]
 
@@ -33,10 +33,9 @@ class CalibrationStats(SummedState):
     _state = ("bins", "sums")
 
     def __init__(self, n_bins: int = 15, device=None):
-        if int(n_bins) < 1:
-            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+        n_bins = count_argument("n_bins", n_bins)
         device = torch.device("cpu") if device is None else torch.device(device)
-        self.bins = torch.zeros(int(n_bins), 3, dtype=torch.float64, device=device)
+        self.bins = torch.zeros(n_bins, 3, dtype=torch.float64, device=device)
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
     @property

@@ -3,7 +3,7 @@ import torch
 from torch import Tensor
 
 from ..ops.class_stats import class_stats_update
-from .state import SummedState
+from .state import SummedState, count_argument
 
 __all__ = ["ClassStats"]
 
@@ -23,9 +23,8 @@ class ClassStats(SummedState):
     _state = ("sum", "count")
 
     def __init__(self, num_classes: int, device=None):
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = int(num_classes)
+        num_classes = count_argument("num_classes", num_classes)
+        self.num_classes = num_classes
         device = torch.device("cpu") if device is None else torch.device(device)
         self.sum = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float32, device=device)
         self.count = torch.zeros(self.num_classes, dtype=torch.float32, device=device)

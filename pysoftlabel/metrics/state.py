@@ -1,9 +1,23 @@
 """The shared behaviour of accumulators whose state is tensors that add up."""
 import copy
+import operator
 
 import torch
 
-__all__ = ["SummedState"]
+__all__ = ["SummedState", "count_argument"]
+
+
+def count_argument(name, value):
+    """``value`` as an int >= 1 (a bin or class count), or a ValueError naming ``name``."""
+    try:
+        count = operator.index(value)  # int, numpy integer, 0-d integer tensor; not 2.5
+    except TypeError:
+        count = None
+    if count is None or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if count < 1:
+        raise ValueError(f"{name} must be >= 1, got {count}")
+    return count
 
 
 class SummedState:
@@ -21,6 +35,14 @@ class SummedState:
             setattr(out, name, getattr(self, name) + getattr(other, name).to(getattr(self, name).device))
         return out
 
+    def __radd__(self, other):
+        if type(other) is int and other == 0:  # sum(accumulators) starts from 0
+            out = copy.copy(self)
+            for name in self._state:
+                setattr(out, name, getattr(self, name).clone())
+            return out
+        return self.__add__(other)
+
     def reset(self):
         for name in self._state:
             getattr(self, name).zero_()
@@ -37,8 +59,13 @@ class SummedState:
         return {name: getattr(self, name).clone() for name in self._state}
 
     def load_state_dict(self, state):
+        missing = [name for name in self._state if name not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__} state dict lacks {missing} (has {sorted(state)})")
         for name in self._state:
             current, value = getattr(self, name), state[name]
+            if not torch.is_tensor(value):
+                raise ValueError(f"state {name!r} must be a tensor, got {type(value).__name__}")
             if tuple(value.shape) != tuple(current.shape):
                 raise ValueError(f"state {name!r} has shape {tuple(value.shape)}, this {type(self).__name__} "
                                  f"{tuple(current.shape)}")
