@@ -73,6 +73,12 @@ struct RowState {
     table_dot = 0; table_mass = 0; dense_max = acc_t(-INFINITY); dense_sum = 0; dense_dot = 0; dense_mass = 0;
   }
 
+  // The target's sums of `o` in place of this state's (the guarded second sum of a row).
+  PSL_HD void take_target_sums(const RowState& o) {
+    table_dot = o.table_dot; table_mass = o.table_mass;
+    dense_max = o.dense_max; dense_sum = o.dense_sum; dense_dot = o.dense_dot; dense_mass = o.dense_mass;
+  }
+
   // Adds the state `o` of other logits of the row. Ties of the max go to the earlier vector, so the argmax
   // is the first index of the maximum, as torch.argmax.
   template <bool kTable, bool kDense>
@@ -137,19 +143,27 @@ PSL_HD void add_logits(RowState<acc_t>& st, const acc_t (&x)[U][VEC], const int 
   }
 }
 
+// w * x, and with kGuard 0 where w is 0 (weighted, row_math.h). The first pass over a row takes the plain
+// product, one fused multiply-add per element; a row where that met 0 * -inf (a masked class that the
+// target gives no weight) has NaN sums and is summed again with the guard (needs_guarded_sums).
+template <bool kGuard, typename acc_t>
+PSL_HD acc_t weight_times(acc_t w, acc_t x) {
+  return kGuard ? weighted(w, x) : w * x;
+}
+
 // dot += sum_k w[k] x[k], mass += sum_k w[k] over one vector: the class-table part (w = lam S[y] + (1 - lam)
 // S[y2] at its classes, into table_dot and table_mass) and the dense probabilities (into dense_dot, dense_mass).
-template <int VEC, typename acc_t>
+template <bool kGuard, int VEC, typename acc_t>
 PSL_HD void add_weighted(acc_t& dot, acc_t& mass, const acc_t (&x)[VEC], const acc_t (&w)[VEC]) {
   PSL_UNROLL
   for (int k = 0; k < VEC; ++k) {
-    dot += weighted(w[k], x[k]);
+    dot += weight_times<kGuard>(w[k], x[k]);
     mass += w[k];
   }
 }
 
 // Per-sample part of one vector, d: dense logits (D = softmax(d / temperature)).
-template <int VEC, typename acc_t>
+template <bool kGuard, int VEC, typename acc_t>
 PSL_HD void add_dense_logits(RowState<acc_t>& st, const acc_t (&x)[VEC], const acc_t (&d)[VEC],
                              acc_t inv_temperature) {
   acc_t z[VEC];
@@ -169,8 +183,16 @@ PSL_HD void add_dense_logits(RowState<acc_t>& st, const acc_t (&x)[VEC], const a
   for (int k = 0; k < VEC; ++k) {
     const acc_t e = exp_minus(z[k], base);
     st.dense_sum += e;
-    st.dense_dot += weighted(e, x[k]);
+    st.dense_dot += weight_times<kGuard>(e, x[k]);
   }
+}
+
+// Whether the target's sums of a merged state met 0 * -inf and must be summed again with the guard: they are
+// NaN while the logits' own sum is not (a NaN logit makes that NaN too, and then the row's loss is NaN anyway).
+template <typename acc_t>
+PSL_HD bool needs_guarded_sums(const RowState<acc_t>& st) {
+  const auto is_nan = [](acc_t v) { return v != v; };
+  return !is_nan(st.sum) && (is_nan(st.table_dot) || is_nan(st.dense_dot));
 }
 
 // A row's totals from its merged state, given its label's logit x_y.

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "../../csrc/common/row_passes.h"
@@ -141,22 +142,25 @@ void run_row(const Case& k, std::mt19937& rng) {
       w[j] = t.table_y2 == t.table_y ? t.table_y[c] : t.table_at(c);
     }
   };
-  auto add_parts = [&](State& st, const float (&xv)[VEC], int v) {
+  auto add_parts = [&](State& st, const float (&xv)[VEC], int v, auto guard) {
+    constexpr bool kGuard = decltype(guard)::value;
     if (kTable) {
       float w[VEC];
       table_at(v, w);
-      psl::add_weighted(st.table_dot, st.table_mass, xv, w);
+      psl::add_weighted<kGuard>(st.table_dot, st.table_mass, xv, w);
     }
     if (kDense) {
       float d[VEC];
       vector_at(dense, v, d);
       if (k.dense_logits) {
-        psl::add_dense_logits(st, xv, d, job.inv_temperature);
+        psl::add_dense_logits<kGuard>(st, xv, d, job.inv_temperature);
       } else {
-        psl::add_weighted(st.dense_dot, st.dense_mass, xv, d);
+        psl::add_weighted<kGuard>(st.dense_dot, st.dense_mass, xv, d);
       }
     }
   };
+  const std::false_type plain;
+  const std::true_type guarded;
 
   // Pass 1, as pass1() in row_device.cuh.
   constexpr int U = VEC >= 8 || kTable || kDense ? 2 : 4;
@@ -173,17 +177,35 @@ void run_row(const Case& k, std::mt19937& rng) {
         vector_at(x, index[u], xs[u]);
       }
       psl::add_logits(st, xs, index);
-      for (int u = 0; u < U; ++u) add_parts(st, xs[u], index[u]);
+      for (int u = 0; u < U; ++u) add_parts(st, xs[u], index[u], plain);
     }
     for (; v < n_vec; v += k.threads) {
       float xs[1][VEC];
       vector_at(x, v, xs[0]);
       const int index[1] = {v};
       psl::add_logits(st, xs, index);
-      add_parts(st, xs[0], v);
+      add_parts(st, xs[0], v, plain);
     }
   }
-  const State st = block_reduce<kTable, kDense>(states, k.dense_logits);
+  State st = block_reduce<kTable, kDense>(states, k.dense_logits);
+
+  // The guarded second sum of the target's parts, as guarded_target_sums() in row_device.cuh, where pass 1
+  // met 0 * -inf: exactly the rows with classes masked in the logits and given no weight by a table or dense
+  // part.
+  const bool guard = psl::needs_guarded_sums(st);
+  expect_close(guard, masked && (kTable || kDense), 0, 0, "guarded second sum", 0);
+  if (guard) {
+    std::vector<State> parts(k.threads);
+    for (int tid = 0; tid < k.threads; ++tid) {
+      parts[tid].init();
+      for (int v = tid; v < n_vec; v += k.threads) {
+        float xs[VEC];
+        vector_at(x, v, xs);
+        add_parts(parts[tid], xs, v, guarded);
+      }
+    }
+    st.take_target_sums(block_reduce<kTable, kDense>(parts, k.dense_logits));
+  }
 
   // Finishing the row, as finish_row() and row_argmax().
   const float x_y = x[y];

@@ -179,8 +179,9 @@ __device__ RowState<acc_t> block_reduce(RowState<acc_t> s, RowState<acc_t>* shar
   return s;
 }
 
-// The target's class-table and per-sample parts of the vector at class c0 (x: its logits).
-template <typename scalar_t, int VEC, bool kTable, bool kDense>
+// The target's class-table and per-sample parts of the vector at class c0 (x: its logits); kGuard: terms of
+// weight 0 add 0 (weight_times in row_passes.h).
+template <bool kGuard, typename scalar_t, int VEC, bool kTable, bool kDense>
 __device__ __forceinline__ void add_target_parts(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
                                                  const RowTarget<opmath_t<scalar_t>>& t,
                                                  const opmath_t<scalar_t> (&x)[VEC], const scalar_t* dense_row, int c0) {
@@ -188,15 +189,15 @@ __device__ __forceinline__ void add_target_parts(RowState<opmath_t<scalar_t>>& s
   if constexpr (kTable) {
     acc_t w[VEC];
     table_vector(t, c0, w);
-    add_weighted(st.table_dot, st.table_mass, x, w);
+    add_weighted<kGuard>(st.table_dot, st.table_mass, x, w);
   }
   if constexpr (kDense) {
     acc_t d[VEC];
     to_acc(*reinterpret_cast<const Vec<scalar_t, VEC>*>(dense_row + c0), d);
     if (job.dense_logits) {
-      add_dense_logits(st, x, d, job.inv_temperature);
+      add_dense_logits<kGuard>(st, x, d, job.inv_temperature);
     } else {
-      add_weighted(st.dense_dot, st.dense_mass, x, d);
+      add_weighted<kGuard>(st.dense_dot, st.dense_mass, x, d);
     }
   }
 }
@@ -227,7 +228,7 @@ __device__ __forceinline__ void pass1(RowState<opmath_t<scalar_t>>& st, const Ro
     for (int u = 0; u < U; ++u) to_acc(buf[u], x[u]);
     add_logits(st, x, index);
     PSL_UNROLL
-    for (int u = 0; u < U; ++u) add_target_parts<scalar_t, VEC, kTable, kDense>(st, job, t, x[u], dense_row, index[u] * VEC);
+    for (int u = 0; u < U; ++u) add_target_parts<false, scalar_t, VEC, kTable, kDense>(st, job, t, x[u], dense_row, index[u] * VEC);
   }
   for (; v < n_vec; v += stride) {
     const V buf = xv[v];  // one vector load; converting xv[v] in place would load element by element
@@ -235,7 +236,24 @@ __device__ __forceinline__ void pass1(RowState<opmath_t<scalar_t>>& st, const Ro
     to_acc(buf, x[0]);
     const int index[1] = {v};
     add_logits(st, x, index);
-    add_target_parts<scalar_t, VEC, kTable, kDense>(st, job, t, x[0], dense_row, v * VEC);
+    add_target_parts<false, scalar_t, VEC, kTable, kDense>(st, job, t, x[0], dense_row, v * VEC);
+  }
+}
+
+// The target's sums of a row again, with the guard, for the rare row whose pass 1 met 0 * -inf
+// (needs_guarded_sums): into `st`, which starts empty.
+template <typename scalar_t, int VEC, bool kTable, bool kDense>
+__device__ void guarded_target_sums(RowState<opmath_t<scalar_t>>& st, const RowJob<scalar_t>& job,
+                                    const RowTarget<opmath_t<scalar_t>>& t, const scalar_t* x_row,
+                                    const scalar_t* dense_row, int n_vec) {
+  using acc_t = opmath_t<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  const V* xv = reinterpret_cast<const V*>(x_row);
+  for (int v = threadIdx.x; v < n_vec; v += blockDim.x) {
+    const V buf = xv[v];
+    acc_t x[VEC];
+    to_acc(buf, x);
+    add_target_parts<true, scalar_t, VEC, kTable, kDense>(st, job, t, x, dense_row, v * VEC);
   }
 }
 

@@ -57,6 +57,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> jo
   using acc_t = opmath_t<scalar_t>;
   __shared__ RowState<acc_t> reduce_buf[32];
   __shared__ RowShared<acc_t> shared;
+  __shared__ bool guard_row;
   const int64_t C = job.classes;
   const int n_vec = static_cast<int>(C / VEC);  // C <= kMaxClasses (checked on the host)
 
@@ -75,6 +76,19 @@ __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> jo
     st.init();
     pass1<scalar_t, VEC, kTable, kDense>(st, job, t, x_row, dense_row, n_vec);
     st = block_reduce<kTable, kDense>(st, reduce_buf, job.dense_logits);
+    if constexpr (kTable || kDense) {
+      // A masked class (-inf logit) that the target gives no weight made the target's sums NaN (0 * -inf):
+      // sum them again with the guard. Rare, so other rows pay a flag and a barrier, not a select per logit.
+      if (threadIdx.x == 0) guard_row = needs_guarded_sums(st);
+      __syncthreads();
+      if (guard_row) {  // the same value in every thread of the block
+        RowState<acc_t> parts;
+        parts.init();
+        guarded_target_sums<scalar_t, VEC, kTable, kDense>(parts, job, t, x_row, dense_row, n_vec);
+        parts = block_reduce<kTable, kDense>(parts, reduce_buf, job.dense_logits);
+        if (threadIdx.x == 0) st.take_target_sums(parts);
+      }
+    }
     if (threadIdx.x == 0) finish_row<scalar_t, VEC>(job, t, st, row, shared);
     __syncthreads();
     const RowShared<acc_t> s = shared;
