@@ -161,6 +161,17 @@ def test_bad_layouts_name_the_folder(tmp_path, make, match):
         ImageNetLoader(tmp_path, "train", 4, 16, "cpu", num_threads=1)
 
 
+def test_hidden_folders_are_not_classes(tmp_path):
+    for split in ("train", "val"):
+        for name in ("b", "a", ".ipynb_checkpoints"):
+            (tmp_path / split / name).mkdir(parents=True)
+        for name in ("a", "b"):
+            (tmp_path / split / name / f"{name}1.JPEG").write_bytes(b"")
+    files, labels, classes = scan_image_folder(tmp_path, "train")
+    assert classes == ["a", "b"] and labels == [0, 1]
+    assert scan_image_folder(tmp_path, "val", classes)[2] == classes
+
+
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

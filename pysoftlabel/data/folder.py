@@ -9,13 +9,15 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # any case; ImageNet has PNG and CMY
 
 
 def scan_image_folder(root, split: str, classes=None, per_class=None):
-    """Returns (files, labels, classes) for ``root/split``: classes are the sorted sub-folders (or the given
-    list, so that val uses train's), labels their indices. ``per_class`` keeps the first N files (by name)
-    of each class: a stated, reproducible training subset. Raises ValueError naming what is wrong."""
+    """Returns (files, labels, classes) for ``root/split``: classes are the sorted sub-folders, hidden ones
+    left out (or the given list, so that val uses train's), labels their indices. ``per_class`` keeps the
+    first N files (by name) of each class: a stated, reproducible training subset. Raises ValueError naming
+    what is wrong."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise ValueError(f"data: {folder} does not exist; expected ImageNet layout ROOT/{{train,val}}/<class>/<image>")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    # Hidden folders (.ipynb_checkpoints, .git, ...) are not classes.
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         loose = [p.name for p in folder.iterdir()][:3]
         raise ValueError(f"data: {folder} has no class folders (found {loose}); expected {folder}/<class>/<image>")
