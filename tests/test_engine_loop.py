@@ -1,9 +1,11 @@
-"""The training loop's mixed precision: the strategies' own forward passes (a teacher, an EMA model) run in
-the student's autocast dtype, and the fused loss still gets fp32 logits."""
+"""The training loop: under mixed precision the strategies' own forward passes (a teacher, an EMA model) run
+in the student's autocast dtype and the fused loss still gets fp32 logits; non-finite losses are skipped with
+a loss scaler and stop the epoch without one."""
+import pytest
 import torch
 
 from pysoftlabel import strategies as S
-from pysoftlabel.engine import train_one_epoch
+from pysoftlabel.engine import Diverged, train_one_epoch
 
 
 class Recorder(torch.nn.Module):
@@ -40,3 +42,41 @@ def test_teacher_forward_runs_under_the_students_autocast():
     assert strategy.loss_dtypes == [torch.float32] * 3
     assert metrics["steps"] == 3 and torch.isfinite(torch.tensor(metrics["train_loss"]))
     assert student.linear.weight.dtype == torch.float32  # autocast computes in bf16, the weights stay fp32
+
+
+class Overflowing(torch.nn.Module):
+    """A linear model whose logits are infinite in the given calls (an fp16 overflow, a diverged step)."""
+
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 8 * 8, 4)
+        self.calls, self.bad_calls = 0, set(bad_calls)
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.linear(x.flatten(1))
+        return out * float("inf") if self.calls in self.bad_calls else out
+
+
+def _loader(steps=4):
+    g = torch.Generator().manual_seed(0)
+    return [{"image": torch.randn(6, 3, 8, 8, generator=g), "label": torch.randint(0, 4, (6,), generator=g)}
+            for _ in range(steps)]
+
+
+def test_loss_scaler_skips_an_overflowing_step_and_it_is_counted():
+    model = Overflowing({2})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = train_one_epoch(model, _loader(), S.CrossEntropy(), optimizer, torch.device("cpu"),
+                              scaler=torch.amp.GradScaler("cpu"), amp_dtype=torch.float16)
+    assert metrics["steps"] == 4 and metrics["train_nonfinite_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(torch.tensor([metrics["train_loss"], metrics["train_ece"], metrics["train_acc1"]])).all()
+
+
+def test_a_non_finite_loss_without_a_scaler_stops_the_epoch():
+    model = Overflowing({2})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(Diverged, match="diverged.*by step 2 of the epoch"):
+        train_one_epoch(model, _loader(), S.CrossEntropy(), optimizer, torch.device("cpu"))
+    assert model.calls == 2  # stopped at once on the CPU

@@ -84,6 +84,12 @@ def test_ldl_trains_its_teacher_first(data, tmp_path):
     assert (tmp_path / "ldl" / "teacher" / "checkpoint.pt").exists() and len(records) == 2
 
 
+def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(data, tmp_path):
+    with pytest.raises(SystemExit, match=r"ce, epoch 1: training diverged: .* Lower --lr"):
+        run(data, tmp_path / "nan", "--strategy", "ce", "--lr", "1e30")
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+
+
 def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_path):
     out = tmp_path / "ldl"
     out.mkdir()

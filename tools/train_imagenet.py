@@ -34,7 +34,7 @@ from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
-from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, autocast_dtype, context_confidence, evaluate,
+from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence, evaluate,
                                 check_checkpoint, load_checkpoint, parse_device, train_one_epoch,
                                 write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
@@ -388,10 +388,14 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     timing = {"setup_seconds": time.perf_counter() - started}
     with CheckpointWriter() as writer:
         for epoch in range(start, stop):
-            metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler,
-                                      scaler=scaler, mix=mix, amp_dtype=amp,
-                                      progress=log.progress(epoch) if log else None,
-                                      start_step=start_step if epoch == start else 0, stop=lambda: STOP["requested"])
+            try:
+                metrics = train_one_epoch(run_model, train_for_epoch(epoch), strategy, optimizer, device, scheduler,
+                                          scaler=scaler, mix=mix, amp_dtype=amp,
+                                          progress=log.progress(epoch) if log else None,
+                                          start_step=start_step if epoch == start else 0,
+                                          stop=lambda: STOP["requested"])
+            except Diverged as error:
+                raise Diverged(f"{strategy_name}, epoch {epoch + 1}: {error}") from None
             steps, epoch_steps = metrics.pop("steps"), metrics.pop("epoch_steps")
             if steps < epoch_steps:  # stopped inside the epoch: save it as it is
                 strategy.all_reduce()

@@ -7,7 +7,8 @@ from ..metrics import AccuracyStats, CalibrationStats, ContextConfidence
 from ..strategies.mix import mixed_loss
 from .distributed import all_reduce_
 
-__all__ = ["train_one_epoch", "evaluate", "context_confidence", "autocast_dtype", "AMP_CHOICES", "parse_device"]
+__all__ = ["train_one_epoch", "evaluate", "context_confidence", "autocast_dtype", "AMP_CHOICES", "parse_device",
+           "Diverged"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
@@ -46,10 +47,27 @@ def _stop_agreed(stop, step, device):
     return bool(all_reduce_(torch.tensor(float(stop()), device=device), torch.distributed.ReduceOp.MAX))
 
 
+class Diverged(ValueError):
+    """A training step's loss was not finite and, with no loss scaler to skip the step, its gradient has
+    reached the weights."""
+
+
+def _any_nonfinite(nonfinite, step, device, final=False):
+    """Whether a step so far had a non-finite loss, as all ranks agree: asked after every step on the CPU (no
+    cost), every 50th on a GPU (a host synchronisation), every 10th under DDP (a small all-reduce, so that
+    every rank stops after the same step), and at the end of the epoch."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    every = 10 if distributed else (1 if device.type == "cpu" else 50)
+    if not final and (step + 1) % every:
+        return False
+    return bool(all_reduce_(nonfinite.clone(), torch.distributed.ReduceOp.MAX) > 0)
+
+
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
                     amp_dtype=None, progress=None, start_step=0, stop=None):
-    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "img_per_s", "train_seconds",
-    "steps", "epoch_steps"}`` over all ranks (the speed and the wall time are this rank's).
+    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "train_nonfinite_steps",
+    "img_per_s", "train_seconds", "steps", "epoch_steps"}`` over all ranks (the speed and the wall time are
+    this rank's).
 
     ``mix`` (Mixup / CutMix / RICAP) mixes each batch; ``strategy.loss`` computes the loss through the fused
     operator and gathers training calibration (against the first label) in the same pass. ``progress(step,
@@ -58,9 +76,16 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
 
     Interruption: ``stop()`` is polled between steps; when it is true the epoch ends there and ``steps`` <
     ``epoch_steps``. ``start_step`` resumes such an epoch: the first batches are drawn (so that the loader's
-    randomness advances as before) but not trained on; the figures then cover the steps trained here."""
+    randomness advances as before) but not trained on; the figures then cover the steps trained here.
+
+    A step whose loss is not finite (NaN or inf): with a loss ``scaler`` (fp16) the scaler skips it, and it
+    is counted in ``train_nonfinite_steps`` (summed over ranks) and left out of the training figures; without
+    one its gradient has reached the weights, and :class:`Diverged` is raised within a few steps (before the
+    caller writes a checkpoint of the broken weights)."""
     model.train()
-    calib = CalibrationStats(device=device)
+    calib = CalibrationStats(device=device, skip_nonfinite=True)
+    nonfinite = torch.zeros((), dtype=torch.float64, device=device)    # steps with a non-finite loss
+    loss_images = torch.zeros((), dtype=torch.float64, device=device)  # images of the other steps
     steps = int(all_reduce_(torch.tensor(len(loader), device=device), torch.distributed.ReduceOp.MIN))
     total_loss, images, start, done = torch.zeros((), device=device), 0, time.perf_counter(), start_step
     for step, batch in zip(range(steps), loader):
@@ -87,18 +112,32 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
         strategy.after_step(model)
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss.detach() * len(batch["label"])
+        finite = torch.isfinite(loss.detach())
+        nonfinite += ~finite
+        total_loss += torch.where(finite, loss.detach(), 0.0) * len(batch["label"])
+        loss_images += finite * len(batch["label"])
         images += len(batch["label"])
         done = step + 1
+        if scaler is None and _any_nonfinite(nonfinite, step, device):
+            raise _diverged(done)
         if progress is not None:
             progress(done, steps)
+    if scaler is None and _any_nonfinite(nonfinite, done, device, final=True):
+        raise _diverged(done)
     elapsed = time.perf_counter() - start
     calib.all_reduce()
-    totals = all_reduce_(torch.stack([total_loss.double(), torch.tensor(float(images), device=device)]))
-    loss_sum, images = totals.tolist()
-    return {"train_loss": loss_sum / max(images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
-            "img_per_s": images / elapsed if elapsed > 0 else float("nan"), "train_seconds": elapsed, "steps": done,
-            "epoch_steps": steps}
+    totals = all_reduce_(torch.stack([total_loss.double(), loss_images, nonfinite,
+                                      torch.tensor(float(images), device=device, dtype=torch.float64)]))
+    loss_sum, loss_images, nonfinite_steps, images = totals.tolist()
+    return {"train_loss": loss_sum / max(loss_images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
+            "train_nonfinite_steps": int(nonfinite_steps), "img_per_s": images / elapsed if elapsed > 0 else float("nan"),
+            "train_seconds": elapsed, "steps": done, "epoch_steps": steps}
+
+
+def _diverged(step):
+    return Diverged(f"training diverged: the loss was not finite (NaN or inf) by step {step} of the epoch and "
+                    "its gradient reached the weights; nothing of this epoch is saved (an earlier epoch's "
+                    "checkpoint stays). Lower --lr or warm up longer (--warmup-epochs)")
 
 
 @torch.no_grad()

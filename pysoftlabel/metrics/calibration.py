@@ -25,15 +25,21 @@ class CalibrationStats(SummedState):
     State: ``bins`` [M, 3] float64 (count, confidence sum, correct count) and ``sums`` [3] float64
     (NLL sum, Brier sum, rows with non-finite logits). Accumulators merge with ``+`` and ``all_reduce()``.
 
+    Rows whose logits are not finite (NaN, +inf) are never counted. By default reading a figure after such a
+    row raises ValueError (on CPU tensors already ``update``); with ``skip_nonfinite`` they are only counted in
+    :attr:`nonfinite`, as a training loop under fp16 loss scaling wants, where an overflowing step is skipped.
+
     Args:
         n_bins (int): M. Default: 15.
         device (torch.device or str, optional): where the state lives. Default: CPU.
+        skip_nonfinite (bool): leave rows with non-finite logits out instead of raising. Default: False.
     """
 
     _state = ("bins", "sums")
 
-    def __init__(self, n_bins: int = 15, device=None):
+    def __init__(self, n_bins: int = 15, device=None, skip_nonfinite: bool = False):
         n_bins = count_argument("n_bins", n_bins)
+        self.skip_nonfinite = bool(skip_nonfinite)
         device = torch.device("cpu") if device is None else torch.device(device)
         self.bins = torch.zeros(n_bins, 3, dtype=torch.float64, device=device)
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
@@ -64,9 +70,16 @@ class CalibrationStats(SummedState):
         return self
 
     def _check_finite(self):
-        bad = int(self.sums[2].item())
+        if self.skip_nonfinite:
+            return
+        bad = self.nonfinite
         if bad:
             raise ValueError(f"logits: {bad} row(s) had non-finite values (NaN or inf); they were not counted")
+
+    @property
+    def nonfinite(self) -> int:
+        """Rows left out because their logits were not finite."""
+        return int(self.sums[2].item())
 
     def _read(self):
         self._check_finite()
