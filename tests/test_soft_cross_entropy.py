@@ -126,6 +126,33 @@ def test_gradient_penalty_matches_torch(device):
 
 @native
 @pytest.mark.parametrize("device", devices())
+def test_torch_func_grad_functional_call_and_maml(device):
+    """torch.func: grad of the loss, of a model's parameters through functional_call, and a second-order
+    MAML step (the outer gradient through one inner SGD step), all as with F.cross_entropy."""
+    model = torch.nn.Linear(5, 10).to(device)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    inputs = torch.randn(8, 5, device=device)
+    labels = torch.randint(0, 10, (8,), device=device)
+    ours = lambda z: psl.soft_cross_entropy(z, psl.SoftTarget(labels, smoothing=0.1))  # noqa: E731
+    theirs = lambda z: F.cross_entropy(z, labels, label_smoothing=0.1)  # noqa: E731
+
+    def inner(p, loss_fn):
+        return loss_fn(torch.func.functional_call(model, p, (inputs,)))
+
+    def maml(p, loss_fn):
+        g = torch.func.grad(inner)(p, loss_fn)
+        return inner({k: p[k] - 0.5 * g[k] for k in p}, loss_fn)
+
+    logits = torch.randn(8, 10, device=device)
+    torch.testing.assert_close(torch.func.grad(ours)(logits), torch.func.grad(theirs)(logits))
+    for fn in (inner, maml):
+        got, want = torch.func.grad(fn)(params, ours), torch.func.grad(fn)(params, theirs)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k])
+
+
+@native
+@pytest.mark.parametrize("device", devices())
 def test_ignored_rows_and_empty_batch(device):
     logits = torch.randn(4, 6, device=device, requires_grad=True)
     labels = torch.full((4,), -100, device=device)

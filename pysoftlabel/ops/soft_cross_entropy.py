@@ -34,7 +34,9 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     nothing (:math:`0 \log 0 = 0`), one with weight makes the loss ``inf``; the gradient stays finite. The native kernels read each row of logits once for the loss, write the
     gradient in the same call (when ``logits`` requires grad) and accumulate ``stats`` / ``calib`` in
     that pass; ``loss.backward()`` then costs no pass over the logits. Second derivatives (a backward
-    with ``create_graph=True``, as gradient penalties take) go through the reference formula.
+    with ``create_graph=True``, as gradient penalties take) go through the reference formula, and so do
+    ``torch.func.grad`` and ``functional_call`` (functorch differentiates with a graph; MAML's second-order
+    step included). ``torch.vmap`` is not supported.
 
     Args:
         logits (Tensor[N, C]): float32, float16, bfloat16 or float64 scores; any strides.
@@ -97,8 +99,9 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     # Under no_grad (evaluation) no graph is recorded, so a gradient written in the forward would be
     # thrown away: ask for it only where autograd will use it.
     want_grad = torch.is_grad_enabled() and logits.requires_grad
-    return _NativeSoftCrossEntropy.apply(logits, _REDUCTIONS.index(reduction), _spec(target, logits), want_grad,
-                                         *state)
+    loss, _ = _NativeSoftCrossEntropy.apply(logits, _REDUCTIONS.index(reduction), _spec(target, logits), want_grad,
+                                            *state)
+    return loss
 
 
 def _weight(value, dtype):
@@ -145,6 +148,12 @@ def _differentiable_grad(logits, spec, reduction, grad_output):
     return grad
 
 
+def _computes_grad(want_grad):
+    """Whether the forward writes the gradient: in eager mode where autograd will use it; a traced graph
+    (torch.compile) computes it in its backward instead."""
+    return want_grad and not torch.compiler.is_compiling()
+
+
 class _NativeSoftCrossEntropy(torch.autograd.Function):
     """Autograd over the native op. In eager mode the forward already writes the unscaled gradient
     into a fresh buffer (never into ``logits``); backward scales it in place on the device, skipping
@@ -153,19 +162,24 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
     backward with ``create_graph=True`` takes the reference formula, so second derivatives are exact."""
 
     @staticmethod
-    def forward(ctx, logits, reduction, spec, want_grad, class_sum, class_count, calib_bins, calib_sums):
-        compute_grad = want_grad and not torch.compiler.is_compiling()
-        loss, grad = torch.ops.pysoftlabel.soft_cross_entropy(
-            logits, *spec, reduction, None, compute_grad, class_sum, class_count, calib_bins, calib_sums)
+    def forward(logits, reduction, spec, want_grad, class_sum, class_count, calib_bins, calib_sums):
+        return torch.ops.pysoftlabel.soft_cross_entropy(logits, *spec, reduction, None, _computes_grad(want_grad),
+                                                       class_sum, class_count, calib_bins, calib_sums)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        # forward / setup_context apart: the form that torch.func (grad, functional_call) accepts.
+        logits, reduction, spec, want_grad = inputs[:4]
+        _, grad = output
         # The target's tensors are detached constants of _spec: kept as they are, for a recomputation.
         ctx.spec = spec
         ctx.reduction = reduction
         ctx.save_for_backward(logits)
-        ctx.grad_buffer = grad if compute_grad else None
-        return loss
+        ctx.grad_buffer = grad if _computes_grad(want_grad) else None
+        ctx.mark_non_differentiable(grad)
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _):
         (logits,) = ctx.saved_tensors
         buffer, ctx.grad_buffer = ctx.grad_buffer, None
         if torch.is_grad_enabled():  # create_graph=True: the gradient must carry its own graph
