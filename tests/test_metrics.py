@@ -299,6 +299,26 @@ def test_temperature_scaling_recovers_temperature_and_lowers_ece():
     assert after < before / 3
 
 
+def test_heldout_temperature_ece_scales_each_fold_by_the_other_folds_temperature():
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(3001, 6, generator=g) * 1.5
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g)[:, 0]
+    labels[::10] = -100  # left out of fitting and measuring
+    logits = 2.5 * z
+    keep = (labels != -100).nonzero()[:, 0]
+    order = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(5))]
+    a, b = order.tensor_split(2)
+    want = psl.calibration_stats(logits[a] / psl.metrics.fit_temperature(logits[b], labels[b]), labels[a])
+    want = want + psl.calibration_stats(logits[b] / psl.metrics.fit_temperature(logits[a], labels[a]), labels[b])
+    got = psl.metrics.heldout_temperature_ece(logits, labels, seed=5)
+    assert got == pytest.approx(want.ece, abs=1e-12)
+    assert got < psl.calibration_stats(logits[keep], labels[keep]).ece / 3
+    assert psl.metrics.heldout_temperature_ece(logits[:3], labels[:3]) != psl.metrics.heldout_temperature_ece(
+        logits[:3], labels[:3])  # NaN: too few rows to hold any out
+    with pytest.raises(ValueError, match="folds"):
+        psl.metrics.heldout_temperature_ece(logits, labels, folds=1)
+
+
 def test_context_confidence():
     ctx = psl.metrics.ContextConfidence().update(torch.zeros(3, 4)).update(torch.tensor([[10.0, 0, 0, 0]]))
     p = torch.softmax(torch.tensor([10.0, 0, 0, 0]), 0).max().item()

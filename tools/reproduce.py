@@ -51,7 +51,8 @@ PRESETS = {
 ARCHIVES = {"cifar10": ["cifar10.tar.gz"],
             "imagenette2-224": [f"imagenette2-224.tar.gz.part{i}" for i in range(3)]}
 METRICS = [("top-1", "val_acc1"), ("ECE", "val_ece"), ("conf − acc", "confidence_gap"), ("MCE", "val_mce"),
-           ("NLL", "val_nll"), ("Brier", "val_brier"), ("ECE after TS", "ece_after_temperature")]
+           ("NLL", "val_nll"), ("Brier", "val_brier"), ("ECE after TS", "ece_after_temperature"),
+           ("ECE after TS, held out", "ece_after_temperature_heldout")]
 
 
 def parse_args(argv=None):
@@ -171,6 +172,7 @@ def collect(args, run):
         run_info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
         confidence = sum(b["count"] * b["confidence"] for b in report["bins"]) / report["count"]
         final = dict(records[-1], ece_after_temperature=report["ece_after_temperature"],
+                     ece_after_temperature_heldout=report.get("ece_after_temperature_heldout"),  # not in older runs
                      confidence_gap=confidence - report["accuracy"])  # > 0: over-confident
         best = max(records, key=lambda r: r["val_acc1"])
         rows.append({"final": final, "best": best, "bins": report["bins"], "epochs": len(records),

@@ -2,16 +2,16 @@
 import torch
 
 from ..metrics import (AccuracyStats, calibration_report, calibration_stats, fit_temperature,
-                       reliability_diagram)
+                       heldout_temperature_ece, reliability_diagram)
 
 __all__ = ["write_calibration_report"]
 
 
 @torch.no_grad()
 def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None) -> dict:
-    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE, MCE, NLL, Brier, top-1/top-5 and the ECE after
-    temperature scaling fitted on these logits, and any ``extra`` figures) and ``out/reliability.png``;
-    returns the summary."""
+    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE, MCE, NLL, Brier, top-1/top-5, the ECE after
+    temperature scaling fitted on these logits, optimistic, and held out (two folds, each scaled by the
+    temperature of the other), and any ``extra`` figures) and ``out/reliability.png``; returns the summary."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
@@ -22,7 +22,8 @@ def write_calibration_report(model, loader, device, out, amp_dtype=None, name="r
     cal = calibration_stats(logits, labels)
     t = fit_temperature(logits, labels)
     extra = {"acc5": AccuracyStats((1, 5), device).update(logits, labels).accuracy(5), "temperature": t,
-             "ece_after_temperature": calibration_stats(logits / t, labels).ece, **(extra or {})}
+             "ece_after_temperature": calibration_stats(logits / t, labels).ece,
+             "ece_after_temperature_heldout": heldout_temperature_ece(logits, labels), **(extra or {})}
     summary = calibration_report(cal, out, name, extra=extra)
     try:
         reliability_diagram(cal, out / "reliability.png")

@@ -5,9 +5,8 @@ from .calibration import CalibrationStats, calibration_stats
 from .class_stats import ClassStats
 from .context import ContextConfidence
 from .report import calibration_report, reliability_diagram, reliability_diagrams
-from .temperature import fit_temperature
+from .temperature import fit_temperature, heldout_temperature_ece
 
 __all__ = ["AccuracyStats", "AdaptiveCalibrationStats", "ClasswiseCalibrationStats", "CalibrationStats",
            "calibration_stats", "ClassStats", "ContextConfidence", "calibration_report", "reliability_diagram",
-           "reliability_diagrams",
-           "fit_temperature"]
+           "reliability_diagrams", "fit_temperature", "heldout_temperature_ece"]
