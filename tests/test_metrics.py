@@ -319,6 +319,27 @@ def test_heldout_temperature_ece_scales_each_fold_by_the_other_folds_temperature
         psl.metrics.heldout_temperature_ece(logits, labels, folds=1)
 
 
+@pytest.mark.parametrize("update, match", [
+    (lambda x, y: psl.metrics.AccuracyStats().update(x, y + 7), "label 7 is out of range"),
+    (lambda x, y: psl.metrics.AdaptiveCalibrationStats().update(x, y - 9), "out of range"),
+    (lambda x, y: psl.metrics.ClasswiseCalibrationStats(5).update(x, y + 7), "out of range"),
+    (lambda x, y: psl.metrics.ClasswiseCalibrationStats(4).update(x, y), r"shape \[N, 4\]"),
+    (lambda x, y: psl.metrics.AccuracyStats().update(x.index_fill(0, torch.tensor([2]), float("nan")), y),
+     "1 row"),
+    (lambda x, y: psl.metrics.AdaptiveCalibrationStats().update(x.index_fill(0, torch.tensor([1, 3]), float("inf")), y),
+     "2 row"),
+    (lambda x, y: psl.metrics.ContextConfidence().update(x.index_fill(0, torch.tensor([0]), -float("inf"))), "1 row"),
+    (lambda x, y: psl.metrics.AccuracyStats().update(x, y[:3]), "labels must have shape"),
+])
+def test_python_accumulators_name_bad_batches(update, match):
+    """The accumulators beside CalibrationStats check labels and logits as it does (on CPU tensors)."""
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    with pytest.raises(ValueError, match=match):
+        update(x, y)
+    masked = x.index_fill(1, torch.tensor([4]), -float("inf"))  # a masked class is fine, an ignored row too
+    psl.metrics.AdaptiveCalibrationStats().update(masked, torch.tensor([0, 1, 2, 3, -100, 0]))
+
+
 def test_context_confidence():
     ctx = psl.metrics.ContextConfidence().update(torch.zeros(3, 4)).update(torch.tensor([[10.0, 0, 0, 0]]))
     p = torch.softmax(torch.tensor([10.0, 0, 0, 0]), 0).max().item()

@@ -165,7 +165,7 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     evaluate.main([str(tmp_path / "ce" / "checkpoint.pt"), "--data", str(data), "--device", "cpu", "--amp", "bf16"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"ece", "accuracy", "temperature", "ece_after_temperature", "ece_after_temperature_heldout",
-            "acc5"} <= set(summary)
+            "acc5", "adaptive_ece", "classwise_ece"} <= set(summary)
     trained = json.loads((tmp_path / "ce" / "report.json").read_text())  # the same model, data and dtype
     assert summary["nll"] == pytest.approx(trained["nll"], rel=1e-6) and summary["count"] == trained["count"]
     assert 1 / 3 - 1e-6 <= summary["context_confidence"] <= 1 and summary["context_crops"] > 0  # boxes in DATA/boxes

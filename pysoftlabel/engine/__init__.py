@@ -4,4 +4,5 @@ from .loop import AMP_CHOICES, Diverged, autocast_dtype, context_confidence, eva
 from .report import write_calibration_report
 
 __all__ = ["train_one_epoch", "evaluate", "context_confidence", "autocast_dtype", "AMP_CHOICES", "parse_device",
-           "Diverged", "save_checkpoint", "check_checkpoint", "load_checkpoint", "CheckpointWriter", "write_calibration_report"]
+           "Diverged", "save_checkpoint", "check_checkpoint", "load_checkpoint", "CheckpointWriter",
+           "write_calibration_report"]

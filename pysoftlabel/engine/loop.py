@@ -130,8 +130,9 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
                                       torch.tensor(float(images), device=device, dtype=torch.float64)]))
     loss_sum, loss_images, nonfinite_steps, images = totals.tolist()
     return {"train_loss": loss_sum / max(loss_images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
-            "train_nonfinite_steps": int(nonfinite_steps), "img_per_s": images / elapsed if elapsed > 0 else float("nan"),
-            "train_seconds": elapsed, "steps": done, "epoch_steps": steps}
+            "train_nonfinite_steps": int(nonfinite_steps),
+            "img_per_s": images / elapsed if elapsed > 0 else float("nan"), "train_seconds": elapsed, "steps": done,
+            "epoch_steps": steps}
 
 
 def _diverged(step):

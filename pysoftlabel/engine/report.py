@@ -1,17 +1,18 @@
 """The end-of-run calibration report of a model on a loader, shared by train_imagenet.py and evaluate.py."""
 import torch
 
-from ..metrics import (AccuracyStats, calibration_report, calibration_stats, fit_temperature,
-                       heldout_temperature_ece, reliability_diagram)
+from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibrationStats, calibration_report,
+                       calibration_stats, fit_temperature, heldout_temperature_ece, reliability_diagram)
 
 __all__ = ["write_calibration_report"]
 
 
 @torch.no_grad()
 def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None) -> dict:
-    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE, MCE, NLL, Brier, top-1/top-5, the ECE after
-    temperature scaling fitted on these logits, optimistic, and held out (two folds, each scaled by the
-    temperature of the other), and any ``extra`` figures) and ``out/reliability.png``; returns the summary."""
+    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE, MCE, NLL, Brier, top-1/top-5, adaptive and
+    classwise ECE, the ECE after temperature scaling fitted on these logits, optimistic, and held out (two
+    folds, each scaled by the temperature of the other), and any ``extra`` figures) and
+    ``out/reliability.png``; returns the summary."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
@@ -21,7 +22,13 @@ def write_calibration_report(model, loader, device, out, amp_dtype=None, name="r
     logits, labels = torch.cat(logits), torch.cat(labels)
     cal = calibration_stats(logits, labels)
     t = fit_temperature(logits, labels)
-    extra = {"acc5": AccuracyStats((1, 5), device).update(logits, labels).accuracy(5), "temperature": t,
+    adaptive = AdaptiveCalibrationStats(device=device)
+    classwise = ClasswiseCalibrationStats(logits.shape[1], device=device)
+    for chunk, chunk_labels in zip(logits.split(4096), labels.split(4096)):  # classwise builds [rows, C] indices
+        adaptive.update(chunk, chunk_labels)
+        classwise.update(chunk, chunk_labels)
+    extra = {"acc5": AccuracyStats((1, 5), device).update(logits, labels).accuracy(5), "adaptive_ece": adaptive.ece,
+             "classwise_ece": classwise.ece, "temperature": t,
              "ece_after_temperature": calibration_stats(logits / t, labels).ece,
              "ece_after_temperature_heldout": heldout_temperature_ece(logits, labels), **(extra or {})}
     summary = calibration_report(cal, out, name, extra=extra)

@@ -2,7 +2,7 @@
 import torch
 from torch import Tensor
 
-from .state import SummedState
+from .state import SummedState, check_batch
 
 __all__ = ["AccuracyStats"]
 
@@ -26,8 +26,7 @@ class AccuracyStats(SummedState):
 
     def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100):
         """Adds a batch of logits [N, C] and labels [N]; k larger than C counts as C. Returns self."""
-        if logits.dim() != 2 or labels.shape != (logits.shape[0],):
-            raise ValueError(f"logits must be [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        check_batch(logits, labels, ignore_index)
         valid = labels != ignore_index
         k_max = min(max(self.ks), logits.shape[1])
         top = logits.detach().topk(k_max, dim=1).indices if logits.shape[0] else logits.new_zeros((0, k_max), dtype=torch.long)

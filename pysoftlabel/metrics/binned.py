@@ -3,7 +3,7 @@ classwise ECE, both streaming and mergeable in fixed-size state."""
 import torch
 from torch import Tensor
 
-from .state import SummedState, count_argument
+from .state import SummedState, check_batch, count_argument
 
 __all__ = ["AdaptiveCalibrationStats", "ClasswiseCalibrationStats"]
 
@@ -33,6 +33,7 @@ class AdaptiveCalibrationStats(SummedState):
         self.cells = torch.zeros(resolution, 3, dtype=torch.float64, device=device)
 
     def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100):
+        check_batch(logits, labels, ignore_index)
         valid = labels != ignore_index
         p = torch.softmax(logits.detach()[valid].double(), dim=1)
         conf, pred = p.max(dim=1) if p.numel() else (p.new_zeros(0), labels.new_zeros(0))
@@ -74,8 +75,7 @@ class ClasswiseCalibrationStats(SummedState):
         self.rows = torch.zeros((), dtype=torch.float64, device=device)
 
     def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100):
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits must have shape [N, {self.num_classes}], got {tuple(logits.shape)}")
+        check_batch(logits, labels, ignore_index, self.num_classes)
         valid = labels != ignore_index
         p = torch.softmax(logits.detach()[valid].double(), dim=1)
         y = labels[valid]

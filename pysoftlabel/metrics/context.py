@@ -4,7 +4,7 @@ unsure on them (ideally 1 / C)."""
 import torch
 from torch import Tensor
 
-from .state import SummedState
+from .state import SummedState, check_batch
 
 __all__ = ["ContextConfidence"]
 
@@ -19,8 +19,7 @@ class ContextConfidence(SummedState):
 
     def update(self, logits: Tensor):
         """Adds the logits [N, C] of N context-only crops. Returns self."""
-        if logits.dim() != 2:
-            raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+        check_batch(logits)
         conf = torch.softmax(logits.detach().double(), dim=1).amax(dim=1)
         self.sums += torch.stack([conf.sum(), conf.new_tensor(float(conf.numel()))])
         return self

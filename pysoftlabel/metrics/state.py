@@ -4,7 +4,7 @@ import operator
 
 import torch
 
-__all__ = ["SummedState", "count_argument"]
+__all__ = ["SummedState", "count_argument", "check_batch"]
 
 
 def count_argument(name, value):
@@ -18,6 +18,32 @@ def count_argument(name, value):
     if count < 1:
         raise ValueError(f"{name} must be >= 1, got {count}")
     return count
+
+
+def check_batch(logits, labels=None, ignore_index=-100, num_classes=None):
+    """ValueErrors naming what is wrong with a batch of ``logits`` [N, C] (of ``num_classes`` classes when
+    given) and ``labels`` [N]: shapes always; on CPU tensors also labels outside [0, C) that are not
+    ``ignore_index``, and rows whose logits are not finite (NaN, +inf, or all -inf), as CalibrationStats
+    reports them. On CUDA the values are left unread (no host synchronisation per batch)."""
+    if not torch.is_tensor(logits) or logits.dim() != 2:
+        raise ValueError(f"logits must have shape [N, C], got {getattr(logits, 'shape', type(logits).__name__)}")
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise ValueError(f"logits must have shape [N, {num_classes}], got {tuple(logits.shape)}")
+    if labels is not None and (not torch.is_tensor(labels) or labels.shape != (logits.shape[0],)):
+        raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got "
+                         f"{getattr(labels, 'shape', type(labels).__name__)}")
+    if logits.device.type != "cpu":
+        return
+    valid = torch.ones(logits.shape[0], dtype=torch.bool) if labels is None else labels != ignore_index
+    if labels is not None:
+        bad = valid & ((labels < 0) | (labels >= logits.shape[1]))
+        if bool(bad.any()):
+            raise ValueError(f"labels: label {int(labels[bad][0])} is out of range [0, {logits.shape[1]}) and is "
+                             f"not ignore_index ({ignore_index})")
+    if logits.shape[1]:
+        nonfinite = valid & ~torch.isfinite(torch.logsumexp(logits.detach().double(), dim=1))
+        if bool(nonfinite.any()):
+            raise ValueError(f"logits: {int(nonfinite.sum())} row(s) have non-finite values (NaN, inf or all -inf)")
 
 
 class SummedState:

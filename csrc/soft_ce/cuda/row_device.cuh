@@ -228,7 +228,9 @@ __device__ __forceinline__ void pass1(RowState<opmath_t<scalar_t>>& st, const Ro
     for (int u = 0; u < U; ++u) to_acc(buf[u], x[u]);
     add_logits(st, x, index);
     PSL_UNROLL
-    for (int u = 0; u < U; ++u) add_target_parts<false, scalar_t, VEC, kTable, kDense>(st, job, t, x[u], dense_row, index[u] * VEC);
+    for (int u = 0; u < U; ++u) {
+      add_target_parts<false, scalar_t, VEC, kTable, kDense>(st, job, t, x[u], dense_row, index[u] * VEC);
+    }
   }
   for (; v < n_vec; v += stride) {
     const V buf = xv[v];  // one vector load; converting xv[v] in place would load element by element
