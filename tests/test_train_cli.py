@@ -90,6 +90,16 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(data, tmp_
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
 
 
+def test_resume_with_other_options_names_them(data, tmp_path):
+    out = tmp_path / "ce"
+    train_imagenet.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--stop-after", "1",
+                         "--batch-size", "8", "--image-size", "16", "--device", "cpu", "--strategy", "ce"])
+    with pytest.raises(SystemExit, match=r"written by a run with --arch resnet20, --strategy ce, --aug none; "
+                                         r"this run has --arch resnet32, --strategy ols, --aug mixup"):
+        run(data, out, "--resume", "--arch", "resnet32", "--strategy", "ols", "--aug", "mixup")
+    run(data, out, "--resume", "--strategy", "ce")  # the same options go on
+
+
 def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_path):
     out = tmp_path / "ldl"
     out.mkdir()

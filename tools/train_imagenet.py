@@ -351,6 +351,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, device, keys=("model", "optimizer", "scheduler", "strategy", "rng", "epoch"))
+        check_same_run(ckpt_path, state, {"arch": args.arch, "strategy": strategy_name, "aug": args.aug,
+                                          "classes": classes})
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -377,7 +379,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "mix": mix.state_dict() if mix is not None else None,
                          "rng": rng_states(device), "epoch": epoch, "step": step, "arch": args.arch,
-                         "classes": classes}, ckpt_path)
+                         "strategy_name": strategy_name, "aug": args.aug, "classes": classes}, ckpt_path)
 
     stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     # The checkpoint is written while the next epoch trains; leaving this block (an interruption or an error
@@ -420,6 +422,22 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
             write_calibration_report(model, full_val, device, out, amp)
     barrier()
     return ckpt_path
+
+
+def check_same_run(path, state, run):
+    """ValueError naming the options of this run that differ from those of the run that wrote the checkpoint
+    at ``path`` (a checkpoint written before an option was recorded is not checked for it)."""
+    recorded = {"strategy": state.get("strategy_name"), **{k: state.get(k) for k in run if k != "strategy"}}
+    differ = [k for k, v in run.items() if recorded[k] is not None and recorded[k] != v]
+    if differ:
+        def show(values):
+            def one(k, v):
+                if k != "classes":
+                    return f"--{k} {v}"
+                return f"{len(v)} classes ({', '.join(map(str, v[:3]))}{', ...' if len(v) > 3 else ''})"
+            return ", ".join(one(k, values[k]) for k in differ)
+        raise ValueError(f"--resume: {path} was written by a run with {show(recorded)}; this run has {show(run)}. "
+                         "Resume with the same options, or start a new run in another --out")
 
 
 def load_teacher(path, arch, num_classes, device):
