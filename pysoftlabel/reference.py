@@ -31,7 +31,9 @@ def target_distribution(target: SoftTarget, num_classes: int, dtype=torch.float3
     a = _rows(target.table_weight, n, like)
     d = _rows(target.dense_weight, n, like)
 
-    h = lam * F.one_hot(y, c).to(dtype) + (1 - lam) * F.one_hot(y2, c).to(dtype)
+    classes = torch.arange(c, device=labels.device)
+    # Comparisons, not F.one_hot, which reads its indices (and so cannot run under torch.vmap).
+    h = lam * (classes == y[:, None]).to(dtype) + (1 - lam) * (classes == y2[:, None]).to(dtype)
     t = (1 - s - a - d) * h + s / c
     if target.table is not None:
         table = target.table.detach().to(dtype)

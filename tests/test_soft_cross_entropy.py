@@ -153,6 +153,37 @@ def test_torch_func_grad_functional_call_and_maml(device):
 
 @native
 @pytest.mark.parametrize("device", devices())
+def test_torch_vmap_and_per_sample_gradients(device):
+    """vmap of the loss over a batch of logit matrices, and per-sample gradients (vmap over grad of a model's
+    loss on one sample) with a mixed OLS target, as the reference gives them; no statistics under vmap."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 8, 10, generator=g).to(device)
+    labels = torch.randint(0, 10, (8,), generator=g).to(device)
+    target = psl.SoftTarget(labels, smoothing=0.1)
+    want = torch.stack([F.cross_entropy(z, labels, label_smoothing=0.1) for z in logits])
+    torch.testing.assert_close(torch.vmap(lambda z: psl.soft_cross_entropy(z, target))(logits), want)
+
+    model = torch.nn.Linear(5, 10).to(device)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    inputs = torch.randn(16, 5, generator=g).to(device)
+    table = torch.softmax(torch.randn(10, 10, generator=g), 1).to(device)
+    sample_labels = torch.randint(0, 10, (16,), generator=g).to(device)
+
+    def loss_one(p, x, y, backend):
+        t = psl.SoftTarget(y[None], labels2=(y[None] + 1) % 10, lam=0.7, table=table, table_weight=0.3)
+        return psl.soft_cross_entropy(torch.func.functional_call(model, p, (x[None],)), t, backend=backend)
+    per_sample = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0, None))(params, inputs,
+                                                                                         sample_labels, "auto")
+    for i in range(16):
+        one = torch.func.grad(loss_one)(params, inputs[i], sample_labels[i], "reference")
+        for k in one:
+            torch.testing.assert_close(per_sample[k][i], one[k])
+    with pytest.raises(ValueError, match="under torch.vmap"):
+        torch.vmap(lambda z: psl.soft_cross_entropy(z, target, calib=psl.CalibrationStats(device=device)))(logits)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
 def test_ignored_rows_and_empty_batch(device):
     logits = torch.randn(4, 6, device=device, requires_grad=True)
     labels = torch.full((4,), -100, device=device)

@@ -36,7 +36,8 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     that pass; ``loss.backward()`` then costs no pass over the logits. Second derivatives (a backward
     with ``create_graph=True``, as gradient penalties take) go through the reference formula, and so do
     ``torch.func.grad`` and ``functional_call`` (functorch differentiates with a graph; MAML's second-order
-    step included). ``torch.vmap`` is not supported.
+    step included). Under ``torch.vmap`` (per-sample gradients: vmap over grad) the loss is the reference
+    formula, vmapped; ``stats`` and ``calib`` cannot be accumulated there.
 
     Args:
         logits (Tensor[N, C]): float32, float16, bfloat16 or float64 scores; any strides.
@@ -175,8 +176,21 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
         ctx.spec = spec
         ctx.reduction = reduction
         ctx.save_for_backward(logits)
-        ctx.grad_buffer = grad if _computes_grad(want_grad) else None
+        # The forward's gradient where it wrote one (not in a traced graph, nor under vmap).
+        ctx.grad_buffer = grad if grad.shape == logits.shape else None
         ctx.mark_non_differentiable(grad)
+
+    @staticmethod
+    def vmap(info, in_dims, logits, reduction, spec, want_grad, class_sum, class_count, calib_bins, calib_sums):
+        # torch.vmap (per-sample gradients: vmap over grad): the reference formula, vmapped. Its gradient is
+        # then the reference's too (a transform's backward is taken with a graph).
+        if any(t is not None for t in (class_sum, class_count, calib_bins, calib_sums)):
+            raise ValueError("stats= and calib= cannot be accumulated under torch.vmap")
+
+        def one(x, one_spec):
+            return reference.soft_cross_entropy(x, _target_from_spec(one_spec), _REDUCTIONS[reduction])
+        loss = torch.vmap(one, in_dims=(in_dims[0], in_dims[2]))(logits, spec)
+        return (loss, logits.new_empty((0,))), (0, None)
 
     @staticmethod
     def backward(ctx, grad_output, _):
