@@ -31,13 +31,15 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
 
     With ``SoftTarget(labels, smoothing=s)`` this equals ``F.cross_entropy(logits, labels,
     label_smoothing=s)``, also for classes masked with ``-inf`` logits: a class of target weight 0 adds
-    nothing (:math:`0 \log 0 = 0`), one with weight makes the loss ``inf``; the gradient stays finite. The native kernels read each row of logits once for the loss, write the
-    gradient in the same call (when ``logits`` requires grad) and accumulate ``stats`` / ``calib`` in
-    that pass; ``loss.backward()`` then costs no pass over the logits. Second derivatives (a backward
-    with ``create_graph=True``, as gradient penalties take) go through the reference formula, and so do
-    ``torch.func.grad`` and ``functional_call`` (functorch differentiates with a graph; MAML's second-order
-    step included). Under ``torch.vmap`` (per-sample gradients: vmap over grad) the loss is the reference
-    formula, vmapped; ``stats`` and ``calib`` cannot be accumulated there.
+    nothing (:math:`0 \log 0 = 0`), one with weight makes the loss ``inf``; the gradient stays finite.
+
+    The native kernels read each row of logits once for the loss, write the gradient in the same call
+    (when ``logits`` requires grad) and accumulate ``stats`` / ``calib`` in that pass; ``loss.backward()``
+    then costs no pass over the logits. Second derivatives (a backward with ``create_graph=True``, as
+    gradient penalties take) go through the reference formula, and so do ``torch.func.grad`` and
+    ``functional_call`` (functorch differentiates with a graph; MAML's second-order step included). Under
+    ``torch.vmap`` (per-sample gradients: vmap over grad) the loss is the reference formula, vmapped;
+    ``stats`` and ``calib`` cannot be accumulated there.
 
     Args:
         logits (Tensor[N, C]): float32, float16, bfloat16 or float64 scores; any strides.
@@ -160,7 +162,8 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
     into a fresh buffer (never into ``logits``); backward scales it in place on the device, skipping
     rows whose factor is 1 (no pass at all after a plain ``loss.backward()``) and without a host
     synchronisation. A second backward through the same graph, or a traced graph, recomputes it; a
-    backward with ``create_graph=True`` takes the reference formula, so second derivatives are exact."""
+    backward with ``create_graph=True`` (and so every torch.func transform) takes the reference formula, so
+    second derivatives are exact; under vmap the forward is the reference's too (the vmap rule)."""
 
     @staticmethod
     def forward(logits, reduction, spec, want_grad, class_sum, class_count, calib_bins, calib_sums):
@@ -169,8 +172,8 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        # forward / setup_context apart: the form that torch.func (grad, functional_call) accepts.
-        logits, reduction, spec, want_grad = inputs[:4]
+        # forward / setup_context apart: the form that torch.func (grad, functional_call, vmap) accepts.
+        logits, reduction, spec = inputs[:3]
         _, grad = output
         # The target's tensors are detached constants of _spec: kept as they are, for a recomputation.
         ctx.spec = spec
