@@ -2,7 +2,8 @@
 # Everything GPU-side in one call: build the extension in place, run the tests (stage "test": all of them;
 # "test-cuda": the CUDA ones, what a short lease needs since CI runs the rest), benchmark the kernels,
 # profile the row kernel where it is furthest from its targets (Nsight Compute: which limit each launch hits),
-# run the CUDA tests again under compute-sanitizer memcheck, benchmark the data loader (stage "loader":
+# run the CUDA tests again under compute-sanitizer memcheck (and the loss's under racecheck and synccheck: stage
+# "sanitize-sync"), benchmark the data loader (stage "loader":
 # needs NVIDIA DALI importable, on the device tool's machine from the parts of ../shared/device/dali-chunks.sh,
 # PYTHONPATH=/tmp/site), measure end-to-end training speed against the model-only step (stage "e2e", DALI too:
 # ResNet-50 on ImageNet-sized JPEGs written there; stage "e2e-cifar": CIFAR-10 ResNet-18 when
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench profile loader e2e e2e-cifar sanitize"; else DEFAULT_STAGES="build test bench profile sanitize"; fi
+if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench profile loader e2e e2e-cifar sanitize sanitize-sync"; else DEFAULT_STAGES="build test bench profile sanitize sanitize-sync"; fi
 STAGES=${*:-$DEFAULT_STAGES}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for tools/*.py
@@ -76,16 +77,28 @@ for stage in $STAGES; do
                [ ! -d docs/runs/cifar10-gpu ] || tar -czf "$OUT/records-cifar10-gpu.tar.gz" -C docs/runs cifar10-gpu ;;
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
                 $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not traps" tests ;;
-    *) echo "unknown stage $stage (build, test, test-cuda, bench, profile, loader, e2e, e2e-cifar, reproduce, sanitize)"; exit 2 ;;
+    # The row kernel's shared memory and barriers (the block reduction, and the flag and second reduction of
+    # a row with masked classes) under racecheck and synccheck, on the loss's parity tests.
+    sanitize-sync) for tool in racecheck synccheck; do
+                     run_stage "sanitize-$tool" "sanitize_$tool.log" timeout 100 compute-sanitizer --tool $tool \
+                       --error-exitcode 99 $PY -m pytest -q -p no:cacheprovider -m cuda \
+                       -k "masked or fused_statistics" tests/test_soft_cross_entropy.py
+                   done ;;
+    *) echo "unknown stage $stage (build, test, test-cuda, bench, profile, loader, e2e, e2e-cifar, reproduce, sanitize, sanitize-sync)"; exit 2 ;;
   esac
 done
 
 echo
 echo "================ summary ================"
 cat "$OUT/env.txt"
-for stage in $STAGES; do echo "$stage: ${STATUS[$stage]:-not run}"; done
+for stage in $STAGES; do
+  [ "$stage" = sanitize-sync ] && names="sanitize-racecheck sanitize-synccheck" || names=$stage
+  for name in $names; do echo "$name: ${STATUS[$name]:-not run}"; done
+done
 for log in test.log test_cuda.log; do [ -f "$OUT/$log" ] && grep -E "passed|failed|skipped" "$OUT/$log" | tail -1; done
-[ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitize.log" | tail -2
+for log in sanitize.log sanitize_racecheck.log sanitize_synccheck.log; do
+  [ -f "$OUT/$log" ] && echo "$log: $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$OUT/$log" | tail -2 | tr '\n' ' ')"
+done
 [ -f "$OUT/bench_kernels.md" ] && cat "$OUT/bench_kernels.md"
 [ -f "$OUT/profile.log" ] && grep -E "profiled|row_kernel|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread|Executed Ipc Active|Issue Slots Busy|Executed Instructions  " "$OUT/profile.log"
 [ -f "$OUT/bench_loader.json" ] && cat "$OUT/bench_loader.json"
