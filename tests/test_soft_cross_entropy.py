@@ -87,11 +87,15 @@ def test_matches_torch_probability_targets(device):
     logits = torch.randn(32, 50, device=device, requires_grad=True)
     probs = torch.softmax(torch.randn(32, 50, device=device), 1)
     labels = torch.randint(0, 50, (32,), device=device)
-    ours = psl.soft_cross_entropy(logits, psl.SoftTarget(labels, dense=probs, dense_weight=1.0))
     theirs = F.cross_entropy(logits, probs)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(theirs, logits)[0],
-                               atol=1e-6, rtol=1e-5)
+    for target in (psl.SoftTarget(labels, dense=probs, dense_weight=1.0), probs):  # a tensor of probabilities too
+        ours = psl.soft_cross_entropy(logits, target)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.autograd.grad(ours, logits)[0],
+                                   torch.autograd.grad(theirs, logits, retain_graph=True)[0], atol=1e-6, rtol=1e-5)
+    calib = psl.CalibrationStats(device=device)
+    psl.soft_cross_entropy(logits, probs, calib=calib)
+    assert calib.accuracy == (logits.argmax(1) == probs.argmax(1)).double().mean().item()
 
 
 @native

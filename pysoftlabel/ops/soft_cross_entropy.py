@@ -43,7 +43,9 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
 
     Args:
         logits (Tensor[N, C]): float32, float16, bfloat16 or float64 scores; any strides.
-        target (SoftTarget or Tensor[N]): the target; a label tensor means hard labels.
+        target (SoftTarget, Tensor[N] or Tensor[N, C]): the target; a label tensor means hard labels, a
+            floating-point tensor of the logits' shape class probabilities (as in ``F.cross_entropy``; each
+            row's most likely class then stands for its label in ``stats`` and ``calib``).
         reduction (str): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
         stats (ClassStats, optional): accumulates the softmax of correctly classified rows per class
             (forward only, no gradient). Default: None.
@@ -73,7 +75,12 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if torch.is_tensor(target):
+    if torch.is_tensor(target) and target.is_floating_point() and torch.is_tensor(logits) and \
+            target.dim() == 2 and target.shape == logits.shape and target.shape[1] > 0:
+        # Class probabilities, as F.cross_entropy takes them; each row's most likely class is its label
+        # (for stats and calib).
+        target = SoftTarget(target.detach().argmax(1), dense=target, dense_weight=1.0)
+    elif torch.is_tensor(target):
         target = SoftTarget(target)
     if not isinstance(target, SoftTarget):
         raise ValueError(f"target must be a SoftTarget or a label tensor, got {type(target).__name__}")
