@@ -99,6 +99,31 @@ def test_matches_torch_probability_targets(device):
 
 
 @native
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction):
+    """SoftCrossEntropyLoss against nn.CrossEntropyLoss for label tensors (ignore_index rows included) and
+    probability tensors (mixup's), smoothed alike; a SoftTarget passes through."""
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(12, 7, generator=g).to(device).requires_grad_(True)
+    labels = torch.randint(0, 7, (12,), generator=g).to(device)
+    labels[::5] = -100
+    probs = torch.softmax(torch.randn(12, 7, generator=g), 1).to(device)
+    ours = psl.SoftCrossEntropyLoss(smoothing=smoothing, reduction=reduction)
+    theirs = torch.nn.CrossEntropyLoss(label_smoothing=smoothing, reduction=reduction)
+    for target in (labels, probs):
+        got, want = ours(logits, target), theirs(logits, target)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.autograd.grad(got.sum(), logits)[0],
+                                   torch.autograd.grad(want.sum(), logits)[0], atol=1e-6, rtol=1e-5)
+    soft = psl.SoftTarget(labels.clamp(min=0), smoothing=0.3)
+    torch.testing.assert_close(ours(logits, soft), psl.soft_cross_entropy(logits, soft, reduction=reduction))
+    with pytest.raises(ValueError, match="smoothing"):
+        psl.SoftCrossEntropyLoss(smoothing=1.5)
+
+
+@native
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("parts", [(), ("smoothing", "mix"), ("table", "dense_logits", "per_row"), ("dense", "ignore")])
 def test_gradcheck_float64(reduction, parts):

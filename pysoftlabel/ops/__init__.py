@@ -1,6 +1,6 @@
 """Ops over the native kernels, one file each; every one falls back to pysoftlabel.reference."""
 from .calibration import calibration_update
 from .class_stats import class_stats_update
-from .soft_cross_entropy import soft_cross_entropy
+from .soft_cross_entropy import SoftCrossEntropyLoss, soft_cross_entropy
 
-__all__ = ["soft_cross_entropy", "calibration_update", "class_stats_update"]
+__all__ = ["soft_cross_entropy", "SoftCrossEntropyLoss", "calibration_update", "class_stats_update"]

@@ -7,7 +7,7 @@ from .. import reference
 from .._extension import _C, choose_backend
 from ..target import SoftTarget
 
-__all__ = ["soft_cross_entropy"]
+__all__ = ["soft_cross_entropy", "SoftCrossEntropyLoss"]
 
 _REDUCTIONS = ("none", "mean", "sum")  # the op's codes, as at::Reduction: 0, 1, 2
 
@@ -77,9 +77,7 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if torch.is_tensor(target) and target.is_floating_point() and torch.is_tensor(logits) and \
             target.dim() == 2 and target.shape == logits.shape and target.shape[1] > 0:
-        # Class probabilities, as F.cross_entropy takes them; each row's most likely class is its label
-        # (for stats and calib).
-        target = SoftTarget(target.detach().argmax(1), dense=target, dense_weight=1.0)
+        target = _probability_target(target)
     elif torch.is_tensor(target):
         target = SoftTarget(target)
     if not isinstance(target, SoftTarget):
@@ -112,6 +110,49 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     loss, _ = _NativeSoftCrossEntropy.apply(logits, _REDUCTIONS.index(reduction), _spec(target, logits), want_grad,
                                             *state)
     return loss
+
+
+def _probability_target(probs: Tensor, smoothing: float = 0.0) -> SoftTarget:
+    """The target of class probabilities [N, C], F.cross_entropy's other kind, smoothed as there:
+    ``(1 - s) p + s / C``. Each row's most likely class stands for its label (in ``stats`` and ``calib``)."""
+    return SoftTarget(probs.detach().argmax(1), smoothing=smoothing, dense=probs, dense_weight=1.0 - smoothing)
+
+
+class SoftCrossEntropyLoss(torch.nn.Module):
+    r""":func:`soft_cross_entropy` as a module: a drop-in for ``nn.CrossEntropyLoss(label_smoothing=s)`` and
+    for timm's ``LabelSmoothingCrossEntropy`` and ``SoftTargetCrossEntropy`` (mixup's probability targets).
+
+    ``forward(logits, target, stats=None, calib=None)``: ``target`` a label tensor [N], a floating-point
+    tensor of class probabilities [N, C], or a :class:`~pysoftlabel.SoftTarget` (taken as it is).
+    ``smoothing`` applies to the first two as in ``F.cross_entropy``: labels get ``s / C`` on every class and
+    ``1 - s`` more on their own, probabilities become ``(1 - s) p + s / C``.
+
+    Args:
+        smoothing (float): label smoothing ``s`` in [0, 1]. Default: 0.
+        reduction (str): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+        ignore_index (int): label value of rows to ignore (label tensors). Default: -100.
+        backend (str): as :func:`soft_cross_entropy`'s. Default: ``'auto'``.
+    """
+
+    def __init__(self, smoothing: float = 0.0, reduction: str = "mean", ignore_index: int = -100,
+                 backend: str = "auto"):
+        super().__init__()
+        if not 0.0 <= float(smoothing) <= 1.0:
+            raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.smoothing, self.reduction = float(smoothing), reduction
+        self.ignore_index, self.backend = ignore_index, backend
+
+    def forward(self, logits: Tensor, target, stats=None, calib=None) -> Tensor:
+        if torch.is_tensor(target) and target.is_floating_point() and target.dim() == 2:
+            target = _probability_target(target, self.smoothing)
+        elif torch.is_tensor(target):
+            target = SoftTarget(target, smoothing=self.smoothing, ignore_index=self.ignore_index)
+        return soft_cross_entropy(logits, target, self.reduction, stats=stats, calib=calib, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"smoothing={self.smoothing}, reduction={self.reduction!r}"
 
 
 def _weight(value, dtype):
