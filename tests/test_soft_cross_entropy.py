@@ -229,6 +229,28 @@ def test_ignored_rows_and_empty_batch(device):
 
 @native
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("offset", [1e4, 1e6, -1e30])
+def test_logits_far_from_zero_keep_fp32_precision(device, offset):
+    """Rows of logits far from 0 (a large common offset): the loss and the NLL as precise as fp32
+    F.cross_entropy's, since lse - x_y is taken as (max - x_y) + log(sum). Label smoothing too on the CPU,
+    whose sums are of x - max (the CUDA kernel sums x)."""
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(64, 1000, generator=g) * 2 + offset).to(device)
+    labels, labels2 = torch.randint(0, 1000, (2, 64), generator=g).to(device)
+    ref = lambda **kw: F.cross_entropy(x.double(), labels, reduction="none", **kw)  # noqa: E731
+    cases = [(psl.SoftTarget(labels), ref()),
+             (psl.SoftTarget(labels, labels2=labels2, lam=0.3),
+              0.3 * ref() + 0.7 * F.cross_entropy(x.double(), labels2, reduction="none"))]
+    if device == "cpu":
+        cases.append((psl.SoftTarget(labels, smoothing=0.1), ref(label_smoothing=0.1)))
+    for target, want in cases:
+        torch.testing.assert_close(psl.soft_cross_entropy(x, target, reduction="none").double(), want,
+                                   atol=1e-5, rtol=0)
+    assert psl.calibration_stats(x, labels).nll == pytest.approx(ref().mean().item(), abs=1e-6)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_masked_logits_match_torch(device, dtype, smoothing):

@@ -182,10 +182,18 @@ PSL_HD acc_t row_shift(acc_t x_y, acc_t max) {
   return max == acc_t(-INFINITY) ? acc_t(0) : max;
 }
 
+// lse - shift, with lse = max + log(sum exp(x - max)): taken as (max - shift) + log(sum), so that log(sum)
+// survives where |max| dwarfs it (at logits of 1e30, lse - shift would round to 0; at 1e4, to 1e-3).
+template <typename acc_t>
+PSL_HD acc_t lse_minus(acc_t max, acc_t log_sum, acc_t shift) {
+  return (max - shift) + log_sum;
+}
+
 // Row sums gathered in the pass over the logits, each over x_c - shift (shift: row_shift).
 template <typename acc_t>
 struct RowSums {
   acc_t shift = 0;         // x_y, or the row's max where x_y is -inf
+  acc_t lse_shifted = 0;   // lse - shift (lse_minus)
   acc_t shifted_sum = 0;   // sum_c (x_c - shift)                          (uniform part)
   acc_t table_dot = 0;     // sum_c T_c (x_c - shift), T = lam S[y] + (1 - lam) S[y2]
   acc_t table_mass = 0;    // sum_c T_c (1 for probability rows, 0 for OLS's all-zero first epoch)
@@ -199,15 +207,14 @@ PSL_HD acc_t target_mass(const RowTarget<acc_t>& t, const RowSums<acc_t>& r, int
   return t.hard + t.uniform * acc_t(C) + t.table_weight * r.table_mass + t.dense_weight * r.dense_mass;
 }
 
-// loss = sum(t) (lse - shift) - sum_c t_c (x_c - shift), given lse and x_y, x_y2 of the row. (With
-// shift = x_y the label's own term is exactly 0.)
+// loss = sum(t) (lse - shift) - sum_c t_c (x_c - shift), given x_y and x_y2 of the row. (With shift = x_y
+// the label's own term is exactly 0.)
 template <typename acc_t>
-PSL_HD acc_t row_loss(const RowTarget<acc_t>& t, const RowSums<acc_t>& r, int64_t C, acc_t lse,
-                      acc_t x_y, acc_t x_y2) {
+PSL_HD acc_t row_loss(const RowTarget<acc_t>& t, const RowSums<acc_t>& r, int64_t C, acc_t x_y, acc_t x_y2) {
   const acc_t dot = weighted(t.hard * t.lam, x_y - r.shift) + weighted(t.hard * (acc_t(1) - t.lam), x_y2 - r.shift) +
                     weighted(t.uniform, r.shifted_sum) + weighted(t.table_weight, r.table_dot) +
                     weighted(t.dense_weight, r.dense_dot);
-  return target_mass(t, r, C) * (lse - r.shift) - dot;
+  return target_mass(t, r, C) * r.lse_shifted - dot;
 }
 
 // The gradient scale of a reduction over `valid` rows: 1 / valid for 'mean' (1 when none count).

@@ -198,8 +198,10 @@ PSL_HD bool needs_guarded_sums(const RowState<acc_t>& st) {
 // A row's totals from its merged state, given its label's logit x_y.
 template <typename acc_t>
 struct RowTotals {
-  acc_t lse;        // log sum exp x
-  acc_t dense_lse;  // dense logits: log sum exp(dense / temperature); else 0
+  acc_t lse = 0;        // log sum exp x
+  acc_t dense_lse = 0;  // dense logits: log sum exp(dense / temperature); else 0
+  acc_t base = 0;       // the max (exp_base), and log2 of sum exp(x - base): softmax_at takes these rather
+  acc_t log2_sum = 0;   // than lse, whose rounding would cost p its precision at logits far from 0
   RowSums<acc_t> sums;
 };
 
@@ -207,8 +209,12 @@ template <typename acc_t>
 PSL_HD RowTotals<acc_t> row_totals(const RowState<acc_t>& st, acc_t x_y, int64_t C, bool dense_logits) {
   RowTotals<acc_t> r;
   const acc_t shift = row_shift(x_y, st.max);
-  r.lse = st.max + log(st.sum);
+  const acc_t log_sum = log(st.sum);
+  r.lse = st.max + log_sum;
+  r.base = exp_base(st.max);
+  r.log2_sum = log2(st.sum);
   r.sums.shift = shift;
+  r.sums.lse_shifted = lse_minus(exp_base(st.max), log_sum, shift);
   r.sums.shifted_sum = st.sum_x - acc_t(C) * shift;
   r.sums.table_dot = st.table_dot - st.table_mass * shift;
   r.sums.table_mass = st.table_mass;
@@ -229,7 +235,8 @@ PSL_HD RowTotals<acc_t> row_totals(const RowState<acc_t>& st, acc_t x_y, int64_t
 // The CPU kernel's gradient sweep uses it too.
 template <typename acc_t>
 struct GradRow {
-  acc_t lse, dense_lse;
+  acc_t base, log2_sum;        // of the row's softmax (softmax_at)
+  acc_t dense_lse;
   acc_t mass_f;                // sum(t) f
   acc_t uniform_f;             // s / C f
   acc_t table_f, dense_f;      // a f, d f
@@ -240,7 +247,8 @@ struct GradRow {
 template <typename acc_t>
 PSL_HD GradRow<acc_t> grad_row(const RowTarget<acc_t>& t, const RowTotals<acc_t>& r, int64_t C, acc_t f) {
   GradRow<acc_t> g;
-  g.lse = r.lse;
+  g.base = r.base;
+  g.log2_sum = r.log2_sum;
   g.dense_lse = r.dense_lse;
   g.mass_f = target_mass(t, r.sums, C) * f;
   g.uniform_f = t.uniform * f;
@@ -253,11 +261,18 @@ PSL_HD GradRow<acc_t> grad_row(const RowTarget<acc_t>& t, const RowTotals<acc_t>
   return g;
 }
 
+// softmax(x)_c = 2^((x_c - base) log2(e) - log2_sum): a subtract and a multiply-add, as exp(x - lse) costs,
+// but with x_c - base exact where exp(x - lse) would round lse (at |x| = 1e4 by 1e-3: p off by 0.1%).
+template <typename acc_t>
+PSL_HD acc_t softmax_at(acc_t x, acc_t base, acc_t log2_sum) {
+  return exp2_approx((x - base) * acc_t(1.4426950408889634) - log2_sum);
+}
+
 // p = softmax(x) over one vector.
 template <int VEC, typename acc_t>
-PSL_HD void softmax_vector(const acc_t (&x)[VEC], acc_t lse, acc_t (&p)[VEC]) {
+PSL_HD void softmax_vector(const acc_t (&x)[VEC], acc_t base, acc_t log2_sum, acc_t (&p)[VEC]) {
   PSL_UNROLL
-  for (int k = 0; k < VEC; ++k) p[k] = exp_minus(x[k], lse);
+  for (int k = 0; k < VEC; ++k) p[k] = softmax_at(x[k], base, log2_sum);
 }
 
 // g[offset] -= v when the vector holds that class (the label's spike: one vector per row).

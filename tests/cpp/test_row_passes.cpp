@@ -31,7 +31,7 @@ struct Case {
   bool mix, table, dense, dense_logits;
   double s, a, d, lam, temperature;
   int values;  // 0 normal, 1 whole numbers (ties of the max), 2 with -inf, 3 with a NaN, 4 all -inf, 5 0/1,
-              // 6 with -inf at the label too, 7 with -inf at the mixup partner label
+              // 6 with -inf at the label too, 7 with -inf at the mixup partner label, 8 far from 0 (+3e4)
 };
 
 using State = psl::RowState<float>;
@@ -73,6 +73,7 @@ void run_row(const Case& k, std::mt19937& rng) {
   std::vector<float> x(C), s_y(C), s_y2(C), dense(C);
   for (auto& v : x) v = k.values == 1 ? std::round(normal(rng) / 2.f) : normal(rng);  // 1: many ties
   if (k.values == 5) for (auto& v : x) v = uniform(rng) < 0.1f ? 1.f : 0.f;  // ties in every group of vectors
+  if (k.values == 8) for (auto& v : x) v += 3e4f;  // ulp(3e4) = 2e-3: lse - x_y and x - lse would lose it
   const bool masked = k.values == 2 || k.values == 6 || k.values == 7;  // every third class masked with -inf
   if (masked) for (int c = 0; c < C; c += 3) x[c] = -INFINITY;
   if (k.values == 3) x[C / 2] = NAN;
@@ -216,7 +217,7 @@ void run_row(const Case& k, std::mt19937& rng) {
       if (x[st.max_vector * VEC + j] == st.max) argmax = st.max_vector * VEC + j;
     }
   }
-  const float loss = psl::row_loss(t, r.sums, C, r.lse, x_y, x[y2]);
+  const float loss = psl::row_loss(t, r.sums, C, x_y, x[y2]);
   const float f = 0.75f;  // a gradient factor other than 1
   const psl::GradRow<float> g_row = psl::grad_row(t, r, C, f);
 
@@ -276,7 +277,7 @@ void run_row(const Case& k, std::mt19937& rng) {
   for (int v = 0; v < n_vec; ++v) {
     float xv[VEC], p[VEC], w[VEC] = {}, dv[VEC] = {}, g[VEC];
     vector_at(x, v, xv);
-    psl::softmax_vector(xv, g_row.lse, p);
+    psl::softmax_vector(xv, g_row.base, g_row.log2_sum, p);
     if (kTable) table_at(v, w);
     if (kDense) vector_at(dense, v, dv);
     psl::grad_vector<VEC, kTable, kDense>(g_row, p, w, dv, k.dense_logits, job.inv_temperature, v * VEC, g);
@@ -321,6 +322,8 @@ int main() {
       {"-inf at the label: loss +inf", 960, 64, 8, false, false, false, false, 0.0, 0, 0, 1, 1, 6},
       {"-inf at the label, no weight on it", 1002, 32, 1, false, true, true, true, 0.0, 0.5, 0.5, 1, 1, 6},
       {"a NaN logit", 512, 64, 8, false, false, false, false, 0.1, 0, 0, 1, 1, 3},
+      {"logits far from 0", 1000, 32, 8, false, false, false, false, 0.0, 0, 0, 1, 1, 8},
+      {"logits far from 0, mixup", 1024, 64, 4, true, false, false, false, 0.0, 0, 0, 0.3, 1, 8},
       {"all -inf", 64, 32, 4, false, false, false, false, 0.0, 0, 0, 1, 1, 4},
       {"mixup", 1000, 32, 8, true, false, false, false, 0.1, 0, 0, 0.3, 1, 0},
       {"ols table", 1024, 128, 4, false, true, false, false, 0.0, 0.5, 0, 1, 1, 0},

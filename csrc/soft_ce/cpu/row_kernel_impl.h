@@ -113,26 +113,27 @@ inline T lane_sum(const T* a, int64_t n) {
   return s;
 }
 
-// sum_i w[i] * x[i], a term of weight 0 adding 0 even where x[i] is -inf (weighted, row_math.h).
+// sum_i w[i] * (x[i] - m), a term of weight 0 adding 0 even where x[i] is -inf (weighted, row_math.h).
 template <typename T>
-inline T lane_weighted_dot(const T* w, const T* x, int64_t n) {
+inline T lane_weighted_dot(const T* w, const T* x, T m, int64_t n) {
   T acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
-    for (int k = 0; k < kLanes; ++k) acc[k] += weighted(w[i + k], x[i + k]);
+    for (int k = 0; k < kLanes; ++k) acc[k] += weighted(w[i + k], x[i + k] - m);
   }
-  for (; i < n; ++i) acc[0] += weighted(w[i], x[i]);
+  for (; i < n; ++i) acc[0] += weighted(w[i], x[i] - m);
   T s = 0;
   for (int k = 0; k < kLanes; ++k) s += acc[k];
   return s;
 }
 
 // e[i] = exp(x[i] - m) for a row, and in the same sweep (the row is read once for them) the sums of e,
-// of e^2 and of x, with lanes as above.
+// of e^2 and of x - m, with lanes as above. Sums of x - m, not of x: a row of logits far from 0 (1e4, 1e30)
+// keeps the precision of its differences, and x - m is there anyway for exp.
 template <typename T>
 struct ExpSums {
-  T sum = 0, sum_sq = 0, sum_x = 0;
+  T sum = 0, sum_sq = 0, sum_x_minus_m = 0;
 };
 
 template <typename T>
@@ -142,25 +143,27 @@ inline ExpSums<T> exp_and_sums(const T* x, T m, T* e, int64_t n) {
   for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
     for (int k = 0; k < kLanes; ++k) {
-      const T v = exp_vec(x[i + k] - m);
+      const T d = x[i + k] - m;
+      const T v = exp_vec(d);
       e[i + k] = v;
       s[k] += v;
       s2[k] += v * v;
-      sx[k] += x[i + k];
+      sx[k] += d;
     }
   }
   for (; i < n; ++i) {
-    const T v = exp_vec(x[i] - m);
+    const T d = x[i] - m;
+    const T v = exp_vec(d);
     e[i] = v;
     s[0] += v;
     s2[0] += v * v;
-    sx[0] += x[i];
+    sx[0] += d;
   }
   ExpSums<T> out;
   for (int k = 0; k < kLanes; ++k) {
     out.sum += s[k];
     out.sum_sq += s2[k];
-    out.sum_x += sx[k];
+    out.sum_x_minus_m += sx[k];
   }
   return out;
 }
@@ -286,17 +289,19 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     }
     const ExpSums<acc_t> row_sums = exp_and_sums(x, m_safe, er, C);
     const acc_t s = row_sums.sum, s2 = row_sums.sum_sq;
-    const acc_t lse = m_safe + std::log(s);
+    const acc_t log_s = std::log(s);
+    const acc_t lse = m_safe + log_s;
     const acc_t x_y = x[t.y];
 
     RowSums<acc_t> sums;
     sums.shift = row_shift(x_y, m);
-    sums.shifted_sum = row_sums.sum_x - acc_t(C) * sums.shift;
+    sums.lse_shifted = lse_minus(m_safe, log_s, sums.shift);
+    sums.shifted_sum = row_sums.sum_x_minus_m + acc_t(C) * (m_safe - sums.shift);
     if (t.table_y) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) table_mix[c] = t.table_at(c);
       const acc_t mass = lane_sum(table_mix.data, C);
-      sums.table_dot = lane_weighted_dot(table_mix.data, x, C) - mass * sums.shift;
+      sums.table_dot = lane_weighted_dot(table_mix.data, x, m_safe, C) + mass * (m_safe - sums.shift);
       sums.table_mass = mass;
     }
     if (job.dense) {
@@ -311,10 +316,10 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
         for (int64_t c = 0; c < C; ++c) dense[c] *= inv;
       }
       const acc_t mass = lane_sum(dense.data, C);
-      sums.dense_dot = lane_weighted_dot(dense.data, x, C) - mass * sums.shift;
+      sums.dense_dot = lane_weighted_dot(dense.data, x, m_safe, C) + mass * (m_safe - sums.shift);
       sums.dense_mass = mass;
     }
-    if (job.loss) job.loss[row] = row_loss(t, sums, C, lse, x_y, x[t.y2]);
+    if (job.loss) job.loss[row] = row_loss(t, sums, C, x_y, x[t.y2]);
 
     const acc_t inv_s = acc_t(1) / s;
     const bool finite = std::isfinite(lse);
@@ -328,7 +333,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
         stats->bins[b * 3 + 0] += 1;
         stats->bins[b * 3 + 1] += confidence;
         stats->bins[b * 3 + 2] += argmax == t.y ? 1 : 0;
-        stats->calib_sums[0] += lse - x_y;
+        stats->calib_sums[0] += lse_minus(m_safe, log_s, x_y);  // NLL = lse - x_y
         stats->calib_sums[1] += brier_score(s2 * inv_s * inv_s, p_y);
       }
     }
@@ -341,7 +346,10 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     }
 
     if (job.grad) {
-      const GradRow<acc_t> g = grad_row(t, RowTotals<acc_t>{lse, acc_t(0), sums}, C, row_grad_factor(job, row));
+      RowTotals<acc_t> totals;  // the CPU sweep takes exp(x - max) from er, not base and log2_sum
+      totals.lse = lse;
+      totals.sums = sums;
+      const GradRow<acc_t> g = grad_row(t, totals, C, row_grad_factor(job, row));
       const acc_t mass_e = g.mass_f * inv_s;
       scalar_t* dst = job.grad + row * C;
       const acc_t* table_part = t.table_y ? table_mix.data : nullptr;

@@ -290,7 +290,7 @@ __device__ void finish_row(const RowJob<scalar_t>& job, const RowTarget<opmath_t
   const RowTotals<acc_t> r = row_totals(st, x_y, C, job.dense_logits);
   const bool finite = isfinite(r.lse);
   const bool correct = finite && (job.calib_bins || job.class_sum) && row_argmax<scalar_t, VEC>(x_row, st) == t.y;
-  if (job.loss) job.loss[row] = row_loss(t, r.sums, C, r.lse, x_y, static_cast<acc_t>(x_row[t.y2]));
+  if (job.loss) job.loss[row] = row_loss(t, r.sums, C, x_y, static_cast<acc_t>(x_row[t.y2]));
   if (job.calib_bins) {
     if (!finite) {
       atomicAdd(job.calib_sums + 2, 1.0);
@@ -300,8 +300,8 @@ __device__ void finish_row(const RowJob<scalar_t>& job, const RowTarget<opmath_t
       atomicAdd(job.calib_bins + b * 3 + 0, 1.0);
       atomicAdd(job.calib_bins + b * 3 + 1, static_cast<double>(confidence));
       if (correct) atomicAdd(job.calib_bins + b * 3 + 2, 1.0);
-      atomicAdd(job.calib_sums + 0, static_cast<double>(r.lse - x_y));
-      const acc_t p_y = exp_minus(x_y, r.lse);
+      atomicAdd(job.calib_sums + 0, static_cast<double>(lse_minus(st.max, log(st.sum), x_y)));  // NLL = lse - x_y
+      const acc_t p_y = softmax_at(x_y, r.base, r.log2_sum);
       atomicAdd(job.calib_sums + 1, static_cast<double>(brier_score(st.sum_sq / (st.sum * st.sum), p_y)));
     }
   }
@@ -327,7 +327,7 @@ __device__ __forceinline__ void pass2(const RowJob<scalar_t>& job, const RowTarg
   for (int w = n_vec > static_cast<int>(threadIdx.x) ? last : -1; w >= 0; w -= stride) {
     acc_t x[VEC], p[VEC];
     to_acc(load_last_use(xv + w), x);
-    softmax_vector(x, r.lse, p);
+    softmax_vector(x, r.base, r.log2_sum, p);
     if constexpr (kStats) add_to_row(stats_row + w * VEC, p);
     if constexpr (kGrad) {
       acc_t tw[VEC], d[VEC], g[VEC];
