@@ -32,10 +32,12 @@ PSL_HD float exp2_approx(float x) {
 }
 PSL_HD double exp2_approx(double x) { return exp2(x); }
 
+constexpr double kLog2e = 1.4426950408889634;  // log2(e): exp(x) = 2^(x log2(e))
+
 // exp(x - m): exactly 1 at x = m; 0 for x = -inf and finite m.
 template <typename acc_t>
 PSL_HD acc_t exp_minus(acc_t x, acc_t m) {
-  return exp2_approx((x - m) * acc_t(1.4426950408889634));
+  return exp2_approx((x - m) * acc_t(kLog2e));
 }
 
 // The larger of a and b, ignoring NaN (one instruction on the device): a running max is never NaN, while
@@ -200,8 +202,8 @@ template <typename acc_t>
 struct RowTotals {
   acc_t lse = 0;        // log sum exp x
   acc_t dense_lse = 0;  // dense logits: log sum exp(dense / temperature); else 0
-  acc_t base = 0;       // the max (exp_base), and log2 of sum exp(x - base): softmax_at takes these rather
-  acc_t log2_sum = 0;   // than lse, whose rounding would cost p its precision at logits far from 0
+  acc_t base = 0;       // the max (exp_base), and log of sum exp(x - base): the loss, the NLL and softmax_at
+  acc_t log_sum = 0;    // take these rather than lse, whose rounding costs precision at logits far from 0
   RowSums<acc_t> sums;
 };
 
@@ -209,12 +211,11 @@ template <typename acc_t>
 PSL_HD RowTotals<acc_t> row_totals(const RowState<acc_t>& st, acc_t x_y, int64_t C, bool dense_logits) {
   RowTotals<acc_t> r;
   const acc_t shift = row_shift(x_y, st.max);
-  const acc_t log_sum = log(st.sum);
-  r.lse = st.max + log_sum;
   r.base = exp_base(st.max);
-  r.log2_sum = log2(st.sum);
+  r.log_sum = log(st.sum);
+  r.lse = st.max + r.log_sum;
   r.sums.shift = shift;
-  r.sums.lse_shifted = lse_minus(exp_base(st.max), log_sum, shift);
+  r.sums.lse_shifted = lse_minus(r.base, r.log_sum, shift);
   r.sums.shifted_sum = st.sum_x - acc_t(C) * shift;
   r.sums.table_dot = st.table_dot - st.table_mass * shift;
   r.sums.table_mass = st.table_mass;
@@ -248,7 +249,7 @@ template <typename acc_t>
 PSL_HD GradRow<acc_t> grad_row(const RowTarget<acc_t>& t, const RowTotals<acc_t>& r, int64_t C, acc_t f) {
   GradRow<acc_t> g;
   g.base = r.base;
-  g.log2_sum = r.log2_sum;
+  g.log2_sum = r.log_sum * acc_t(kLog2e);
   g.dense_lse = r.dense_lse;
   g.mass_f = target_mass(t, r.sums, C) * f;
   g.uniform_f = t.uniform * f;
@@ -265,7 +266,7 @@ PSL_HD GradRow<acc_t> grad_row(const RowTarget<acc_t>& t, const RowTotals<acc_t>
 // but with x_c - base exact where exp(x - lse) would round lse (at |x| = 1e4 by 1e-3: p off by 0.1%).
 template <typename acc_t>
 PSL_HD acc_t softmax_at(acc_t x, acc_t base, acc_t log2_sum) {
-  return exp2_approx((x - base) * acc_t(1.4426950408889634) - log2_sum);
+  return exp2_approx((x - base) * acc_t(kLog2e) - log2_sum);
 }
 
 // p = softmax(x) over one vector.

@@ -300,8 +300,8 @@ __device__ void finish_row(const RowJob<scalar_t>& job, const RowTarget<opmath_t
       atomicAdd(job.calib_bins + b * 3 + 0, 1.0);
       atomicAdd(job.calib_bins + b * 3 + 1, static_cast<double>(confidence));
       if (correct) atomicAdd(job.calib_bins + b * 3 + 2, 1.0);
-      atomicAdd(job.calib_sums + 0, static_cast<double>(lse_minus(st.max, log(st.sum), x_y)));  // NLL = lse - x_y
-      const acc_t p_y = softmax_at(x_y, r.base, r.log2_sum);
+      atomicAdd(job.calib_sums + 0, static_cast<double>(lse_minus(r.base, r.log_sum, x_y)));  // NLL = lse - x_y
+      const acc_t p_y = softmax_at(x_y, r.base, r.log_sum * acc_t(kLog2e));
       atomicAdd(job.calib_sums + 1, static_cast<double>(brier_score(st.sum_sq / (st.sum * st.sum), p_y)));
     }
   }
