@@ -34,8 +34,8 @@ from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
-from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence, evaluate,
-                                check_checkpoint, load_checkpoint, parse_device, train_one_epoch,
+from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
+                                evaluate, check_checkpoint, load_checkpoint, parse_device, train_one_epoch,
                                 write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process
 from pysoftlabel.models import create_model
@@ -430,14 +430,17 @@ def check_same_run(path, state, run):
     recorded = {"strategy": state.get("strategy_name"), **{k: state.get(k) for k in run if k != "strategy"}}
     differ = [k for k, v in run.items() if recorded[k] is not None and recorded[k] != v]
     if differ:
-        def show(values):
-            def one(k, v):
-                if k != "classes":
-                    return f"--{k} {v}"
-                return f"{len(v)} classes ({', '.join(map(str, v[:3]))}{', ...' if len(v) > 3 else ''})"
-            return ", ".join(one(k, values[k]) for k in differ)
-        raise ValueError(f"--resume: {path} was written by a run with {show(recorded)}; this run has {show(run)}. "
-                         "Resume with the same options, or start a new run in another --out")
+        raise ValueError(f"--resume: {path} was written by a run with {_options(recorded, differ)}; this run has "
+                         f"{_options(run, differ)}. Resume with the same options, or start a new run in another --out")
+
+
+def _options(values, keys):
+    """'--arch resnet20, 10 classes (a, b, c, ...)': the options ``keys`` of ``values``, as the user gave them."""
+    def one(key, value):
+        if key != "classes":
+            return f"--{key} {value}"
+        return f"{len(value)} classes ({', '.join(map(str, value[:3]))}{', ...' if len(value) > 3 else ''})"
+    return ", ".join(one(k, values[k]) for k in keys)
 
 
 def load_teacher(path, arch, num_classes, device):
