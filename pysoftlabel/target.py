@@ -131,11 +131,7 @@ class SoftTarget:
 
     def check_values(self, num_classes):
         """Per-row value checks (reads the tensors: a synchronisation on CUDA)."""
-        valid = self.labels != self.ignore_index
-        if bool(((self.labels < 0) | (self.labels >= num_classes))[valid].any()):
-            bad = self.labels[valid & ((self.labels < 0) | (self.labels >= num_classes))][0].item()
-            raise ValueError(f"labels: label {bad} is out of range [0, {num_classes}) and is not "
-                             f"ignore_index ({self.ignore_index})")
+        valid = check_label_range(self.labels, num_classes, self.ignore_index)
         if self.labels2 is not None:
             if bool(((self.labels2 < 0) | (self.labels2 >= num_classes))[valid].any()):
                 raise ValueError(f"labels2: a label is out of range [0, {num_classes})")
@@ -156,6 +152,17 @@ class SoftTarget:
                  ("table", self.table), ("table_weight", self.table_weight), ("dense", self.dense),
                  ("dense_weight", self.dense_weight))
         return [(k, v) for k, v in parts if isinstance(v, Tensor)]
+
+
+def check_label_range(labels, num_classes, ignore_index):
+    """The rows of ``labels`` that are not ``ignore_index``; ValueError naming the first label among them
+    outside [0, num_classes) (reads the tensor: a synchronisation on CUDA)."""
+    valid = labels != ignore_index
+    bad = valid & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        raise ValueError(f"labels: label {int(labels[bad][0])} is out of range [0, {num_classes}) and is not "
+                         f"ignore_index ({ignore_index})")
+    return valid
 
 
 def _nonzero(weight):

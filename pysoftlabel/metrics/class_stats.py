@@ -23,8 +23,7 @@ class ClassStats(SummedState):
     _state = ("sum", "count")
 
     def __init__(self, num_classes: int, device=None):
-        num_classes = count_argument("num_classes", num_classes)
-        self.num_classes = num_classes
+        self.num_classes = count_argument("num_classes", num_classes)
         device = torch.device("cpu") if device is None else torch.device(device)
         self.sum = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float32, device=device)
         self.count = torch.zeros(self.num_classes, dtype=torch.float32, device=device)

@@ -4,6 +4,8 @@ import operator
 
 import torch
 
+from ..target import check_label_range
+
 __all__ = ["SummedState", "count_argument", "check_batch"]
 
 
@@ -34,12 +36,8 @@ def check_batch(logits, labels=None, ignore_index=-100, num_classes=None):
                          f"{getattr(labels, 'shape', type(labels).__name__)}")
     if logits.device.type != "cpu":
         return
-    valid = torch.ones(logits.shape[0], dtype=torch.bool) if labels is None else labels != ignore_index
-    if labels is not None:
-        bad = valid & ((labels < 0) | (labels >= logits.shape[1]))
-        if bool(bad.any()):
-            raise ValueError(f"labels: label {int(labels[bad][0])} is out of range [0, {logits.shape[1]}) and is "
-                             f"not ignore_index ({ignore_index})")
+    valid = (torch.ones(logits.shape[0], dtype=torch.bool) if labels is None
+             else check_label_range(labels, logits.shape[1], ignore_index))
     if logits.shape[1]:
         nonfinite = valid & ~torch.isfinite(torch.logsumexp(logits.detach().double(), dim=1))
         if bool(nonfinite.any()):

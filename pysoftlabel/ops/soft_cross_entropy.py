@@ -75,8 +75,7 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if torch.is_tensor(target) and target.is_floating_point() and torch.is_tensor(logits) and \
-            target.dim() == 2 and target.shape == logits.shape and target.shape[1] > 0:
+    if _is_probabilities(target):
         target = _probability_target(target)
     elif torch.is_tensor(target):
         target = SoftTarget(target)
@@ -112,6 +111,11 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     return loss
 
 
+def _is_probabilities(target) -> bool:
+    """Whether ``target`` is a tensor of class probabilities [N, C] (floating point, two dimensions)."""
+    return torch.is_tensor(target) and target.is_floating_point() and target.dim() == 2 and target.shape[1] > 0
+
+
 def _probability_target(probs: Tensor, smoothing: float = 0.0) -> SoftTarget:
     """The target of class probabilities [N, C], F.cross_entropy's other kind, smoothed as there:
     ``(1 - s) p + s / C``. Each row's most likely class stands for its label (in ``stats`` and ``calib``)."""
@@ -145,7 +149,7 @@ class SoftCrossEntropyLoss(torch.nn.Module):
         self.ignore_index, self.backend = ignore_index, backend
 
     def forward(self, logits: Tensor, target, stats=None, calib=None) -> Tensor:
-        if torch.is_tensor(target) and target.is_floating_point() and target.dim() == 2:
+        if _is_probabilities(target):
             target = _probability_target(target, self.smoothing)
         elif torch.is_tensor(target):
             target = SoftTarget(target, smoothing=self.smoothing, ignore_index=self.ignore_index)
@@ -189,12 +193,17 @@ def _target_from_spec(spec) -> SoftTarget:
                       temperature=temperature, ignore_index=ignore_index)
 
 
+def _reference_loss(logits, spec, reduction):
+    """The loss of the op's arguments by the reference formula (PyTorch ops: differentiable, vmappable)."""
+    return reference.soft_cross_entropy(logits, _target_from_spec(spec), _REDUCTIONS[reduction])
+
+
 def _differentiable_grad(logits, spec, reduction, grad_output):
     """The gradient as PyTorch ops that autograd can differentiate again, for a backward with
     ``create_graph=True`` (gradient penalties, Hessian-vector products, meta-learning): the reference
     formula, which builds the N x C target. The native kernels' gradient is a constant to autograd."""
     with torch.enable_grad():
-        loss = reference.soft_cross_entropy(logits, _target_from_spec(spec), _REDUCTIONS[reduction])
+        loss = _reference_loss(logits, spec, reduction)
         (grad,) = torch.autograd.grad(loss, logits, grad_output, create_graph=True)
     return grad
 
@@ -237,10 +246,8 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
         # then the reference's too (a transform's backward is taken with a graph).
         if any(t is not None for t in (class_sum, class_count, calib_bins, calib_sums)):
             raise ValueError("stats= and calib= cannot be accumulated under torch.vmap")
-
-        def one(x, one_spec):
-            return reference.soft_cross_entropy(x, _target_from_spec(one_spec), _REDUCTIONS[reduction])
-        loss = torch.vmap(one, in_dims=(in_dims[0], in_dims[2]))(logits, spec)
+        loss = torch.vmap(lambda x, one_spec: _reference_loss(x, one_spec, reduction),
+                          in_dims=(in_dims[0], in_dims[2]))(logits, spec)
         return (loss, logits.new_empty((0,))), (0, None)
 
     @staticmethod
