@@ -182,6 +182,26 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     assert (tmp_path / "ce" / "eval" / "report.md").exists()
 
 
+def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
+    # A --resident run validates on the images at their own size (32 px here, not --image-size 16) under bf16:
+    # the checkpoint alone must give the same report, with no --data, --resident or --amp repeated.
+    import evaluate
+    run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--amp", "bf16")
+    evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert summary["nll"] == pytest.approx(trained["nll"], rel=1e-6) and summary["count"] == trained["count"]
+    assert summary["ece"] == pytest.approx(trained["ece"], rel=1e-6, abs=1e-9)
+
+
+def test_evaluate_without_the_runs_options_asks_for_data(tmp_path, capsys):
+    import evaluate
+    save_checkpoint({"arch": "resnet20", "classes": ["a", "b"], "model": {}}, tmp_path / "alone.pt")
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path / "alone.pt")])
+    assert "--data: needed" in capsys.readouterr().err
+
+
 def test_resident_small_dataset_path_resumes_exactly(data, tmp_path):
     common = ("--strategy", "ls", "--resident", "--cutout", "8", "--aug", "cutmix")
     whole = run(data, tmp_path / "whole", *common)

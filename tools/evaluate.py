@@ -2,7 +2,12 @@
 """Evaluate a checkpoint of tools/train_imagenet.py: the same validation metrics, the calibration report
 (with temperature scaling fitted on the validation logits, reported beside) and the reliability diagram.
 
-    python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--out DIR --image-size 32 --boxes BOXES]
+    python tools/evaluate.py runs/ldl/checkpoint.pt                  # the run's own validation set, as it was run
+    python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--val-split val --image-size 224 --out DIR]
+
+By default the data and its handling are the training run's (its args.json, beside the checkpoint): the same
+folder (the built-in synthetic dataset for a run without --data), validation split, resident or DALI
+path, image size, batch size and --amp, so the report reproduces the run's own. Each option overrides.
 
 Given boxes (--boxes, or DATA/boxes when it exists) it also reports the context-only confidence of Adaptive
 Label Smoothing: the mean max-softmax on the largest box-free window of each validation image.
@@ -13,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
+from pysoftlabel.data.imagenet import context_crops
+from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
                                 parse_device, write_calibration_report)
 from pysoftlabel.models import create_model
@@ -22,12 +28,16 @@ from pysoftlabel.models import create_model
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint.pt written by tools/train_imagenet.py")
-    p.add_argument("--data", required=True, help="ImageNet-layout root with val/")
-    p.add_argument("--image-size", type=int, default=None, help="evaluation crop (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--data", default=None, help="ImageNet-layout root (default: the run's)")
+    p.add_argument("--val-split", default=None, help="validation folder name (default: the run's, else val)")
+    p.add_argument("--resident", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate the images at their own size, kept resident, as --resident training does "
+                        "(default: as the run did)")
+    p.add_argument("--image-size", type=int, default=None, help="evaluation crop (default: the run's, else 224)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the run's, else 64)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                   help="autocast dtype, as in training (default: auto, bf16 on cuda, off on cpu)")
+    p.add_argument("--amp", default=None, choices=AMP_CHOICES,
+                   help="autocast dtype (default: the run's, else auto: bf16 on cuda, off on cpu)")
     p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, eval/)")
     p.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root (default: DATA/boxes if present)")
     args = p.parse_args(argv)
@@ -42,27 +52,46 @@ def main(argv=None):
         state = load_checkpoint(args.checkpoint, keys=("arch", "classes", "model"))
     except ValueError as error:
         p.error(str(error))
-    if not Path(args.data, "val").is_dir():
-        p.error(f"--data: {args.data} has no val/ folder")
-    run_args = json.loads(Path(args.checkpoint).with_name("args.json").read_text()) \
-        if Path(args.checkpoint).with_name("args.json").exists() else {}
-    image_size = args.image_size or int(run_args.get("image_size", 224))
-    amp = autocast_dtype(args.amp, device)
-    val = ImageNetLoader(args.data, "val", args.batch_size, image_size, device, classes=state["classes"])
-    model = create_model(state["arch"], len(state["classes"])).to(device)
-    model.load_state_dict(state["model"])
-    out = Path(args.out or Path(args.checkpoint).parent / "eval")
-    boxes = Path(args.boxes) if args.boxes else Path(args.data, "boxes")
-    extra = {}
-    if boxes.is_dir():
-        context = context_crops(args.data, "val", boxes, args.batch_size, image_size, device, state["classes"])
+    run = run_options(args.checkpoint)
+    data = args.data or run.get("data") or run.get("data_cache")
+    if data is None:
+        p.error(f"--data: needed, since {args.checkpoint} has no args.json beside it to say which data its run used")
+    split = args.val_split or run.get("val_split", "val")
+    if not Path(data, split).is_dir():
+        p.error(f"--data: {data} has no {split}/ folder")
+    resident = args.resident if args.resident is not None else bool(run.get("resident", False))
+    image_size = args.image_size or int(run.get("image_size", 224))
+    batch_size = args.batch_size or int(run.get("batch_size", 64))
+    amp = autocast_dtype(args.amp or run.get("amp", "auto"), device)
+    boxes = Path(args.boxes) if args.boxes else Path(data, "boxes")
+    if args.boxes and not boxes.is_dir():
+        p.error(f"--boxes: {args.boxes} does not exist")
+    try:
+        val = validation_loader(data, split, batch_size, image_size, device, state["classes"], resident=resident,
+                                num_threads=int(run.get("threads", 2)))
+        model = create_model(state["arch"], len(state["classes"])).to(device, memory_format=torch.channels_last)
+        model.load_state_dict(state["model"])
+        out = Path(args.out or Path(args.checkpoint).parent / "eval")
+        extra = {}
+        context = context_crops(data, split, boxes, batch_size, image_size, device, state["classes"],
+                                dtype=loader_dtype(device)) if boxes.is_dir() else None
         if context is not None:
             extra = {"context_confidence": context_confidence(model, context, device, amp),
                      "context_crops": len(context.files)}
-    elif args.boxes:
-        p.error(f"--boxes: {args.boxes} does not exist")
-    summary = write_calibration_report(model, val, device, out, amp, extra=extra)
+        summary = write_calibration_report(model, val, device, out, amp, extra=extra)
+    except ValueError as error:
+        raise SystemExit(str(error))
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
+
+
+def run_options(checkpoint) -> dict:
+    """The options of the tools/train_imagenet.py run that wrote ``checkpoint``, from its args.json ({} without
+    one). Runs before 2026-12-02 wrote every value as a string: "None", "True" and "False" are read back."""
+    path = Path(checkpoint).with_name("args.json")
+    if not path.exists():
+        return {}
+    words = {"None": None, "True": True, "False": False}
+    return {k: words.get(v, v) if isinstance(v, str) else v for k, v in json.loads(path.read_text()).items()}
 
 
 if __name__ == "__main__":

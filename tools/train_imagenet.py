@@ -32,6 +32,7 @@ from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.boxes import load_boxes
 from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
+from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
@@ -180,6 +181,13 @@ def boxes_root(args, root):
     return root / "boxes" if (root / "boxes").is_dir() else None
 
 
+def make_val_loader(args, root, device, classes, rank=0, world=1):
+    """The run's validation loader, this rank's share (tools/evaluate.py builds the same from args.json)."""
+    return validation_loader(root, args.val_split, args.batch_size, args.image_size, device, classes,
+                             resident=args.resident, seed=args.seed, num_threads=args.threads, shard_id=rank,
+                             num_shards=world)
+
+
 def make_loaders(args, root, device, rank, world, strategy_name):
     """(val loader, classes, train loader for an epoch, data facts): the DALI pipeline, or the resident
     small-image path, sharded per rank. The training loader of epoch e is a function of (seed, e), so that a
@@ -187,8 +195,7 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     facts include the context-only crops of the validation images."""
     if args.resident:
         train_data = ResidentImages(root, "train", device, per_class=args.train_per_class)
-        val = ResidentLoader(ResidentImages(root, args.val_split, device, train_data.classes), args.batch_size, False,
-                             shard_id=rank, num_shards=world)
+        val = make_val_loader(args, root, device, train_data.classes, rank, world)
         train = ResidentLoader(train_data, args.batch_size, True, cutout=args.cutout, seed=args.seed, shard_id=rank,
                                num_shards=world)
 
@@ -196,15 +203,12 @@ def make_loaders(args, root, device, rank, world, strategy_name):
             train.set_epoch(epoch)
             return train
         return val, train_data.classes, train_for_epoch, {}
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    common = dict(shard_id=rank, num_shards=world, num_threads=args.threads, dtype=dtype)
+    common = dict(shard_id=rank, num_shards=world, num_threads=args.threads, dtype=loader_dtype(device))
     if find_shards(root / "train"):  # webdataset shards: the loader shuffles the shard order per epoch
         if strategy_name == "als" or args.train_per_class:
             raise ValueError("data: --strategy als and --train-per-class need ImageNet-layout folders, not shards")
         classes = ImageNetLoader(root, "train", args.batch_size, args.image_size, device, **common).classes
-        val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, classes=classes,
-                             seed=args.seed, **common)
-        return val, classes, lambda epoch: ImageNetLoader(
+        return make_val_loader(args, root, device, classes, rank, world), classes, lambda epoch: ImageNetLoader(
             root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
             min_scale=args.min_scale, **common), {}
     files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)  # once: seconds on ImageNet
@@ -212,8 +216,7 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     if skipped and is_main_process():
         print(f"skipping {len(skipped)} unreadable training images, e.g. {skipped[0][0]} {skipped[0][1]}", flush=True)
     facts = {"skipped_images": len(skipped)}
-    val = ImageNetLoader(root, args.val_split, args.batch_size, args.image_size, device, classes=classes,
-                         seed=args.seed, **common)
+    val = make_val_loader(args, root, device, classes, rank, world)
     boxes = None
     if strategy_name == "als":
         box_root = boxes_root(args, root)
@@ -345,8 +348,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
         run_model = torch.compile(run_model)
     out.mkdir(parents=True, exist_ok=True)
     if is_main_process():
-        (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}
-                                                  | {"strategy": strategy_name, "world_size": world}, indent=1))
+        # The run's options as JSON values (paths as strings): tools/evaluate.py takes its defaults from them.
+        (out / "args.json").write_text(json.dumps(vars(args) | {"strategy": strategy_name, "world_size": world},
+                                                  indent=1, default=str))
     start, start_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
@@ -418,7 +422,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
                 raise Interrupted
         if stop == args.epochs and is_main_process():
             # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
-            full_val = val if world == 1 else make_loaders(args, root, device, 0, 1, "ce")[0]
+            full_val = val if world == 1 else make_val_loader(args, root, device, classes)
             write_calibration_report(model, full_val, device, out, amp)
     barrier()
     return ckpt_path
