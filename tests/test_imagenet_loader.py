@@ -107,6 +107,14 @@ def test_dtypes_determinism_and_sharding(data):
     assert sorted(seen) == list(range(21))
 
 
+def test_a_training_set_smaller_than_a_batch_is_named(data):
+    # 24 training images: DALI would stop with a message about its reader ("no data in the pipeline")
+    with pytest.raises(ValueError, match=r"train has 24 training images \(8 per process over 3\), fewer than one "
+                                         r"batch of 9"):
+        ImageNetLoader(data, "train", 9, 32, "cpu", shard_id=0, num_shards=3, num_threads=1)
+    assert len(ImageNetLoader(data, "val", 64, 32, "cpu", num_threads=1)) == 1  # evaluation: one partial batch
+
+
 def test_context_crops_avoid_every_box(data):
     loader = context_crops(data, "val", data / "boxes", 4, 32, "cpu", list(CLASSES), min_area=0.1, num_threads=1)
     crops = 0

@@ -37,6 +37,15 @@ def test_eval_batches_are_the_images_in_order(images):
     torch.testing.assert_close(got, images.images.float(), atol=1e-3, rtol=0)
 
 
+def test_a_training_set_smaller_than_a_batch_is_named(images):
+    ResidentLoader(images, 30, training=True)  # one full batch: fine
+    with pytest.raises(ValueError, match=r"train has 30 training images, fewer than one batch of 31"):
+        ResidentLoader(images, 31, training=True)
+    with pytest.raises(ValueError, match=r"\(15 per process over 2\), fewer than one batch of 16"):
+        ResidentLoader(images, 16, training=True, shard_id=1, num_shards=2)
+    ResidentLoader(images, 64, training=False)  # evaluation keeps its partial batch
+
+
 def test_training_crop_is_a_shifted_window_and_epochs_differ(images):
     loader = ResidentLoader(images, 6, training=True, pad=4, flip=False, seed=1)
     batch = next(iter(loader))

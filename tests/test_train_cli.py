@@ -90,6 +90,13 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(data, tmp_
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
 
 
+def test_a_batch_larger_than_the_training_set_gives_one_line(data, tmp_path):
+    # 48 training images: the resident path trained zero steps and reported a loss of 0, DALI stopped in its reader
+    for path in ((), ("--resident",)):
+        with pytest.raises(SystemExit, match="has 48 training images, fewer than one batch of 64"):
+            run(data, tmp_path / "big", "--strategy", "ce", "--batch-size", "64", *path)
+
+
 def test_resume_with_other_options_names_them(data, tmp_path):
     out = tmp_path / "ce"
     train_imagenet.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--stop-after", "1",

@@ -1,9 +1,10 @@
 """Scanning an ImageNet-layout folder (ROOT/<split>/<class>/<image>) into a file list, with clear errors,
-and the cheap check that keeps unreadable files out of the DALI pipeline."""
+the cheap check that keeps unreadable files out of the DALI pipeline, and the check that a training set
+fills a batch."""
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "unreadable_image", "drop_unreadable"]
+__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "unreadable_image", "drop_unreadable", "check_fills_a_batch"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # any case; ImageNet has PNG and CMYK files named .JPEG
 
@@ -37,6 +38,17 @@ def scan_image_folder(root, split: str, classes=None, per_class=None):
     if not files:
         raise ValueError(f"data: no images under {folder}")
     return files, labels, classes
+
+
+def check_fills_a_batch(count: int, batch_size: int, num_shards: int, where) -> None:
+    """ValueError when ``count`` training images over ``num_shards`` processes leave a process less than one
+    batch: training drops the last partial batch, so it would train on nothing (DALI stops with a message
+    about its reader instead; the resident path trained zero steps and went on)."""
+    share = count // num_shards
+    if share < batch_size:
+        per = f" ({share} per process over {num_shards})" if num_shards > 1 else ""
+        raise ValueError(f"data: {where} has {count} training images{per}, fewer than one batch of {batch_size}; "
+                         "training drops a partial batch and would train on nothing: lower the batch size")
 
 
 def unreadable_image(path):

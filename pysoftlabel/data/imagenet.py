@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .boxes import context_window, load_boxes, object_fraction
-from .folder import drop_unreadable, scan_image_folder
+from .folder import check_fills_a_batch, drop_unreadable, scan_image_folder
 from .webdataset import find_shards, parse_class_text, scan_webdataset
 
 __all__ = ["imagenet_pipeline", "ImageNetLoader", "context_crops"]
@@ -122,7 +122,7 @@ class ImageNetLoader:
         if self.webdataset:
             if boxes is not None or windows is not None:
                 raise ValueError(f"data: boxes need ImageNet-layout folders; {root}/{split} holds webdataset shards")
-            samples, num_classes = scan_webdataset(shards)
+            size, num_classes = scan_webdataset(shards)
             self.classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
             if num_classes > len(self.classes):
                 raise ValueError(f"data: {root}/{split} has class index {num_classes - 1}, the training set "
@@ -138,6 +138,9 @@ class ImageNetLoader:
             if not self.files:
                 raise ValueError(f"data: none of the {len(files)} images of {root}/{split} can be read")
             self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
+            size = len(self.files)
+        if self.training:
+            check_fills_a_batch(size, batch_size, num_shards, Path(root) / split)
         self.boxes = boxes
         gpu = self.device.type == "cuda"
         self.pipe = imagenet_pipeline(self.files, image_size, self.training, shard_id, num_shards, gpu, seed, batch_size,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .folder import scan_image_folder
+from .folder import check_fills_a_batch, scan_image_folder
 from .imagenet import MEAN, STD
 
 __all__ = ["ResidentImages", "ResidentLoader"]
@@ -31,6 +31,7 @@ class ResidentImages:
     """
 
     def __init__(self, root, split, device="cpu", classes=None, per_class=None):
+        self.folder = Path(root) / split
         files, labels, self.classes = scan_image_folder(root, split, classes, per_class)
         # Pillow releases the GIL while it decodes: threads make the 60,000 CIFAR-10 files a few seconds.
         with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
@@ -60,6 +61,8 @@ class ResidentLoader:
         self.data, self.batch_size, self.training = data, int(batch_size), bool(training)
         self.pad, self.flip, self.cutout = int(pad), bool(flip), int(cutout)
         self.seed, self.shard_id, self.num_shards, self.epoch = int(seed), int(shard_id), int(num_shards), 0
+        if self.training:
+            check_fills_a_batch(len(data), self.batch_size, self.num_shards, data.folder)
         device = data.images.device
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
