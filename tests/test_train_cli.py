@@ -104,6 +104,11 @@ def test_resume_with_other_options_names_them(data, tmp_path):
     with pytest.raises(SystemExit, match=r"written by a run with --arch resnet20, --strategy ce, --aug none; "
                                          r"this run has --arch resnet32, --strategy ols, --aug mixup"):
         run(data, out, "--resume", "--arch", "resnet32", "--strategy", "ols", "--aug", "mixup")
+    with pytest.raises(SystemExit, match=r"written by a run with no --resident, --als-eps 0.0 1.0, --epochs 2, --lr 0.1; "
+                                         r"this run has --resident, --als-eps 0.1 0.5, --epochs 4, --lr 0.2\."):
+        run(data, out, "--resume", "--strategy", "ce", "--epochs", "4", "--lr", "0.2", "--resident",
+            "--als-eps", "0.1", "0.5")
+    assert json.loads((out / "args.json").read_text())["epochs"] == 2  # a refused resume leaves the run's record
     run(data, out, "--resume", "--strategy", "ce")  # the same options go on
 
 

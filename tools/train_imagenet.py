@@ -347,16 +347,12 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     if args.compile:
         run_model = torch.compile(run_model)
     out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        # The run's options as JSON values (paths as strings): tools/evaluate.py takes its defaults from them.
-        (out / "args.json").write_text(json.dumps(vars(args) | {"strategy": strategy_name, "world_size": world},
-                                                  indent=1, default=str))
     start, start_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, device, keys=("model", "optimizer", "scheduler", "strategy", "rng", "epoch"))
         check_same_run(ckpt_path, state, {"arch": args.arch, "strategy": strategy_name, "aug": args.aug,
-                                          "classes": classes})
+                                          "classes": classes, **recipe(args)})
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -373,6 +369,10 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
             strategy.stats.reset()  # the checkpoint holds the statistics of all ranks, summed: count them once
         if is_main_process():
             print(f"resumed {out} at epoch {start}" + (f", step {start_step}" if start_step else ""), flush=True)
+    if is_main_process():
+        # The run's options as JSON values (paths as strings): tools/evaluate.py takes its defaults from them.
+        (out / "args.json").write_text(json.dumps(vars(args) | {"strategy": strategy_name, "world_size": world},
+                                                  indent=1, default=str))
     log = EpochLog(out, strategy_name, args.epochs, start) if is_main_process() else None
 
     def checkpoint(epoch, step=0):
@@ -383,7 +383,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "mix": mix.state_dict() if mix is not None else None,
                          "rng": rng_states(device), "epoch": epoch, "step": step, "arch": args.arch,
-                         "strategy_name": strategy_name, "aug": args.aug, "classes": classes}, ckpt_path)
+                         "strategy_name": strategy_name, "aug": args.aug, "classes": classes,
+                         "recipe": recipe(args)}, ckpt_path)
 
     stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     # The checkpoint is written while the next epoch trains; leaving this block (an interruption or an error
@@ -428,11 +429,24 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
     return ckpt_path
 
 
+# The options that shape a run's trajectory: a --resume with any of them changed would not continue the run
+# (a longer --epochs, say, would follow the checkpoint's schedule, already at its end), so it is refused.
+RECIPE = ("epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout", "val_split",
+          "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp", "eps",
+          "als_eps", "ols_alpha", "kd_alpha", "kd_temperature", "ema_decay", "online_weight")
+
+
+def recipe(args) -> dict:
+    """The RECIPE options of ``args``, as the checkpoint records them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in RECIPE}
+
+
 def check_same_run(path, state, run):
     """ValueError naming the options of this run that differ from those of the run that wrote the checkpoint
     at ``path`` (a checkpoint written before an option was recorded is not checked for it)."""
-    recorded = {"strategy": state.get("strategy_name"), **{k: state.get(k) for k in run if k != "strategy"}}
-    differ = [k for k, v in run.items() if recorded[k] is not None and recorded[k] != v]
+    recorded = {"strategy": state.get("strategy_name"), **{k: state.get(k) for k in ("arch", "aug", "classes")}}
+    recorded = {k: v for k, v in recorded.items() if v is not None} | state.get("recipe", {})
+    differ = [k for k, v in run.items() if k in recorded and recorded[k] != v]
     if differ:
         raise ValueError(f"--resume: {path} was written by a run with {_options(recorded, differ)}; this run has "
                          f"{_options(run, differ)}. Resume with the same options, or start a new run in another --out")
@@ -441,8 +455,11 @@ def check_same_run(path, state, run):
 def _options(values, keys):
     """'--arch resnet20, 10 classes (a, b, c, ...)': the options ``keys`` of ``values``, as the user gave them."""
     def one(key, value):
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            return flag if value else f"no {flag}"
         if key != "classes":
-            return f"--{key} {value}"
+            return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
         return f"{len(value)} classes ({', '.join(map(str, value[:3]))}{', ...' if len(value) > 3 else ''})"
     return ", ".join(one(k, values[k]) for k in keys)
 
