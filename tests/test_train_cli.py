@@ -136,6 +136,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--lr", "nan"], "--lr must be positive"),
     (["--strategy", "kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),  # before its teacher is trained
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
+    (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
     (["--device", "gpu"], "is not a device"),
 ])
 def test_bad_arguments_give_one_clear_line(argv, match, capsys):
@@ -234,6 +235,14 @@ def test_fp16_scales_the_loss_and_resumes_the_scaler(data, tmp_path):
     # the growth tracker counts steps since the last overflow (2 epochs of 6 steps, none overflowed):
     # restored, it goes on from the first invocation
     assert scaler[0] == scaler[1] and scaler[0]["_growth_tracker"] == 12
+
+
+def test_ols_fine_grained_recipe_options_reach_the_strategy():
+    args = train_imagenet.parse_args(["--strategy", "ols", "--ols-init", "uniform", "--ols-freeze-at", "0.88"])
+    strategy = train_imagenet.make_strategy("ols", args, None, 4, None, torch.device("cpu"), steps=10)
+    assert torch.equal(strategy.table, torch.full((4, 4), 0.25)) and strategy.freeze_at == 0.88
+    default = train_imagenet.make_strategy("ols", train_imagenet.parse_args([]), None, 4, None, torch.device("cpu"), 10)
+    assert torch.equal(default.table, torch.zeros(4, 4)) and default.freeze_at is None
 
 
 def test_multistep_schedule_after_warmup():

@@ -74,6 +74,12 @@ def parse_args(argv=None):
     g.add_argument("--als-eps", type=float, nargs=2, default=(0.0, 1.0), metavar=("MIN", "MAX"),
                    help="als smoothing range, eps = clamp(1 - object fraction of the crop) (default: 0 1)")
     g.add_argument("--ols-alpha", type=float, default=0.5, help="OLS hard-label weight (default: 0.5)")
+    g.add_argument("--ols-init", default="zeros", choices=("zeros", "uniform"),
+                   help="OLS table of the first epoch: zeros (CIFAR / ImageNet recipe: no soft term in epoch 1) or "
+                        "uniform (fine-grained recipe) (default: zeros)")
+    g.add_argument("--ols-freeze-at", type=float, default=None,
+                   help="keep an OLS table row once its largest value reaches this (the official fine-grained "
+                        "recipe: 0.88) (default: never)")
     g.add_argument("--kd-alpha", type=float, default=0.1, help="KD weight (default: 0.1)")
     g.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature (default: 3)")
     g.add_argument("--ema-decay", type=float, default=None,
@@ -141,6 +147,7 @@ def check_values(p, args):
         ("eps", 0 <= args.eps <= 1, "in [0, 1]"),
         ("als_eps", 0 <= args.als_eps[0] <= args.als_eps[1] <= 1, "MIN <= MAX within [0, 1]"),
         ("ols_alpha", 0 <= args.ols_alpha <= 1, "in [0, 1]"),
+        ("ols_freeze_at", optional(args.ols_freeze_at, lambda v: 0 < v <= 1), "in (0, 1]"),
         ("kd_alpha", 0 <= args.kd_alpha <= 1, "in [0, 1]"),
         ("kd_temperature", args.kd_temperature > 0, "positive"),
         ("ema_decay", optional(args.ema_decay, lambda v: 0 < v < 1), "in (0, 1)"),
@@ -246,7 +253,8 @@ def make_strategy(name, args, model, num_classes, teacher, device, steps):
     if name == "ls":
         return S.LabelSmoothing(args.eps)
     if name == "ols":
-        return S.OnlineLabelSmoothing(num_classes, args.ols_alpha, device=device)
+        return S.OnlineLabelSmoothing(num_classes, args.ols_alpha, init=args.ols_init, freeze_at=args.ols_freeze_at,
+                                      device=device)
     if name == "als":
         return S.AdaptiveLabelSmoothing(*args.als_eps, eps_no_box=args.eps)
     if name == "ldl":
@@ -433,7 +441,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
 # (a longer --epochs, say, would follow the checkpoint's schedule, already at its end), so it is refused.
 RECIPE = ("epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout", "val_split",
           "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp", "eps",
-          "als_eps", "ols_alpha", "kd_alpha", "kd_temperature", "ema_decay", "online_weight")
+          "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
+          "online_weight")
 
 
 def recipe(args) -> dict:
