@@ -84,6 +84,21 @@ def test_ldl_trains_its_teacher_first(data, tmp_path):
     assert (tmp_path / "ldl" / "teacher" / "checkpoint.pt").exists() and len(records) == 2
 
 
+def test_stop_after_counts_the_teachers_epochs_and_the_student_waits_for_it(data, tmp_path):
+    # Before, --stop-after 1 trained one teacher epoch and then the student on that unfinished teacher.
+    whole = run(data, tmp_path / "whole", "--strategy", "ldl")
+    parts = tmp_path / "parts"
+    for resume in ((), ("--resume",)):  # the teacher's two epochs, one per invocation; no student yet
+        train_imagenet.main(["--data", str(data), "--out", str(parts), "--epochs", "2", "--batch-size", "8",
+                             "--image-size", "16", "--device", "cpu", "--strategy", "ldl", "--stop-after", "1", *resume])
+        assert not (parts / "checkpoint.pt").exists()
+    assert torch.load(parts / "teacher" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    student = run(data, parts, "--strategy", "ldl", "--resume", "--stop-after", "3")
+    assert len(student) == 2
+    for key in ("train_loss", "val_acc1", "val_nll", "val_ece"):
+        assert student[1][key] == pytest.approx(whole[1][key], rel=1e-6, abs=1e-7), key
+
+
 def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(data, tmp_path):
     with pytest.raises(SystemExit, match=r"ce, epoch 1: training diverged: .* Lower --lr"):
         run(data, tmp_path / "nan", "--strategy", "ce", "--lr", "1e30")

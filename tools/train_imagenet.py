@@ -108,7 +108,8 @@ def parse_args(argv=None):
     g.add_argument("--out", default=None, help="run folder (default: runs/<strategy>)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     g.add_argument("--stop-after", type=int, default=None,
-                   help="stop cleanly after this many epochs in this invocation (time-sliced jobs; --resume goes on)")
+                   help="stop cleanly after this many epochs in this invocation, a teacher's included (time-sliced "
+                        "jobs; --resume goes on)")
     args = p.parse_args(argv)
     check_values(p, args)
     if args.strategy not in STRATEGIES:
@@ -329,8 +330,9 @@ class EpochLog:
               f"{record['val_ece']:.4f}  {record['img_per_s']:.0f} img/s", flush=True)
 
 
-def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
-    """One full run; returns the path of its final checkpoint."""
+def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_after=None):
+    """One run, from its checkpoint with --resume, for at most ``stop_after`` epochs in this call (None: to the
+    end); returns (epochs trained in this call, whether the run is complete)."""
     started = time.perf_counter()
     seed_everything(args.seed)
     root = data_root(args)
@@ -394,7 +396,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
                          "strategy_name": strategy_name, "aug": args.aug, "classes": classes,
                          "recipe": recipe(args)}, ckpt_path)
 
-    stop = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
+    stop = args.epochs if stop_after is None else min(args.epochs, start + stop_after)
     # The checkpoint is written while the next epoch trains; leaving this block (an interruption or an error
     # too) waits for it, and the barrier below keeps every rank (a student loading this run as its teacher)
     # until it is on disk.
@@ -434,7 +436,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None):
             full_val = val if world == 1 else make_val_loader(args, root, device, classes)
             write_calibration_report(model, full_val, device, out, amp)
     barrier()
-    return ckpt_path
+    return stop - start, stop == args.epochs
 
 
 # The options that shape a run's trajectory: a --resume with any of them changed would not continue the run
@@ -515,16 +517,25 @@ def main(argv=None):
                 if path.exists():
                     check_checkpoint(path)
         teacher = None
+        budget = args.stop_after  # the epochs of this invocation, the teacher's included
         if args.strategy in ("ldl", "kd"):
             path = args.teacher
             if path is None:
                 if is_main_process():
                     print("no --teacher: training one with ce on the same recipe first", flush=True)
-                path = train(args, "ce", args.out / "teacher", device, rank, world)
+                path = args.out / "teacher" / "checkpoint.pt"
+                trained, complete = train(args, "ce", path.parent, device, rank, world, stop_after=budget)
+                budget = None if budget is None else budget - trained
+                if not complete or budget == 0:  # the student learns from the finished teacher only
+                    if is_main_process():
+                        print(f"--stop-after {args.stop_after}: stopped after {trained} epoch(s) of the teacher "
+                              f"({'complete' if complete else 'not complete'}); the student starts after it: "
+                              "continue with --resume", flush=True)
+                    return
             shards = find_shards(data_root(args) / "train")
             num_classes = scan_webdataset(shards)[1] if shards else len(scan_image_folder(data_root(args), "train")[2])
             teacher = load_teacher(path, args.arch, num_classes, device)
-        train(args, args.strategy, args.out, device, rank, world, teacher)
+        train(args, args.strategy, args.out, device, rank, world, teacher, stop_after=budget)
     except (Interrupted, KeyboardInterrupt):
         print(f"interrupted: the state is in {args.out}/checkpoint.pt (the teacher's in {args.out}/teacher); "
               "continue with --resume", file=sys.stderr)
