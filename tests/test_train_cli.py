@@ -2,6 +2,7 @@
 bad arguments."""
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,32 @@ def test_ols_fine_grained_recipe_options_reach_the_strategy():
     assert torch.equal(strategy.table, torch.full((4, 4), 0.25)) and strategy.freeze_at == 0.88
     default = train_imagenet.make_strategy("ols", train_imagenet.parse_args([]), None, 4, None, torch.device("cpu"), 10)
     assert torch.equal(default.table, torch.zeros(4, 4)) and default.freeze_at is None
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+    import io
+    pytest.importorskip("tqdm", reason="the progress bar needs tqdm (in the train and test extras)")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("COLUMNS", "100")
+    update = train_imagenet.EpochLog(tmp_path, "ols", 4, 0).progress(1)
+    for step in (1, 2, 3):
+        time.sleep(0.15)  # tqdm redraws at most every 0.1 s
+        update(step, 3)
+    assert "[ols] epoch 2/4" in terminal.getvalue() and "3/3" in terminal.getvalue()
+
+
+def test_tensorboard_logs_the_epoch_figures(data, tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard is optional (pip install tensorboard)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    records = run(data, tmp_path / "run", "--strategy", "ls")
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("val_ece")] == pytest.approx([r["val_ece"] for r in records])
 
 
 def test_multistep_schedule_after_warmup():
