@@ -223,6 +223,16 @@ def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
     assert summary["ece"] == pytest.approx(trained["ece"], rel=1e-6, abs=1e-9)
 
 
+def test_evaluate_takes_the_runs_boxes(data, tmp_path, capsys):
+    import shutil
+    import evaluate
+    moved = shutil.copytree(data, tmp_path / "data")
+    shutil.move(moved / "boxes", tmp_path / "boxes")  # boxes outside DATA: only the run's --boxes finds them
+    run(moved, tmp_path / "als", "--strategy", "als", "--epochs", "1", "--boxes", str(tmp_path / "boxes"))
+    evaluate.main([str(tmp_path / "als" / "checkpoint.pt")])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["context_crops"] > 0
+
+
 def test_evaluate_without_the_runs_options_asks_for_data(tmp_path, capsys):
     import evaluate
     save_checkpoint({"arch": "resnet20", "classes": ["a", "b"], "model": {}}, tmp_path / "alone.pt")

@@ -9,7 +9,7 @@ By default the data and its handling are the training run's (its args.json, besi
 folder (the built-in synthetic dataset for a run without --data), validation split, resident or DALI
 path, image size, batch size and --amp, so the report reproduces the run's own. Each option overrides.
 
-Given boxes (--boxes, or DATA/boxes when it exists) it also reports the context-only confidence of Adaptive
+Given boxes (--boxes, the run's, or DATA/boxes when it exists) it also reports the context-only confidence of Adaptive
 Label Smoothing: the mean max-softmax on the largest box-free window of each validation image.
 """
 import argparse
@@ -39,7 +39,8 @@ def main(argv=None):
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast dtype (default: the run's, else auto: bf16 on cuda, off on cpu)")
     p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, eval/)")
-    p.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root (default: DATA/boxes if present)")
+    p.add_argument("--boxes", default=None,
+                   help="PASCAL-VOC boxes root (default: the run's --boxes on the run's data, else DATA/boxes if present)")
     args = p.parse_args(argv)
     for name in ("image_size", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -63,7 +64,8 @@ def main(argv=None):
     image_size = args.image_size or int(run.get("image_size", 224))
     batch_size = args.batch_size or int(run.get("batch_size", 64))
     amp = autocast_dtype(args.amp or run.get("amp", "auto"), device)
-    boxes = Path(args.boxes) if args.boxes else Path(data, "boxes")
+    # The run's --boxes go with the run's data; other data bring their own (DATA/boxes).
+    boxes = Path(args.boxes or (args.data is None and run.get("boxes")) or Path(data, "boxes"))
     if args.boxes and not boxes.is_dir():
         p.error(f"--boxes: {args.boxes} does not exist")
     try:
