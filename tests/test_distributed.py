@@ -16,6 +16,7 @@ from pysoftlabel import strategies as S
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.engine import evaluate, train_one_epoch
+from pysoftlabel.engine.distributed import shutdown_distributed
 
 BATCH = 8  # per process with two processes; one process takes 2 * BATCH
 
@@ -49,7 +50,7 @@ def _worker(rank, world, init_file, out_file, root):
     if rank == 0:
         torch.save(result, out_file)
     dist.barrier()
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 @pytest.fixture(scope="module")
