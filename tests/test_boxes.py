@@ -1,5 +1,7 @@
 """Boxes for Adaptive Label Smoothing: VOC parsing and its errors, the object fraction of a crop against
 pixel counting, the context-only window against a brute-force search."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -84,8 +86,7 @@ def test_load_boxes_by_stem_anywhere_and_by_label(tmp_path):
 @pytest.mark.parametrize("text, match", [
     ("<annotation><size><width>10</width>", "not a PASCAL-VOC annotation"),
     ("<annotation><object><name>a</name></object></annotation>", "not a PASCAL-VOC annotation"),
-    ("<annotation><size><width>10</width><height>10</height></size><object><name>a</name><bndbox><xmin>2</xmin>"
-     "<ymin>2</ymin><xmax>12</xmax><ymax>5</ymax></bndbox></object></annotation>", "outside"),
+    ("<annotation><size><width>0</width><height>10</height></size></annotation>", "a size of 0x10"),
 ])
 def test_bad_xml_names_the_file(tmp_path, text, match):
     path = tmp_path / "bad.xml"
@@ -93,6 +94,28 @@ def test_bad_xml_names_the_file(tmp_path, text, match):
     with pytest.raises(ValueError, match=match) as error:
         read_voc(path)
     assert str(path) in str(error.value)
+
+
+def test_boxes_outside_the_image_are_clipped_ordered_or_dropped(tmp_path):
+    # ImageNet has boxes reaching outside their image (n03127925_147.xml) and boxes with min > max
+    path = voc(tmp_path / "n.xml", 100, 50, [("a", 90, 10, 120, 20), ("a", 60, 40, 20, 5), ("a", 150, 0, 160, 10),
+                                             ("a", 10, 10, 20, 20), ("a", 5, 5, 5, 9)])
+    width, height, objects, repaired = read_voc(path)
+    assert objects == [("a", 90, 10, 100, 20), ("a", 20, 5, 60, 40), ("a", 10, 10, 20, 20)] and repaired == 4
+
+
+def test_unreadable_annotations_are_skipped_and_other_names_are_the_images_own(tmp_path):
+    (tmp_path / "boxes").mkdir()
+    voc(tmp_path / "boxes" / "img1.xml", 10, 10, [("Scottish_deerhound", 1, 1, 5, 5)])  # ImageNet: a breed's name
+    voc(tmp_path / "boxes" / "img2.xml", 10, 10, [("dog", 1, 1, 5, 5), ("cat", 5, 5, 9, 9), ("a", 20, 20, 30, 30)])
+    (tmp_path / "boxes" / "img3.xml").write_text("<annotation><size><width>10")
+    boxes = load_boxes(tmp_path / "boxes", ["dog/img1.JPEG", "dog/img2.JPEG", "dog/img3.JPEG"], [0, 0, 0],
+                       ["dog", "cat"])
+    assert boxes.own.tolist() == [[True, False], [True, False], [False, False]]  # the cat box is another class's
+    assert [Path(f).name for f, _ in boxes.skipped] == ["img3.xml"] and "not a PASCAL-VOC" in boxes.skipped[0][1]
+    assert boxes.repaired == 1 and boxes.repaired_example.name == "img2.xml" and boxes.matched == 2
+    with pytest.raises(ValueError, match=r"img3.xml is not a PASCAL-VOC annotation .*none of the 1 annotation"):
+        load_boxes(tmp_path / "boxes", ["dog/img3.JPEG"], [0], ["dog"])
 
 
 def test_missing_boxes_folder(tmp_path):

@@ -47,6 +47,7 @@ def test_als_run_reports_boxes_and_context_confidence(data, tmp_path):
     records = run(data, tmp_path / "als", "--strategy", "als", "--aug", "ricap")
     matched = sum(1 for _ in (data / "boxes").glob("*_train_*.xml"))
     assert records[-1]["boxes_matched"] == matched > 0 and records[-1]["skipped_images"] == 0
+    assert records[-1]["boxes_skipped_files"] == records[-1]["boxes_repaired"] == 0
     assert 1 / 3 - 1e-6 <= records[-1]["val_context_conf"] <= 1
 
 

@@ -231,11 +231,18 @@ def make_loaders(args, root, device, rank, world, strategy_name):
         if box_root is None:
             raise ValueError("--strategy als needs bounding boxes: --boxes ROOT (PASCAL-VOC XML, BOXES/**/<stem>.xml)")
         boxes = load_boxes(box_root, files, labels, classes)
-        facts.update(boxes_matched=boxes.matched,
+        facts.update(boxes_matched=boxes.matched, boxes_skipped_files=len(boxes.skipped),
+                     boxes_repaired=boxes.repaired,
                      context=context_crops(root, args.val_split, box_root, args.batch_size, args.image_size, device,
                                            classes, seed=args.seed, **common))
         if is_main_process():
             print(f"boxes: {boxes.matched} of {len(files)} training images have a box of their class", flush=True)
+            if boxes.skipped:
+                print(f"boxes: skipped {len(boxes.skipped)} annotation files that cannot be read (their images count "
+                      f"as having no box), e.g. {boxes.skipped[0][1].removeprefix('boxes: ')}", flush=True)
+            if boxes.repaired:
+                print(f"boxes: {boxes.repaired} boxes reached outside their image or had min > max: clipped and put "
+                      f"in order, or dropped when nothing was left, e.g. in {boxes.repaired_example}", flush=True)
 
     def train_for_epoch(epoch):
         # A global shuffle per epoch (the same on every rank, which then reads its own block): DALI's reader

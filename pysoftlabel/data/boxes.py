@@ -5,10 +5,16 @@ computations of Adaptive Label Smoothing: the object fraction of a training crop
 Several boxes of the label are combined as their union: the object fraction of a crop is the area of
 (union of the label's boxes) ∩ crop over the crop's area, computed exactly (coordinate compression), so
 overlapping boxes are not counted twice.
+
+ImageNet's annotations have known flaws, handled as TensorFlow's ImageNet preprocessing
+(models/research/inception, process_bounding_boxes.py) handles them: boxes that reach outside their image
+(n03127925_147.xml) or have min > max, and dog boxes named by the breed's English name
+("Scottish_deerhound") instead of the synset id.
 """
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,31 +24,44 @@ __all__ = ["ImageBoxes", "read_voc", "load_boxes", "object_fraction", "context_w
 
 
 def read_voc(path):
-    """(width, height, [(name, xmin, ymin, xmax, ymax), ...]) of a VOC XML file, pixel coordinates of the
-    original image. Raises ValueError naming the file if it is malformed or a box is outside the image."""
+    """(width, height, [(name, xmin, ymin, xmax, ymax), ...], repaired) of a VOC XML file, pixel coordinates
+    of the original image. A box reaching outside the image is clipped to it and one with min > max put in
+    order; a box with no area inside the image is dropped; ``repaired`` counts those boxes. Raises ValueError
+    naming the file if it is not an annotation (malformed XML, no size or bndbox, a size of 0)."""
     try:
         root = ET.parse(path).getroot()
         width, height = (float(root.findtext(f"size/{k}")) for k in ("width", "height"))
-        objects = [(obj.findtext("name"), *(float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")))
-                   for obj in root.iter("object")]
+        found = [(obj.findtext("name"), *(float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")))
+                 for obj in root.iter("object")]
     except (ET.ParseError, TypeError, ValueError) as error:
         raise ValueError(f"boxes: {path} is not a PASCAL-VOC annotation with size and bndbox ({error})") from None
-    for name, x0, y0, x1, y1 in objects:
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise ValueError(f"boxes: {path}: box of {name!r} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the "
-                             f"{width:g}x{height:g} image or empty")
-    return width, height, objects
+    if not (width > 0 and height > 0):
+        raise ValueError(f"boxes: {path} gives the image a size of {width:g}x{height:g}")
+    objects, repaired = [], 0
+    for name, *box in found:
+        x0, x1 = sorted(min(max(v, 0.0), width) for v in (box[0], box[2]))
+        y0, y1 = sorted(min(max(v, 0.0), height) for v in (box[1], box[3]))
+        kept = x0 < x1 and y0 < y1
+        repaired += not kept or [x0, y0, x1, y1] != box
+        if kept:
+            objects.append((name, x0, y0, x1, y1))
+    return width, height, objects, repaired
 
 
 @dataclass
 class ImageBoxes:
     """The boxes of a file listing, padded to K per image: ``boxes`` [N, K, 4] (xmin, ymin, xmax, ymax as
     fractions of the image's width and height), ``own`` [N, K] (a box of the image's label), ``valid``
-    [N, K] (any box)."""
+    [N, K] (any box). What loading met: ``skipped`` [(xml file, reason), ...] of annotation files that could
+    not be read (their images count as having no box), ``repaired`` the boxes clipped to their image, put in
+    order or dropped, and ``repaired_example`` a file holding one."""
 
     boxes: Tensor
     own: Tensor
     valid: Tensor
+    skipped: list = field(default_factory=list)
+    repaired: int = 0
+    repaired_example: Optional[Path] = None
 
     def select(self, rows):
         """The boxes of the listing's files ``rows`` (indices or a bool mask), in that order."""
@@ -57,20 +76,32 @@ class ImageBoxes:
 
 def load_boxes(boxes_root, files, labels, classes) -> ImageBoxes:
     """Finds ``<stem>.xml`` for each image file anywhere under ``boxes_root``; an image without one has no
-    boxes. A box belongs to the image's label when its ``name`` is the class folder name."""
+    boxes. A box belongs to the image's label when its ``name`` is the class folder name, or is no class's
+    name at all (ImageNet names some dog boxes by the breed, not the synset id; its training annotations
+    hold boxes of the image's own class only). A file that cannot be read is skipped and listed in
+    ``skipped``, unless no file can be read: then ValueError, naming one."""
     root = Path(boxes_root)
     if not root.is_dir():
         raise ValueError(f"boxes: {root} does not exist (expected PASCAL-VOC XML files BOXES/**/<image stem>.xml)")
     index = {p.stem: p for p in root.rglob("*.xml")}
-    found = []
+    names = set(classes)
+    found, skipped, repaired, example, read = [], [], 0, None, 0
     for path, label in zip(files, labels):
         xml = index.get(Path(path).stem)
-        if xml is None:
-            found.append([])
-            continue
-        width, height, objects = read_voc(xml)
-        found.append([(name == classes[label], x0 / width, y0 / height, x1 / width, y1 / height)
+        objects = []
+        if xml is not None:
+            try:
+                width, height, objects, fixed = read_voc(xml)
+            except ValueError as error:
+                skipped.append((xml, str(error)))
+            else:
+                read += 1
+                repaired += fixed
+                example = example or (xml if fixed else None)
+        found.append([(name == classes[label] or name not in names, x0 / width, y0 / height, x1 / width, y1 / height)
                       for name, x0, y0, x1, y1 in objects])
+    if skipped and not read:
+        raise ValueError(f"{skipped[0][1]}; none of the {len(skipped)} annotation files of the listing can be read")
     k = max(1, max(map(len, found), default=0))
     boxes, own, valid = torch.zeros(len(files), k, 4), torch.zeros(len(files), k, dtype=torch.bool), \
         torch.zeros(len(files), k, dtype=torch.bool)
@@ -78,7 +109,7 @@ def load_boxes(boxes_root, files, labels, classes) -> ImageBoxes:
         for j, (is_own, *box) in enumerate(objects):
             boxes[i, j] = torch.tensor(box)
             own[i, j], valid[i, j] = is_own, True
-    return ImageBoxes(boxes, own, valid)
+    return ImageBoxes(boxes, own, valid, skipped, repaired, example)
 
 
 def object_fraction(boxes: Tensor, own: Tensor, crops: Tensor) -> Tensor:
