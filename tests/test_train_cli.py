@@ -114,6 +114,21 @@ def test_a_batch_larger_than_the_training_set_gives_one_line(data, tmp_path):
             run(data, tmp_path / "big", "--strategy", "ce", "--batch-size", "64", *path)
 
 
+def test_unreadable_images_are_skipped_and_counted_in_training_and_validation(data, tmp_path, capsys):
+    import shutil
+    copy = shutil.copytree(data, tmp_path / "data")
+    next((copy / "train").rglob("*.JPEG")).write_bytes(b"")
+    next((copy / "val").rglob("*.JPEG")).write_text("not an image")
+    records = run(copy, tmp_path / "run", "--strategy", "ce", "--epochs", "1")
+    assert records[0]["skipped_images"] == 1 and records[0]["skipped_val_images"] == 1
+    val_images = sum(1 for _ in (data / "val").rglob("*.JPEG"))
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["count"] == val_images - 1
+    import evaluate
+    evaluate.main([str(tmp_path / "run" / "checkpoint.pt")])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["skipped_images"] == 1 and summary["count"] == val_images - 1
+
+
 def test_resume_with_other_options_names_them(data, tmp_path):
     out = tmp_path / "ce"
     train_imagenet.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--stop-after", "1",

@@ -14,6 +14,7 @@ Label Smoothing: the mean max-softmax on the largest box-free window of each val
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -74,12 +75,16 @@ def main(argv=None):
         model = create_model(state["arch"], len(state["classes"])).to(device, memory_format=torch.channels_last)
         model.load_state_dict(state["model"])
         out = Path(args.out or Path(args.checkpoint).parent / "eval")
-        extra = {}
+        skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
+        if skipped:
+            print(f"skipping {len(skipped)} unreadable validation images, e.g. {skipped[0][0]} {skipped[0][1]}",
+                  file=sys.stderr)
+        extra = {"skipped_images": len(skipped)}
         context = context_crops(data, split, boxes, batch_size, image_size, device, state["classes"],
                                 dtype=loader_dtype(device)) if boxes.is_dir() else None
         if context is not None:
-            extra = {"context_confidence": context_confidence(model, context, device, amp),
-                     "context_crops": len(context.files)}
+            extra.update(context_confidence=context_confidence(model, context, device, amp),
+                         context_crops=len(context.files))
         summary = write_calibration_report(model, val, device, out, amp, extra=extra)
     except ValueError as error:
         raise SystemExit(str(error))

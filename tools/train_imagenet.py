@@ -223,8 +223,11 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     files, labels, skipped = drop_unreadable(files, labels)
     if skipped and is_main_process():
         print(f"skipping {len(skipped)} unreadable training images, e.g. {skipped[0][0]} {skipped[0][1]}", flush=True)
-    facts = {"skipped_images": len(skipped)}
     val = make_val_loader(args, root, device, classes, rank, world)
+    if val.skipped and is_main_process():
+        print(f"skipping {len(val.skipped)} unreadable validation images, e.g. {val.skipped[0][0]} "
+              f"{val.skipped[0][1]}", flush=True)
+    facts = {"skipped_images": len(skipped), "skipped_val_images": len(val.skipped)}
     boxes = None
     if strategy_name == "als":
         box_root = boxes_root(args, root)
