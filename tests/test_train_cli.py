@@ -101,6 +101,19 @@ def test_stop_after_counts_the_teachers_epochs_and_the_student_waits_for_it(data
         assert student[1][key] == pytest.approx(whole[1][key], rel=1e-6, abs=1e-7), key
 
 
+def test_a_resumed_student_does_not_train_or_evaluate_its_complete_teacher_again(data, tmp_path, monkeypatch):
+    run(data, tmp_path / "ldl", "--strategy", "ldl", "--epochs", "1")
+    calls = []
+    train = train_imagenet.train
+    monkeypatch.setattr(train_imagenet, "train", lambda args, name, *rest, **kw: calls.append(name) or
+                        train(args, name, *rest, **kw))
+    run(data, tmp_path / "ldl", "--strategy", "ldl", "--epochs", "1", "--resume")
+    assert calls == ["ldl"]
+    with pytest.raises(SystemExit, match=r"with --epochs 1; this run has --epochs 2\."):  # the teacher's check
+        run(data, tmp_path / "ldl", "--strategy", "ldl", "--epochs", "2", "--resume")
+    assert calls == ["ldl", "ce"]
+
+
 def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(data, tmp_path):
     with pytest.raises(SystemExit, match=r"ce, epoch 1: training diverged: .* Lower --lr"):
         run(data, tmp_path / "nan", "--strategy", "ce", "--lr", "1e30")

@@ -485,6 +485,16 @@ def _options(values, keys):
     return ", ".join(one(k, values[k]) for k in keys)
 
 
+def teacher_complete(path, args) -> bool:
+    """Whether ``path`` holds the last epoch of a teacher of this run's --arch, --aug and recipe: a --resume
+    (each slice of a time-sliced student) then neither lists its data nor evaluates it again."""
+    if not path.exists():
+        return False
+    state = load_checkpoint(path, keys=("epoch",))
+    return (state["epoch"] == args.epochs - 1 and not state.get("step") and state.get("recipe") == recipe(args)
+            and (state.get("arch"), state.get("aug")) == (args.arch, args.aug))
+
+
 def load_teacher(path, arch, num_classes, device):
     state = load_checkpoint(path, device, keys=("model",))
     teacher = create_model(state.get("arch", arch), num_classes).to(device, memory_format=torch.channels_last)
@@ -531,9 +541,10 @@ def main(argv=None):
         if args.strategy in ("ldl", "kd"):
             path = args.teacher
             if path is None:
+                path = args.out / "teacher" / "checkpoint.pt"
+            if args.teacher is None and not (args.resume and teacher_complete(path, args)):
                 if is_main_process():
                     print("no --teacher: training one with ce on the same recipe first", flush=True)
-                path = args.out / "teacher" / "checkpoint.pt"
                 trained, complete = train(args, "ce", path.parent, device, rank, world, stop_after=budget)
                 budget = None if budget is None else budget - trained
                 if not complete or budget == 0:  # the student learns from the finished teacher only
