@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pysoftlabel.data.folder import skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
@@ -77,8 +78,7 @@ def main(argv=None):
         out = Path(args.out or Path(args.checkpoint).parent / "eval")
         skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
         if skipped:
-            print(f"skipping {len(skipped)} unreadable validation images, e.g. {skipped[0][0]} {skipped[0][1]}",
-                  file=sys.stderr)
+            print(skipped_line(skipped, "validation images"), file=sys.stderr)
         extra = {"skipped_images": len(skipped)}
         context = context_crops(data, split, boxes, batch_size, image_size, device, state["classes"],
                                 dtype=loader_dtype(device)) if boxes.is_dir() else None

@@ -30,7 +30,7 @@ import torch
 from pysoftlabel import strategies as S
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.boxes import load_boxes
-from pysoftlabel.data.folder import drop_unreadable, scan_image_folder
+from pysoftlabel.data.folder import drop_unreadable, scan_image_folder, skipped_line
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
@@ -222,11 +222,10 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)  # once: seconds on ImageNet
     files, labels, skipped = drop_unreadable(files, labels)
     if skipped and is_main_process():
-        print(f"skipping {len(skipped)} unreadable training images, e.g. {skipped[0][0]} {skipped[0][1]}", flush=True)
+        print(skipped_line(skipped, "training images"), flush=True)
     val = make_val_loader(args, root, device, classes, rank, world)
     if val.skipped and is_main_process():
-        print(f"skipping {len(val.skipped)} unreadable validation images, e.g. {val.skipped[0][0]} "
-              f"{val.skipped[0][1]}", flush=True)
+        print(skipped_line(val.skipped, "validation images"), flush=True)
     facts = {"skipped_images": len(skipped), "skipped_val_images": len(val.skipped)}
     boxes = None
     if strategy_name == "als":

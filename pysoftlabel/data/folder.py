@@ -4,7 +4,8 @@ fills a batch."""
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "unreadable_image", "drop_unreadable", "check_fills_a_batch"]
+__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "unreadable_image", "drop_unreadable", "skipped_line",
+           "check_fills_a_batch"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # any case; ImageNet has PNG and CMYK files named .JPEG
 
@@ -81,3 +82,9 @@ def drop_unreadable(files, labels, threads: int = 16):
     keep = [i for i, r in enumerate(reasons) if r is None]
     dropped = [(f, r) for f, r in zip(files, reasons) if r is not None]
     return [files[i] for i in keep], [labels[i] for i in keep], dropped
+
+
+def skipped_line(skipped, what: str) -> str:
+    """The log line for the files :func:`drop_unreadable` left out of ``what`` ("training images", ...): how
+    many, and the first with its reason."""
+    return f"skipping {len(skipped)} unreadable {what}, e.g. {skipped[0][0]} {skipped[0][1]}"
