@@ -490,8 +490,12 @@ def teacher_complete(path, args) -> bool:
     if not path.exists():
         return False
     state = load_checkpoint(path, keys=("epoch",))
-    return (state["epoch"] == args.epochs - 1 and not state.get("step") and state.get("recipe") == recipe(args)
-            and (state.get("arch"), state.get("aug")) == (args.arch, args.aug))
+    try:
+        check_same_run(path, state, {"arch": args.arch, "strategy": "ce", "aug": args.aug, **recipe(args)})
+    except ValueError:
+        return False  # train() resumes it and names the difference
+    # A checkpoint from before recipes were recorded is not taken as this recipe's.
+    return "recipe" in state and state["epoch"] == args.epochs - 1 and not state.get("step")
 
 
 def load_teacher(path, arch, num_classes, device):
