@@ -5,7 +5,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from PIL import Image
 
-from pysoftlabel.data import make_synthetic_dataset
+from pysoftlabel.data import make_synthetic_dataset, synthetic_summary
+from pysoftlabel.data import synthetic
 
 
 def digest(root):
@@ -48,3 +49,40 @@ def test_layout_boxes_and_determinism(tmp_path):
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_dataset(tmp_path, **kwargs)
+
+
+SMALL = dict(num_classes=2, train_per_class=3, val_per_class=1, image_size=32)
+
+
+def test_written_once_and_never_mixed_with_other_files(tmp_path):
+    root = tmp_path / "data"
+    assert synthetic_summary(root) is None
+    summary = make_synthetic_dataset(root, **SMALL)
+    assert synthetic_summary(root) == summary
+    before = digest(root)
+    assert make_synthetic_dataset(root, **SMALL) == summary and digest(root) == before  # found, not rewritten
+    with pytest.raises(ValueError, match=r"other parameters: num_classes=2 \(asked 3\)"):
+        make_synthetic_dataset(root, **{**SMALL, "num_classes": 3})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's folder")
+    with pytest.raises(ValueError, match="not empty and holds no synthetic dataset"):
+        make_synthetic_dataset(tmp_path / "mine", **SMALL)
+    assert digest(root) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine"]
+
+
+def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    written = []
+
+    def interrupted(*job):
+        if written:
+            raise KeyboardInterrupt
+        written.append(job)
+        return real(*job)
+
+    real = synthetic._write_class
+    monkeypatch.setattr(synthetic, "_write_class", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic_dataset(tmp_path / "data", **SMALL)
+    assert written and list(tmp_path.iterdir()) == []  # neither a half dataset nor its partial folder
+    monkeypatch.setattr(synthetic, "_write_class", real)
+    assert make_synthetic_dataset(tmp_path / "data", **SMALL)["train"] == 6

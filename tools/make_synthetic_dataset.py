@@ -22,8 +22,10 @@ def main(argv=None):
     try:
         summary = make_synthetic_dataset(args.out, args.classes, args.train_per_class, args.val_per_class, args.size,
                                          args.box_fraction, args.seed, workers=args.workers)
-    except ValueError as error:
+    except ValueError as error:  # bad arguments, or a folder that holds something else
         parser.error(str(error))
+    except OSError as error:
+        parser.error(f"cannot write to {args.out}: {error.strerror}")
     print(summary)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pysoftlabel import strategies as S
-from pysoftlabel.data import make_synthetic_dataset
+from pysoftlabel.data import make_synthetic_dataset, synthetic_summary
 from pysoftlabel.data.boxes import load_boxes
 from pysoftlabel.data.folder import drop_unreadable, scan_image_folder, skipped_line
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("Dataset")
     g.add_argument("--data", default=None, help="ImageNet-layout root (default: the built-in synthetic dataset)")
-    g.add_argument("--data-cache", default=os.path.expanduser("~/.cache/pysoftlabel/synthetic-v2"),
+    g.add_argument("--data-cache", default=os.path.expanduser("~/.cache/pysoftlabel/synthetic-v3"),
                    help="where the synthetic dataset is written (default: %(default)s)")
     g.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root for als (default: DATA/boxes if present)")
     g.add_argument("--image-size", type=int, default=32, help="training crop side (default: 32)")
@@ -174,10 +174,9 @@ def data_root(args):
     if args.data is not None:
         return Path(args.data)
     root = Path(args.data_cache)
-    if not (root / "done").exists() and is_main_process():
+    if synthetic_summary(root) is None and is_main_process():
         print(f"writing the synthetic dataset to {root} ...", flush=True)
         make_synthetic_dataset(root, **SYNTHETIC)
-        (root / "done").write_text(json.dumps(SYNTHETIC))
     barrier()
     return root
 

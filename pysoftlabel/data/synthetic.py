@@ -4,8 +4,12 @@ PASCAL-VOC XML boxes as ImageNet ships them. Deterministic by seed; the default 
 
     ROOT/train/<class>/<stem>.JPEG     ROOT/val/<class>/<stem>.JPEG     ROOT/boxes/<stem>.xml
 """
+import json
 import math
 import multiprocessing
+import os
+import secrets
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -13,7 +17,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "make_synthetic_dataset"]
+__all__ = ["SHAPES", "make_synthetic_dataset", "synthetic_summary"]
+
+RECORD = "synthetic.json"  # written last: {"parameters": ..., "summary": ...}; its presence means complete
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon", "bar", "arrow",
           "ellipse", "pentagon")
@@ -114,10 +120,13 @@ def _write_class(root, split, label, num_classes, per_class, image_size, box_fra
 def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 100, val_per_class: int = 25,
                            image_size: int = 64, box_fraction: float = 0.9, seed: int = 0, quality: int = 90,
                            workers: int = 1):
-    """Writes the synthetic dataset under ``root`` and returns a summary dict.
+    """Writes the synthetic dataset under ``root`` and returns a summary dict (root, classes, train, val, boxes).
 
     Args:
-        root (str or Path): output folder (created).
+        root (str or Path): output folder, new or empty. The dataset is written beside it and renamed into
+            place when complete, with its parameters in ``root/synthetic.json``. A folder that already holds
+            the dataset of these parameters is left as it is (its summary is returned); one that holds
+            anything else is a ValueError.
         num_classes (int): at most ``len(SHAPES)``. Default: 10.
         train_per_class, val_per_class (int): images per class. Default: 100, 25.
         image_size (int): side in pixels. Default: 64.
@@ -141,9 +150,61 @@ def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 1
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     root = Path(root)
-    (root / "boxes").mkdir(parents=True, exist_ok=True)
-    jobs = [(root, split, label, num_classes, per_class, image_size, box_fraction, seed, quality)
-            for split, per_class in (("train", train_per_class), ("val", val_per_class))
+    parameters = dict(num_classes=num_classes, train_per_class=train_per_class, val_per_class=val_per_class,
+                      image_size=image_size, box_fraction=box_fraction, seed=seed, quality=quality)
+    if _recorded(root, parameters):
+        return synthetic_summary(root)
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty and holds no synthetic dataset ({RECORD} is missing): "
+                         "choose a new or empty folder")
+    # Written beside root and renamed into place when complete: an interrupted run (Ctrl-C, a full disk)
+    # leaves no half dataset that a later run would take for the whole one.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    partial.mkdir()
+    try:
+        summary = _write_dataset(partial, parameters, workers)
+        (partial / RECORD).write_text(json.dumps({"parameters": parameters, "summary": summary}, indent=1))
+        if root.exists():
+            root.rmdir()  # empty (checked above); os.replace cannot replace a folder that has entries
+        try:
+            os.replace(partial, root)
+        except OSError:  # another process finished the same dataset first
+            if not _recorded(root, parameters):
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return synthetic_summary(root)
+
+
+def synthetic_summary(root):
+    """The summary dict :func:`make_synthetic_dataset` returned for the complete dataset at ``root``, or None
+    where ``root`` holds none (or only part of one)."""
+    try:
+        summary = json.loads((Path(root) / RECORD).read_text())["summary"]
+    except FileNotFoundError:
+        return None
+    return {"root": str(root), **summary}
+
+
+def _recorded(root, parameters):
+    """True when root holds the complete dataset of these parameters; ValueError when it holds another."""
+    record = Path(root) / RECORD
+    if not record.exists():
+        return False
+    recorded = json.loads(record.read_text())["parameters"]
+    if recorded != parameters:
+        differ = ", ".join(f"{k}={recorded.get(k)} (asked {v})" for k, v in parameters.items() if recorded.get(k) != v)
+        raise ValueError(f"{root} holds a synthetic dataset of other parameters: {differ}; choose another folder")
+    return True
+
+
+def _write_dataset(root, parameters, workers):
+    (root / "boxes").mkdir()
+    num_classes = parameters["num_classes"]
+    jobs = [(root, split, label, num_classes, per_class, parameters["image_size"], parameters["box_fraction"],
+             parameters["seed"], parameters["quality"])
+            for split, per_class in (("train", parameters["train_per_class"]), ("val", parameters["val_per_class"]))
             for label in range(num_classes)]
     if workers == 1:
         written = [_write_class(*job) for job in jobs]
@@ -152,5 +213,5 @@ def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 1
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
             written = list(pool.map(_write_class, *zip(*jobs)))
     images = [count for count, _ in written]
-    return {"root": str(root), "classes": num_classes, "train": sum(images[:num_classes]),
+    return {"classes": num_classes, "train": sum(images[:num_classes]),
             "val": sum(images[num_classes:]), "boxes": sum(boxes for _, boxes in written)}
