@@ -88,6 +88,20 @@ def test_merge_state_dict_and_reset():
     assert copy.reset().count == 0
 
 
+def test_repr_shows_the_figures_and_never_raises():
+    logits, labels = torch.randn(40, 6), torch.randint(0, 6, (40,))
+    cal = psl.calibration_stats(logits, labels)
+    assert repr(cal) == (f"CalibrationStats(n_bins=15, device=cpu, count=40, ece={cal.ece:.4f}, "
+                         f"accuracy={cal.accuracy:.4f})")
+    assert repr(psl.CalibrationStats(n_bins=5)) == "CalibrationStats(n_bins=5, device=cpu)"
+    bad = psl.CalibrationStats(skip_nonfinite=True).update(torch.full((3, 6), float("nan")), labels[:3])
+    bad.skip_nonfinite = False  # reading .ece would now raise; repr still shows the state
+    assert repr(bad) == "CalibrationStats(n_bins=15, device=cpu, nonfinite=3)"
+    stats = psl.ClassStats(6).update(logits, logits.argmax(1))
+    seen = logits.argmax(1).unique().numel()
+    assert repr(stats) == f"ClassStats(num_classes=6, device=cpu, correct=40, classes_seen={seen})"
+
+
 def test_sum_of_accumulators_and_bad_state():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(90, 4, generator=g)

@@ -137,6 +137,17 @@ class CalibrationStats(SummedState):
         return {"ece": self.ece, "mce": self.mce, "nll": self.nll, "brier": self.brier,
                 "accuracy": self.accuracy, "count": self.count}
 
+    def __repr__(self):  # never raises: rows with non-finite logits are shown, not reported as an error
+        bins, sums = self.bins.cpu(), self.sums.cpu()
+        count, shown = int(bins[:, 0].sum()), f"n_bins={self.n_bins}, device={self.device}"
+        if count:  # per bin, count * |acc - conf| = |correct - confidence sum|
+            ece = float((bins[:, 2] - bins[:, 1]).abs().sum()) / count
+            shown += f", count={count}, ece={ece:.4f}, accuracy={float(bins[:, 2].sum()) / count:.4f}"
+        if sums[2]:
+            shown += f", nonfinite={int(sums[2])}"
+        return f"CalibrationStats({shown})"
+
+
 def calibration_stats(logits: Tensor, labels: Tensor, n_bins: int = 15, ignore_index: int = -100,
                       backend: str = "auto") -> CalibrationStats:
     """A new :class:`CalibrationStats` on ``logits.device``, updated once with ``logits`` and ``labels``."""

@@ -52,3 +52,7 @@ class ClassStats(SummedState):
         uniform = torch.full_like(self.sum, 1.0 / self.num_classes)
         mean = self.sum / self.count.clamp(min=1)[:, None]
         return torch.where(self.count[:, None] > 0, mean, uniform)
+
+    def __repr__(self):
+        return (f"ClassStats(num_classes={self.num_classes}, device={self.device}, "
+                f"correct={int(self.count.sum())}, classes_seen={int((self.count > 0).sum())})")
