@@ -117,6 +117,15 @@ def test_mixup_and_cutmix():
     assert mix(b)["lam"] == first  # resumable randomness
 
 
+@pytest.mark.parametrize("mix", [S.Mixup, S.CutMix, S.RICAP])
+@pytest.mark.parametrize("bad", [dict(label=None), dict(label=torch.zeros(3, dtype=torch.long)),
+                                 dict(image=torch.zeros(3, 8, 8))])
+def test_mixing_names_a_batch_it_cannot_mix(mix, bad):
+    b = {k: v for k, v in {**batch(n=4), **bad}.items() if v is not None}
+    with pytest.raises(ValueError, match=f"{mix.__name__}: the batch needs 'image'"):
+        mix()(b)
+
+
 @pytest.mark.cuda
 def test_mixing_on_the_gpu_matches_the_cpu_without_waiting_for_it():
     b = batch(n=8)

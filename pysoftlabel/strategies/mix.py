@@ -42,6 +42,15 @@ class _Mix:
         perm = torch.randperm(n, generator=self.generator)
         return perm.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else perm
 
+    def _images_and_labels(self, batch):
+        images, labels = batch.get("image"), batch.get("label")
+        if not torch.is_tensor(images) or images.dim() != 4 or not torch.is_tensor(labels) \
+                or labels.shape != images.shape[:1]:
+            raise ValueError(f"{type(self).__name__}: the batch needs 'image' [N, C, H, W] and 'label' [N] tensors, got "
+                             + ", ".join(f"{k}: {tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}"
+                                         for k, v in batch.items()))
+        return images, labels
+
     def state_dict(self):
         return {"rng": self.rng.bit_generator.state, "generator": self.generator.get_state()}
 
@@ -62,7 +71,7 @@ class Mixup(_Mix):
         super().__init__(alpha, seed)
 
     def __call__(self, batch):
-        images, labels = batch["image"], batch["label"]
+        images, labels = self._images_and_labels(batch)
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = self._partners(len(labels), labels.device)
         mixed = images * lam + images[perm] * (1.0 - lam)
@@ -90,7 +99,7 @@ class CutMix(_Mix):
                 int(np.clip(cx - cw // 2, 0, width)), int(np.clip(cx + cw // 2, 0, width)))
 
     def __call__(self, batch):
-        images, labels = batch["image"], batch["label"]
+        images, labels = self._images_and_labels(batch)
         height, width = images.shape[-2:]
         top, bottom, left, right = self.box(height, width, float(self.rng.beta(self.alpha, self.alpha)))
         perm = self._partners(len(labels), labels.device)
@@ -117,7 +126,7 @@ class RICAP(_Mix):
         super().__init__(beta, seed)
 
     def __call__(self, batch):
-        images, labels = batch["image"], batch["label"]
+        images, labels = self._images_and_labels(batch)
         n, (height, width) = len(labels), images.shape[-2:]
         w = int(round(width * self.rng.beta(self.alpha, self.alpha)))
         h = int(round(height * self.rng.beta(self.alpha, self.alpha)))
