@@ -50,3 +50,11 @@ def test_unknown_run_is_one_clear_line(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--preset", "cifar10-cpu", "--only", "ce,nope"])
     assert "not in preset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["--preset", "cifar10-cpu", "--seeds", "0", "-1"])
+    assert "--seeds must be in [0, 2**32)" in capsys.readouterr().err
+
+
+def test_a_run_or_seed_given_twice_is_one_row_and_one_run():
+    args = reproduce.parse_args(["--preset", "cifar10-cpu", "--only", "ls,ce,ls", "--seeds", "1", "0", "1"])
+    assert args.runs == ["ls", "ce"] and args.seeds == [1, 0]

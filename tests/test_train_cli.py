@@ -179,6 +179,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--batch-size", "-3"], "--batch-size must be at least 1"),
     (["--image-size", "0"], "--image-size must be at least 8"),
     (["--lr", "nan"], "--lr must be positive"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
     (["--strategy", "kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),  # before its teacher is trained
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),

@@ -70,10 +70,13 @@ def parse_args(argv=None):
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more train_imagenet.py arguments")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
-    args.runs = preset["runs"] if args.only is None else args.only.split(",")
+    args.runs = preset["runs"] if args.only is None else list(dict.fromkeys(args.only.split(",")))  # once each
     unknown = [r for r in args.runs if r not in preset["runs"]]
     if unknown:
         p.error(f"--only: {unknown} not in preset {args.preset}: {', '.join(preset['runs'])}")
+    if any(not 0 <= seed < 2**32 for seed in args.seeds):
+        p.error(f"--seeds must be in [0, 2**32) (numpy's seeds), got {args.seeds}")
+    args.seeds = list(dict.fromkeys(args.seeds))
     args.out = Path(args.out or f"runs/reproduce/{args.preset}")
     args.records = Path(args.records or HERE.parent / "docs" / "runs" / args.preset)
     args.extra = [a for a in args.extra if a != "--"]

@@ -140,6 +140,7 @@ def check_values(p, args):
         ("train_per_class", optional(args.train_per_class, lambda v: v >= 1), "at least 1"),
         ("cutout", args.cutout >= 0, "at least 0"),
         ("min_scale", optional(args.min_scale, lambda v: 0 < v <= 1), "in (0, 1]"),
+        ("seed", 0 <= args.seed < 2**32, "in [0, 2**32) (numpy's seeds)"),
         ("lr", args.lr > 0, "positive"),
         ("momentum", 0 <= args.momentum < 1, "in [0, 1)"),
         ("weight_decay", args.weight_decay >= 0, "at least 0"),
