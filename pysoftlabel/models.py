@@ -1,5 +1,7 @@
 """Models by name: torchvision's, plus the CIFAR ResNets of the papers (He et al. 2016, §4.2:
 resnet20/32/44/56/110) and CIFAR-stem ResNet-18/34 (3x3 stem, no max-pool)."""
+import contextlib
+
 import torch
 from torch import nn
 
@@ -42,20 +44,62 @@ class CifarResNet(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
 
 
-def create_model(arch: str, num_classes: int) -> nn.Module:
+def _builder_options(arch, image_size):
+    """torchvision builder arguments a model needs here: the input side of models built for one (ViT's
+    position embedding, MaxViT's partitions), and single logits from the two whose training-mode output
+    carries auxiliary classifiers (the loss takes one tensor of logits)."""
+    if arch.startswith("vit_") and image_size is not None:
+        return {"image_size": image_size}
+    if arch.startswith("maxvit_") and image_size is not None:
+        return {"input_size": (image_size, image_size)}
+    if arch in ("googlenet", "inception_v3"):
+        return {"aux_logits": False, "init_weights": True}
+    return {}
+
+
+def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Module:
     """A model by name: resnet20/32/44/56/110 (CIFAR), cifar_resnet18/34 (torchvision ResNet with a CIFAR
-    stem), or any torchvision classification model (resnet50, ...)."""
+    stem), or any torchvision classification model (resnet50, vit_b_16, ...).
+
+    With ``image_size`` the model is built for square images of that side (ViT, MaxViT) and checked to take
+    them with one forward pass of a blank image in eval mode, so that a model that cannot (ViT at a side that
+    is not a multiple of its patch, Inception-v3 under 75 pixels) is a ValueError naming it here, not an error
+    deep inside the first training step.
+    """
     import torchvision
 
     if arch in CIFAR_RESNETS:
-        return CifarResNet(CIFAR_RESNETS[arch], num_classes)
-    if arch in ("cifar_resnet18", "cifar_resnet34"):
+        model = CifarResNet(CIFAR_RESNETS[arch], num_classes)
+    elif arch in ("cifar_resnet18", "cifar_resnet34"):
         model = getattr(torchvision.models, arch.removeprefix("cifar_"))(num_classes=num_classes)
         model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
-        return model
-    try:
-        return torchvision.models.get_model(arch, num_classes=num_classes)
-    except ValueError:
+    elif arch in torchvision.models.list_models(module=torchvision.models):  # classification models only
+        with _cannot_take(arch, image_size):  # ViT's builder checks the side against its patch
+            model = torchvision.models.get_model(arch, num_classes=num_classes, **_builder_options(arch, image_size))
+    else:
         names = sorted(CIFAR_RESNETS) + ["cifar_resnet18", "cifar_resnet34"]
-        raise ValueError(f"arch: unknown model {arch!r}; use one of {names} or a torchvision model name") from None
+        raise ValueError(f"arch: unknown model {arch!r}; use one of {names} or a torchvision classification model "
+                         "name (torchvision.models.list_models(module=torchvision.models))")
+    if image_size is not None:
+        _check_takes(model, arch, image_size)
+    return model
+
+
+def _check_takes(model, arch, image_size):
+    training = model.training
+    try:
+        with _cannot_take(arch, image_size), torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        model.train(training)
+
+
+@contextlib.contextmanager
+def _cannot_take(arch, image_size):
+    """What a model says of an input it cannot take (assertions, shape errors), as one ValueError."""
+    try:
+        yield
+    except (RuntimeError, ValueError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"arch: {arch} cannot take {image_size}x{image_size} images ({reason})") from None

@@ -38,7 +38,7 @@ def model_only(arch, num_classes, batch_size, image_size, device, steps, amp="au
     """Images per second of forward + cross-entropy + backward + SGD step on one resident synthetic batch, under
     the autocast of the ``--amp`` choice ``amp`` (as tools/train_imagenet.py; fp16 without loss scaling)."""
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as tools/train_imagenet.py
-    model = create_model(arch, num_classes).to(device, memory_format=torch.channels_last)
+    model = create_model(arch, num_classes, image_size).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)

@@ -73,8 +73,13 @@ def main(argv=None):
     try:
         val = validation_loader(data, split, batch_size, image_size, device, state["classes"], resident=resident,
                                 num_threads=int(run.get("threads", 2)))
-        model = create_model(state["arch"], len(state["classes"])).to(device, memory_format=torch.channels_last)
-        model.load_state_dict(state["model"])
+        model = create_model(state["arch"], len(state["classes"]), image_size).to(device,
+                                                                                 memory_format=torch.channels_last)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:  # a ViT's position embedding is made for the side it was trained at
+            raise ValueError(f"{args.checkpoint}: its weights do not fit {state['arch']} at {image_size}px "
+                             f"({str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error})")
         out = Path(args.out or Path(args.checkpoint).parent / "eval")
         skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
         if skipped:

@@ -348,7 +348,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_
     val, classes, train_for_epoch, facts = make_loaders(args, root, device, rank, world, strategy_name)
     context = facts.pop("context", None)
     num_classes = len(classes)
-    model = create_model(args.arch, num_classes).to(device, memory_format=torch.channels_last)
+    model = create_model(args.arch, num_classes, args.image_size).to(device, memory_format=torch.channels_last)
     steps_per_epoch = len(train_for_epoch(0))
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps_per_epoch)
     mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
@@ -498,9 +498,10 @@ def teacher_complete(path, args) -> bool:
     return "recipe" in state and state["epoch"] == args.epochs - 1 and not state.get("step")
 
 
-def load_teacher(path, arch, num_classes, device):
+def load_teacher(path, arch, num_classes, image_size, device):
     state = load_checkpoint(path, device, keys=("model",))
-    teacher = create_model(state.get("arch", arch), num_classes).to(device, memory_format=torch.channels_last)
+    teacher = create_model(state.get("arch", arch), num_classes, image_size).to(device,
+                                                                               memory_format=torch.channels_last)
     head = [v for k, v in state["model"].items() if v.dim() == 2][-1]
     if head.shape[0] != num_classes:
         raise SystemExit(f"--teacher: {path} has {head.shape[0]} classes, the data has {num_classes}")
@@ -558,7 +559,7 @@ def main(argv=None):
                     return
             shards = find_shards(data_root(args) / "train")
             num_classes = scan_webdataset(shards)[1] if shards else len(scan_image_folder(data_root(args), "train")[2])
-            teacher = load_teacher(path, args.arch, num_classes, device)
+            teacher = load_teacher(path, args.arch, num_classes, args.image_size, device)
         train(args, args.strategy, args.out, device, rank, world, teacher, stop_after=budget)
     except (Interrupted, KeyboardInterrupt):
         print(f"interrupted: the state is in {args.out}/checkpoint.pt (the teacher's in {args.out}/teacher); "

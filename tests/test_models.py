@@ -1,0 +1,44 @@
+"""Models by name: the papers' CIFAR ResNets, torchvision's classification models built for the run's images."""
+import pytest
+import torch
+
+from pysoftlabel.models import create_model
+
+
+@pytest.mark.parametrize("arch, params", [("resnet20", 0.27), ("resnet56", 0.85), ("resnet110", 1.7)])
+def test_cifar_resnets_have_the_papers_sizes(arch, params):
+    # He et al. 2016, Table 6: 0.27M, 0.85M, 1.7M parameters.
+    model = create_model(arch, 10)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, rel=0.03)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cifar_stem_keeps_the_resolution():
+    model = create_model("cifar_resnet18", 7)
+    assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("arch", ["resnet9000", "fasterrcnn_resnet50_fpn"])  # unknown; not a classifier
+def test_unknown_or_not_a_classifier_is_named(arch):
+    with pytest.raises(ValueError, match=f"arch: unknown model '{arch}'"):
+        create_model(arch, 10)
+
+
+def test_vit_is_built_for_the_image_side():
+    model = create_model("vit_b_32", 3, image_size=64)  # torchvision's default side is 224
+    assert model.training and model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("arch, side, reason", [("vit_b_16", 40, "indivisible by patch size"),
+                                                ("squeezenet1_0", 16, "Output size is too small"),
+                                                ("resnet20", 0, "")])
+def test_a_side_the_model_cannot_take_is_one_value_error(arch, side, reason):
+    with pytest.raises(ValueError, match=f"arch: {arch} cannot take {side}x{side} images \\(.*{reason}"):
+        create_model(arch, 3, image_size=side)
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_auxiliary_classifiers_are_off_so_training_gives_one_tensor(arch):
+    model = create_model(arch, 4, image_size=96).train()
+    assert isinstance(model(torch.randn(2, 3, 96, 96)), torch.Tensor)
