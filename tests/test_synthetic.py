@@ -65,7 +65,7 @@ def test_written_once_and_never_mixed_with_other_files(tmp_path):
         make_synthetic_dataset(root, **{**SMALL, "num_classes": 3})
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("a user's folder")
-    with pytest.raises(ValueError, match="not empty and holds no synthetic dataset"):
+    with pytest.raises(ValueError, match="mine is not empty: choose a new or empty folder"):
         make_synthetic_dataset(tmp_path / "mine", **SMALL)
     assert digest(root) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine"]
 

@@ -18,13 +18,18 @@ def main(argv=None):
     p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default: 0)")
     args = p.parse_args(argv)
+    if args.per_shard < 1 or args.seed < 0:
+        p.error(f"--per-shard must be at least 1 and --seed at least 0, got {args.per_shard} and {args.seed}")
     classes = None
-    for split in args.splits:
+    # The training split names the classes (its sorted folders), whichever splits are converted, in any order.
+    for split in ["train"] + [s for s in dict.fromkeys(args.splits) if s != "train"]:
         try:
             files, labels, classes = scan_image_folder(args.root, split, classes)
-        except ValueError as error:
+            if split not in args.splits:
+                continue
+            shards = write_webdataset(files, labels, f"{args.out}/{split}", args.per_shard, args.seed)
+        except ValueError as error:  # bad layout, --per-shard, an output folder holding shards already
             raise SystemExit(str(error))
-        shards = write_webdataset(files, labels, f"{args.out}/{split}", args.per_shard, args.seed)
         print(f"{split}: {len(files)} images in {len(shards)} shards under {args.out}/{split}")
 
 

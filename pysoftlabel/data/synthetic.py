@@ -7,15 +7,14 @@ PASCAL-VOC XML boxes as ImageNet ships them. Deterministic by seed; the default 
 import json
 import math
 import multiprocessing
-import os
-import secrets
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .atomic import writing_folder
 
 __all__ = ["SHAPES", "make_synthetic_dataset", "synthetic_summary"]
 
@@ -154,26 +153,13 @@ def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 1
                       image_size=image_size, box_fraction=box_fraction, seed=seed, quality=quality)
     if _recorded(root, parameters):
         return synthetic_summary(root)
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} is not empty and holds no synthetic dataset ({RECORD} is missing): "
-                         "choose a new or empty folder")
-    # Written beside root and renamed into place when complete: an interrupted run (Ctrl-C, a full disk)
-    # leaves no half dataset that a later run would take for the whole one.
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    partial.mkdir()
     try:
-        summary = _write_dataset(partial, parameters, workers)
-        (partial / RECORD).write_text(json.dumps({"parameters": parameters, "summary": summary}, indent=1))
-        if root.exists():
-            root.rmdir()  # empty (checked above); os.replace cannot replace a folder that has entries
-        try:
-            os.replace(partial, root)
-        except OSError:  # another process finished the same dataset first
-            if not _recorded(root, parameters):
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        with writing_folder(root) as partial:
+            summary = _write_dataset(partial, parameters, workers)
+            (partial / RECORD).write_text(json.dumps({"parameters": parameters, "summary": summary}, indent=1))
+    except OSError:  # another process finished the same dataset first
+        if not _recorded(root, parameters):
+            raise
     return synthetic_summary(root)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import writing_folder
+
 __all__ = ["find_shards", "scan_webdataset", "write_webdataset", "parse_class_text"]
 
 
@@ -62,21 +64,25 @@ def _scan(shards):
 
 def write_webdataset(files, labels, out_dir, per_shard: int = 1000, seed: int = 0):
     """Writes images ``files`` with class indices ``labels`` as shards ``out_dir/shard-NNNNNN.tar`` in a
-    random order (seeded); returns the shard paths."""
+    random order (seeded); returns the shard paths. ``out_dir`` must be new or empty (the shards of an
+    earlier conversion would otherwise stay beside the new ones, their samples read twice); it appears
+    only once every shard is written."""
+    if per_shard < 1:
+        raise ValueError(f"per_shard must be at least 1, got {per_shard}")
+    if len(files) != len(labels):
+        raise ValueError(f"files and labels must have the same length, got {len(files)} and {len(labels)}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(files))
-    shards = []
-    for start in range(0, len(order), per_shard):
-        path = out_dir / f"shard-{start // per_shard:06d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in order[start:start + per_shard]:
-                for ext, data in (("jpg", Path(files[i]).read_bytes()), ("cls", str(labels[i]).encode())):
-                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        shards.append(str(path))
-    return shards
+    names = [f"shard-{start // per_shard:06d}.tar" for start in range(0, len(order), per_shard)]
+    with writing_folder(out_dir) as partial:
+        for name, start in zip(names, range(0, len(order), per_shard)):
+            with tarfile.open(partial / name, "w") as tar:
+                for i in order[start:start + per_shard]:
+                    for ext, data in (("jpg", Path(files[i]).read_bytes()), ("cls", str(labels[i]).encode())):
+                        info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    return [str(out_dir / name) for name in names]
 
 
 def parse_class_text(text: torch.Tensor) -> torch.Tensor:

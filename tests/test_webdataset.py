@@ -1,0 +1,79 @@
+"""Writing webdataset shards (tools/make_webdataset.py): whole or not at all, never mixed with an earlier
+conversion, classes named by the training split."""
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pysoftlabel.data import make_synthetic_dataset
+from pysoftlabel.data.webdataset import scan_webdataset, write_webdataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import make_webdataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    make_synthetic_dataset(root, num_classes=3, train_per_class=4, val_per_class=2, image_size=16)
+    return root
+
+
+def cls_of(shards):
+    """{sample key: class} read back from the shards."""
+    out = {}
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            out.update({m.name.split(".")[0]: int(tar.extractfile(m).read()) for m in tar if m.name.endswith(".cls")})
+    return out
+
+
+def test_shards_hold_every_sample_once_and_a_second_conversion_is_refused(data, tmp_path):
+    files = sorted(str(p) for p in (data / "train").rglob("*.JPEG"))
+    labels = [i % 3 for i in range(len(files))]
+    shards = write_webdataset(files, labels, tmp_path / "train", per_shard=5)
+    assert [Path(s).name for s in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert scan_webdataset(shards) == (12, 3)
+    assert sorted(cls_of(shards).items()) == [(f"{i:09d}", labels[i]) for i in range(12)]
+    # Before, shards of 100 were written over shards of 5: shard-000001 and -000002 stayed, read twice.
+    with pytest.raises(ValueError, match="train is not empty"):
+        write_webdataset(files, labels, tmp_path / "train", per_shard=100)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [Path(s).name for s in shards]
+    with pytest.raises(ValueError, match="per_shard must be at least 1"):
+        write_webdataset(files, labels, tmp_path / "other", per_shard=0)
+
+
+def test_an_interrupted_conversion_leaves_nothing(data, tmp_path, monkeypatch):
+    files = sorted(str(p) for p in (data / "train").rglob("*.JPEG"))
+    opened = []
+
+    def interrupted(*args, **kwargs):
+        if opened:
+            raise KeyboardInterrupt
+        opened.append(args)
+        return real(*args, **kwargs)
+
+    real = tarfile.open
+    monkeypatch.setattr(tarfile, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_webdataset(files, [0] * len(files), tmp_path / "train", per_shard=5)
+    assert opened and list(tmp_path.iterdir()) == []  # no first shard posing as the whole set
+
+
+def test_classes_come_from_the_training_split_whatever_is_converted(data, tmp_path):
+    uneven = tmp_path / "uneven"
+    shutil.copytree(data, uneven)
+    shutil.rmtree(next((uneven / "val").iterdir()))  # val lacks the first class
+    make_webdataset.main([str(uneven), str(tmp_path / "wds"), "--splits", "val"])
+    assert not (tmp_path / "wds" / "train").exists()
+    assert sorted(set(cls_of((tmp_path / "wds" / "val").glob("*.tar")).values())) == [1, 2]  # not 0, 1
+
+
+@pytest.mark.parametrize("argv, match", [(["--per-shard", "0"], "--per-shard must be at least 1"),
+                                         (["--seed", "-1"], "--seed at least 0")])
+def test_bad_arguments_give_one_line(data, tmp_path, capsys, argv, match):
+    with pytest.raises(SystemExit):
+        make_webdataset.main([str(data), str(tmp_path / "wds"), *argv])
+    assert match in capsys.readouterr().err
