@@ -366,6 +366,9 @@ def test_report_and_reliability_diagram(tmp_path):
     summary = psl.metrics.calibration_report(cal, tmp_path, extra={"ece_after_temperature": 0.01})
     assert summary["ece"] == cal.ece and (tmp_path / "calibration.md").read_text().count("|") > 10
     assert '"ece_after_temperature": 0.01' in (tmp_path / "calibration.json").read_text()
+    psl.metrics.calibration_report(cal, tmp_path, name="titled", title="resnet20 on CIFAR-10 test")
+    assert (tmp_path / "titled.md").read_text().startswith("# resnet20 on CIFAR-10 test\n\n| metric | value |")
+    assert '"title": "resnet20 on CIFAR-10 test"' in (tmp_path / "titled.json").read_text()
     pytest.importorskip("matplotlib")
     png = psl.metrics.reliability_diagram(cal, tmp_path / "reliability.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -238,7 +238,9 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     trained = json.loads((tmp_path / "ce" / "report.json").read_text())  # the same model, data and dtype
     assert summary["nll"] == pytest.approx(trained["nll"], rel=1e-6) and summary["count"] == trained["count"]
     assert 1 / 3 - 1e-6 <= summary["context_confidence"] <= 1 and summary["context_crops"] > 0  # boxes in DATA/boxes
-    assert (tmp_path / "ce" / "eval" / "report.md").exists()
+    assert (tmp_path / "ce" / "eval" / "report.md").read_text().startswith(
+        f"# {tmp_path / 'ce' / 'checkpoint.pt'} (resnet20, ce, after epoch 1): {data}/val at 16 px\n")
+    assert (tmp_path / "ce" / "report.md").read_text().startswith(f"# resnet20, ce, 1 epoch: {data}/val at 16 px\n")
 
 
 def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):

@@ -23,7 +23,7 @@ from pysoftlabel.data.folder import skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
-                                parse_device, write_calibration_report)
+                                parse_device, recipe_name, write_calibration_report)
 from pysoftlabel.models import create_model
 
 
@@ -90,7 +90,10 @@ def main(argv=None):
         if context is not None:
             extra.update(context_confidence=context_confidence(model, context, device, amp),
                          context_crops=len(context.files))
-        summary = write_calibration_report(model, val, device, out, amp, extra=extra)
+        trained = f"{state['arch']}, {recipe_name(state.get('strategy_name', '?'), state.get('aug'))}"
+        summary = write_calibration_report(model, val, device, out, amp, extra=extra, title=(
+            f"{args.checkpoint} ({trained}, after epoch {state.get('epoch', -1) + 1}): {data}/{split} at "
+            f"{image_size} px"))
     except ValueError as error:
         raise SystemExit(str(error))
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))

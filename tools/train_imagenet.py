@@ -36,8 +36,8 @@ from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
-                                evaluate, check_checkpoint, load_checkpoint, parse_device, train_one_epoch,
-                                write_calibration_report)
+                                evaluate, check_checkpoint, load_checkpoint, parse_device, recipe_name,
+                                train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.models import create_model
 
@@ -443,7 +443,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_
         if stop == args.epochs and is_main_process():
             # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
             full_val = val if world == 1 else make_val_loader(args, root, device, classes)
-            write_calibration_report(model, full_val, device, out, amp)
+            write_calibration_report(model, full_val, device, out, amp, title=(
+                f"{args.arch}, {recipe_name(strategy_name, args.aug)}, {args.epochs} epoch{'s' * (args.epochs > 1)}: "
+                f"{root}/{args.val_split} at {args.image_size} px"))
     barrier()
     return stop - start, stop == args.epochs
 

@@ -4,15 +4,21 @@ import torch
 from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibrationStats, calibration_report,
                        calibration_stats, fit_temperature, heldout_temperature_ece, reliability_diagram)
 
-__all__ = ["write_calibration_report"]
+__all__ = ["write_calibration_report", "recipe_name"]
+
+
+def recipe_name(strategy_name, aug) -> str:
+    """'ldl', 'ldl + cutmix': a run's strategy and mixing augmentation, as report titles name them."""
+    return strategy_name if aug in (None, "none") else f"{strategy_name} + {aug}"
 
 
 @torch.no_grad()
-def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None) -> dict:
+def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None,
+                             title=None) -> dict:
     """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE, MCE, NLL, Brier, top-1/top-5, adaptive and
     classwise ECE, the ECE after temperature scaling fitted on these logits, optimistic, and held out (two
     folds, each scaled by the temperature of the other), and any ``extra`` figures) and
-    ``out/reliability.png``; returns the summary."""
+    ``out/reliability.png``, headed by ``title``; returns the summary."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
@@ -31,7 +37,7 @@ def write_calibration_report(model, loader, device, out, amp_dtype=None, name="r
              "classwise_ece": classwise.ece, "temperature": t,
              "ece_after_temperature": calibration_stats(logits / t, labels).ece,
              "ece_after_temperature_heldout": heldout_temperature_ece(logits, labels), **(extra or {})}
-    summary = calibration_report(cal, out, name, extra=extra)
+    summary = calibration_report(cal, out, name, extra=extra, title=title)
     try:
         reliability_diagram(cal, out / "reliability.png")
     except ImportError as error:

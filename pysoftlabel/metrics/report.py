@@ -68,9 +68,11 @@ def reliability_diagrams(tables: dict, path) -> Path:
     return _save(fig, path, plt)
 
 
-def calibration_report(cal: CalibrationStats, out_dir, name: str = "calibration", extra: dict = None) -> dict:
+def calibration_report(cal: CalibrationStats, out_dir, name: str = "calibration", extra: dict = None,
+                       title: str = None) -> dict:
     """Writes ``<name>.md`` and ``<name>.json`` (ece, mce, nll, brier, accuracy, count, per-bin table,
-    and any ``extra`` figures such as ECE after temperature scaling) into ``out_dir``; returns the dict."""
+    and any ``extra`` figures such as ECE after temperature scaling) into ``out_dir``; returns the dict.
+    ``title`` (what was evaluated: model, data) heads the markdown and is kept in the JSON."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = cal.summary()
@@ -78,8 +80,9 @@ def calibration_report(cal: CalibrationStats, out_dir, name: str = "calibration"
     rows = cal.reliability().tolist()
     summary["bins"] = [{"lower": r[0], "upper": r[1], "count": int(r[2]), "confidence": r[3], "accuracy": r[4]}
                        for r in rows]
-    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1))
-    lines = ["| metric | value |", "| --- | --- |"]
+    (out_dir / f"{name}.json").write_text(json.dumps(summary if title is None else {"title": title, **summary},
+                                                     indent=1))
+    lines = ([f"# {title}", ""] if title else []) + ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in summary.items() if k != "bins"]
     lines += ["", "| bin | count | confidence | accuracy |", "| --- | --- | --- | --- |"]
