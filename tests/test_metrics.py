@@ -102,6 +102,18 @@ def test_repr_shows_the_figures_and_never_raises():
     assert repr(stats) == f"ClassStats(num_classes=6, device=cpu, correct=40, classes_seen={seen})"
 
 
+@pytest.mark.parametrize("make", [lambda: psl.CalibrationStats(), lambda: psl.ClassStats(6),
+                                  lambda: psl.metrics.AccuracyStats(), lambda: psl.metrics.AdaptiveCalibrationStats(),
+                                  lambda: psl.metrics.ClasswiseCalibrationStats(6)])
+def test_to_moves_every_accumulator_in_place(make):
+    logits, labels = torch.randn(40, 6), torch.randint(0, 6, (40,))
+    stat = make().update(logits, labels)
+    before = stat.state_dict()
+    assert stat.to("cpu") is stat and all(torch.equal(before[k], v) for k, v in stat.state_dict().items())
+    assert stat.to("meta") is stat and stat.device.type == "meta"
+    assert all(v.device.type == "meta" for v in stat.state_dict().values())
+
+
 def test_sum_of_accumulators_and_bad_state():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(90, 4, generator=g)

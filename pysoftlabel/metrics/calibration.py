@@ -48,10 +48,6 @@ class CalibrationStats(SummedState):
     def n_bins(self):
         return self.bins.shape[0]
 
-    @property
-    def device(self):
-        return self.bins.device
-
     def buffers(self):
         """(bins, sums): the tensors the fused loss accumulates into."""
         return self.bins, self.sums

@@ -28,10 +28,6 @@ class ClassStats(SummedState):
         self.sum = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float32, device=device)
         self.count = torch.zeros(self.num_classes, dtype=torch.float32, device=device)
 
-    @property
-    def device(self):
-        return self.sum.device
-
     def buffers(self):
         """(sum, count): the tensors the fused loss accumulates into."""
         return self.sum, self.count

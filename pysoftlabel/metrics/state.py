@@ -51,6 +51,16 @@ class SummedState:
 
     _state: tuple = ()
 
+    @property
+    def device(self):
+        return getattr(self, self._state[0]).device
+
+    def to(self, device):
+        """Moves the state to ``device``, in place (as ``nn.Module.to``); returns self."""
+        for name in self._state:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def __add__(self, other):
         if type(other) is not type(self) or any(getattr(self, n).shape != getattr(other, n).shape for n in self._state):
             raise ValueError(f"can only add a {type(self).__name__} of the same configuration")
