@@ -54,7 +54,7 @@ class OnlineLabelSmoothing(Strategy):
 
     def to(self, device):
         self.table, self.frozen = self.table.to(device), self.frozen.to(device)
-        self.stats.sum, self.stats.count = self.stats.sum.to(device), self.stats.count.to(device)
+        self.stats.to(device)
         return self
 
     def state_dict(self):
