@@ -282,9 +282,10 @@ def test_resident_small_dataset_path_resumes_exactly(data, tmp_path):
     assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
 
 
-def test_fp16_scales_the_loss_and_resumes_the_scaler(data, tmp_path):
+def test_fp16_scales_the_loss_and_resumes_the_scaler(data, tmp_path, capsys):
     common = ("--strategy", "ls", "--amp", "fp16")
     whole = run(data, tmp_path / "whole", *common)
+    assert "note: --amp fp16 on the CPU has no fast convolution kernels" in capsys.readouterr().err
     run(data, tmp_path / "parts", *common, "--stop-after", "1")
     parts = run(data, tmp_path / "parts", *common, "--resume")
     assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
