@@ -60,6 +60,19 @@ def test_resume_continues_exactly(data, tmp_path):
         assert parts[1][key] == pytest.approx(whole[1][key], rel=1e-6, abs=1e-7), key
 
 
+def test_a_run_is_not_overwritten_by_the_same_command_without_resume_or_overwrite(data, tmp_path):
+    run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1")
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit, match=r"holds a run \(.*checkpoint.pt\): --resume continues it, --overwrite"):
+        run(data, tmp_path / "r", "--strategy", "ls", "--epochs", "1")
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    assert run(data, tmp_path / "r", "--strategy", "ls", "--epochs", "1", "--overwrite")[0]["strategy"] == "ls"
+    with pytest.raises(FileNotFoundError):  # only the teacher's first epoch: no metrics of the student yet
+        run(data, tmp_path / "t", "--strategy", "ldl", "--stop-after", "1")
+    with pytest.raises(SystemExit, match=r"holds a run \(.*teacher/checkpoint.pt\)"):
+        run(data, tmp_path / "t", "--strategy", "ldl")
+
+
 def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
     import signal
     common = ("--strategy", "ols", "--aug", "cutmix", "--epochs", "3")
@@ -168,7 +181,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     with pytest.raises(SystemExit, match="has no model, optimizer, rng, scheduler, strategy"):
         run(data, out, "--resume")
     with pytest.raises(SystemExit, match="checkpoint.pt has no model: not a checkpoint of this program"):
-        run(data, out, "--strategy", "kd", "--teacher", str(out / "checkpoint.pt"))
+        run(data, tmp_path / "kd", "--strategy", "kd", "--teacher", str(out / "checkpoint.pt"))
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -180,6 +193,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--image-size", "0"], "--image-size must be at least 8"),
     (["--lr", "nan"], "--lr must be positive"),
     (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--resume", "--overwrite"], "give one of them"),
     (["--strategy", "kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),  # before its teacher is trained
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),

@@ -107,6 +107,8 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g.add_argument("--out", default=None, help="run folder (default: runs/<strategy>)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train from scratch into an --out that holds a run's checkpoint (refused otherwise)")
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop cleanly after this many epochs in this invocation, a teacher's included (time-sliced "
                         "jobs; --resume goes on)")
@@ -163,6 +165,8 @@ def check_values(p, args):
         device = parse_device(args.device)
     except ValueError as error:
         p.error(str(error))
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out and --overwrite starts it again: give one of them")
     if device.type == "cpu" and args.amp == "fp16":
         print("note: --amp fp16 on the CPU has no fast convolution kernels (a ResNet-20 step is 100x slower "
               "than bf16 or off here): use it to test fp16 loss scaling, not to train", file=sys.stderr)
@@ -541,6 +545,11 @@ def main(argv=None):
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     try:
+        if not args.resume and not args.overwrite:  # a finished run is not lost to a command run again
+            held = [p for p in (args.out / "checkpoint.pt", args.out / "teacher" / "checkpoint.pt") if p.exists()]
+            if held:
+                raise SystemExit(f"--out {args.out} holds a run ({held[0]}): --resume continues it, --overwrite "
+                                 "trains again from scratch, or choose another --out")
         if args.resume:  # a damaged checkpoint is an error now, not after the teacher has been trained
             for path in (args.out / "teacher" / "checkpoint.pt", args.out / "checkpoint.pt"):
                 if path.exists():
