@@ -212,6 +212,17 @@ def test_cuda_device_without_a_gpu_gives_one_clear_line(capsys):
     assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
+def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(data, tmp_path, capsys):
+    import evaluate
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        run(data, tmp_path / "file", "--strategy", "ce")
+    assert "--out: " + str(tmp_path / "file") + " is a file, not a folder" in capsys.readouterr().err
+    run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1")
+    with pytest.raises(SystemExit, match="--out: cannot create .*file/eval"):
+        evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--out", str(tmp_path / "file" / "eval")])
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--device", "tpu:x"], "is not a device"),

@@ -23,7 +23,7 @@ from pysoftlabel.data.folder import skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
-                                parse_device, recipe_name, write_calibration_report)
+                                output_folder, parse_device, recipe_name, write_calibration_report)
 from pysoftlabel.models import create_model
 
 
@@ -80,7 +80,7 @@ def main(argv=None):
         except RuntimeError as error:  # a ViT's position embedding is made for the side it was trained at
             raise ValueError(f"{args.checkpoint}: its weights do not fit {state['arch']} at {image_size}px "
                              f"({str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error})")
-        out = Path(args.out or Path(args.checkpoint).parent / "eval")
+        out = output_folder(args.out or Path(args.checkpoint).parent / "eval")
         skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
         if skipped:
             print(skipped_line(skipped, "validation images"), file=sys.stderr)

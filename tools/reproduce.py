@@ -27,6 +27,8 @@ import tarfile
 import time
 from pathlib import Path
 
+from pysoftlabel.engine import output_folder
+
 HERE = Path(__file__).resolve().parent
 CIFAR_RUNS = ["ce", "ls", "ols", "ldl", "online-ldl", "kd", "ce+cutmix", "ldl+cutmix"]
 IMAGENETTE_RUNS = ["ce", "ls", "ols", "ldl"]
@@ -77,7 +79,10 @@ def parse_args(argv=None):
     if any(not 0 <= seed < 2**32 for seed in args.seeds):
         p.error(f"--seeds must be in [0, 2**32) (numpy's seeds), got {args.seeds}")
     args.seeds = list(dict.fromkeys(args.seeds))
-    args.out = Path(args.out or f"runs/reproduce/{args.preset}")
+    try:
+        args.out = output_folder(args.out or f"runs/reproduce/{args.preset}")
+    except ValueError as error:
+        p.error(str(error))
     args.records = Path(args.records or HERE.parent / "docs" / "runs" / args.preset)
     args.extra = [a for a in args.extra if a != "--"]
     return args

@@ -36,8 +36,8 @@ from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
-                                evaluate, check_checkpoint, load_checkpoint, parse_device, recipe_name,
-                                train_one_epoch, write_calibration_report)
+                                evaluate, check_checkpoint, load_checkpoint, output_folder, parse_device,
+                                recipe_name, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.models import create_model
 
@@ -120,7 +120,10 @@ def parse_args(argv=None):
         p.error(f"--data: {args.data} has no train/ folder (ImageNet layout ROOT/train/<class>/<image>)")
     if args.teacher is not None and not Path(args.teacher).is_file():
         p.error(f"--teacher: {args.teacher} does not exist")
-    args.out = Path(args.out or f"runs/{args.strategy}")
+    try:
+        args.out = output_folder(args.out or f"runs/{args.strategy}")
+    except ValueError as error:
+        p.error(str(error))
     if args.boxes is not None and not Path(args.boxes).is_dir():
         p.error(f"--boxes: {args.boxes} does not exist")
     if args.strategy == "als" and args.resident:

@@ -1,10 +1,25 @@
 """The end-of-run calibration report of a model on a loader, shared by train_imagenet.py and evaluate.py."""
+from pathlib import Path
+
 import torch
 
 from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibrationStats, calibration_report,
                        calibration_stats, fit_temperature, heldout_temperature_ece, reliability_diagram)
 
-__all__ = ["write_calibration_report", "recipe_name"]
+__all__ = ["write_calibration_report", "recipe_name", "output_folder"]
+
+
+def output_folder(path, option: str = "--out") -> Path:
+    """``path`` as a folder that exists (created with its parents); ValueError naming ``option`` when it is a
+    file or cannot be created, so that a tool stops before its work, not at its first write."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"{option}: {path} is a file, not a folder") from None
+    except OSError as error:
+        raise ValueError(f"{option}: cannot create {path} ({error.strerror})") from None
+    return path
 
 
 def recipe_name(strategy_name, aug) -> str:
