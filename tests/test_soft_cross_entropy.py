@@ -112,6 +112,8 @@ def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction
     probs = torch.softmax(torch.randn(12, 7, generator=g), 1).to(device)
     ours = psl.SoftCrossEntropyLoss(smoothing=smoothing, reduction=reduction)
     theirs = torch.nn.CrossEntropyLoss(label_smoothing=smoothing, reduction=reduction)
+    renamed = psl.SoftCrossEntropyLoss(label_smoothing=smoothing, reduction=reduction)  # the class name swapped
+    assert renamed.smoothing == ours.smoothing
     for target in (labels, probs):
         got, want = ours(logits, target), theirs(logits, target)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -121,6 +123,8 @@ def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction
     torch.testing.assert_close(ours(logits, soft), psl.soft_cross_entropy(logits, soft, reduction=reduction))
     with pytest.raises(ValueError, match="smoothing"):
         psl.SoftCrossEntropyLoss(smoothing=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        psl.SoftCrossEntropyLoss(0.1, label_smoothing=0.2)
 
 
 @native

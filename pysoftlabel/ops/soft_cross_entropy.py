@@ -132,15 +132,21 @@ class SoftCrossEntropyLoss(torch.nn.Module):
     ``1 - s`` more on their own, probabilities become ``(1 - s) p + s / C``.
 
     Args:
-        smoothing (float): label smoothing ``s`` in [0, 1]. Default: 0.
+        smoothing (float): label smoothing ``s`` in [0, 1] (timm's name). Default: 0.
         reduction (str): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
         ignore_index (int): label value of rows to ignore (label tensors). Default: -100.
         backend (str): as :func:`soft_cross_entropy`'s. Default: ``'auto'``.
+        label_smoothing (float, optional): ``smoothing`` by ``nn.CrossEntropyLoss``'s name, so that swapping
+            the class name is all a drop-in takes.
     """
 
     def __init__(self, smoothing: float = 0.0, reduction: str = "mean", ignore_index: int = -100,
-                 backend: str = "auto"):
+                 backend: str = "auto", *, label_smoothing: float = None):
         super().__init__()
+        if label_smoothing is not None:
+            if smoothing:
+                raise ValueError("give smoothing or label_smoothing (the same thing), not both")
+            smoothing = label_smoothing
         if not 0.0 <= float(smoothing) <= 1.0:
             raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
         if reduction not in _REDUCTIONS:
