@@ -57,7 +57,9 @@ cifar10() {  # CIFAR-10 in /tmp/cifar10 when the call carried .data/cifar10.tar.
 
 for stage in $STAGES; do
   case $stage in
-    build) run_stage build build.log $PY setup.py build_ext --inplace ;;
+    build) run_stage build build.log $PY setup.py build_ext --inplace
+           # Every later stage needs the extension: on a lease, minutes spent on them would be lost.
+           [ "${STATUS[build]%%,*}" = "rc=0" ] || { echo "=== build failed: the remaining stages are not run"; break; } ;;
     test) run_stage test test.log $PY -m pytest -q -p no:cacheprovider tests ;;
     test-cuda) run_stage test-cuda test_cuda.log $PY -m pytest -q -p no:cacheprovider -m cuda -rs tests ;;
     bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
@@ -103,3 +105,7 @@ done
 [ -f "$OUT/profile.log" ] && grep -E "profiled|row_kernel|Duration|DRAM Throughput|L2 Hit Rate|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread|Executed Ipc Active|Issue Slots Busy|Executed Instructions  " "$OUT/profile.log"
 [ -f "$OUT/bench_loader.json" ] && cat "$OUT/bench_loader.json"
 for f in "$OUT"/bench_e2e_*.json; do [ -f "$f" ] && cat "$f"; done
+# The exit status says whether every stage that ran passed (the summary's last lines would otherwise set it).
+failed=$(for name in "${!STATUS[@]}"; do [ "${STATUS[$name]%%,*}" = "rc=0" ] || echo "$name"; done)
+[ -z "$failed" ] && echo "all stages passed" || echo "failed: $(echo $failed)"
+[ -z "$failed" ]
