@@ -30,7 +30,7 @@ def run(data, out, *extra):
 
 
 KEYS = {"epoch", "train_loss", "train_acc1", "val_acc1", "val_acc5", "val_ece", "val_mce", "val_nll", "val_brier",
-        "img_per_s"}
+        "img_per_s", "lr"}
 
 
 def test_ols_run_writes_metrics_checkpoint_and_report(data, tmp_path):
@@ -38,6 +38,10 @@ def test_ols_run_writes_metrics_checkpoint_and_report(data, tmp_path):
     assert len(records) == 2 and KEYS <= set(records[-1])
     assert records[0]["setup_seconds"] > 0 and "setup_seconds" not in records[1]  # once per process
     assert all(r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in records)
+    # The last step's learning rate: 0.1 x 8/64, warmed up from 0.1x over epoch 1's 6 steps (step 6 at 0.85x),
+    # then cosine over the 6 steps of epoch 2 (its last at (1 + cos(5 pi / 6)) / 2).
+    import math
+    assert [r["lr"] for r in records] == pytest.approx([0.0125 * 0.85, 0.0125 * (1 + math.cos(5 * math.pi / 6)) / 2])
     assert 0 <= records[-1]["val_ece"] <= 1 and 0 <= records[-1]["val_acc1"] <= 1
     for name in ("checkpoint.pt", "report.md", "report.json", "reliability.png", "args.json"):
         assert (tmp_path / "ols" / name).exists(), name

@@ -65,9 +65,9 @@ def _any_nonfinite(nonfinite, step, device, final=False):
 
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
                     amp_dtype=None, progress=None, start_step=0, stop=None):
-    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "train_nonfinite_steps",
+    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "train_nonfinite_steps", "lr",
     "img_per_s", "train_seconds", "steps", "epoch_steps"}`` over all ranks (the speed and the wall time are
-    this rank's).
+    this rank's; ``lr`` is the learning rate of the epoch's last step).
 
     ``mix`` (Mixup / CutMix / RICAP) mixes each batch; ``strategy.loss`` computes the loss through the fused
     operator and gathers training calibration (against the first label) in the same pass. ``progress(step,
@@ -88,6 +88,7 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
     loss_images = torch.zeros((), dtype=torch.float64, device=device)  # images of the other steps
     steps = int(all_reduce_(torch.tensor(len(loader), device=device), torch.distributed.ReduceOp.MIN))
     total_loss, images, start, done = torch.zeros((), device=device), 0, time.perf_counter(), start_step
+    lr = optimizer.param_groups[0]["lr"]
     for step, batch in zip(range(steps), loader):
         if step < start_step:
             continue
@@ -102,6 +103,7 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
             logits = model(batch["image"])
             loss = mixed_loss(strategy, logits.float() if amp_dtype is not None else logits, batch, model, calib)
         optimizer.zero_grad(set_to_none=True)
+        lr = optimizer.param_groups[0]["lr"]  # this step's, before the scheduler moves on
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -130,7 +132,7 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
                                       torch.tensor(float(images), device=device, dtype=torch.float64)]))
     loss_sum, loss_images, nonfinite_steps, images = totals.tolist()
     return {"train_loss": loss_sum / max(loss_images, 1), "train_acc1": calib.accuracy, "train_ece": calib.ece,
-            "train_nonfinite_steps": int(nonfinite_steps),
+            "train_nonfinite_steps": int(nonfinite_steps), "lr": lr,
             "img_per_s": images / elapsed if elapsed > 0 else float("nan"), "train_seconds": elapsed, "steps": done,
             "epoch_steps": steps}
 
