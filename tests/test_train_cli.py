@@ -77,6 +77,17 @@ def test_a_run_is_not_overwritten_by_the_same_command_without_resume_or_overwrit
         run(data, tmp_path / "t", "--strategy", "ldl")
 
 
+@pytest.mark.cuda
+def test_resume_on_a_gpu(data, tmp_path):
+    # Before, the checkpoint was read onto the GPU, RNG states included, and torch.set_rng_state refused them.
+    common = ("--strategy", "ols", "--aug", "cutmix", "--device", "cuda")
+    whole = run(data, tmp_path / "whole", *common)
+    run(data, tmp_path / "parts", *common, "--stop-after", "1")
+    parts = run(data, tmp_path / "parts", *common, "--resume")
+    assert [r["epoch"] for r in parts] == [0, 1]
+    assert parts[1]["val_acc1"] == pytest.approx(whole[1]["val_acc1"], abs=0.1)  # GPU atomics: not bit for bit
+
+
 def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
     import signal
     common = ("--strategy", "ols", "--aug", "cutmix", "--epochs", "3")

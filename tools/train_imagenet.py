@@ -379,7 +379,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_
     start, start_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, device, keys=("model", "optimizer", "scheduler", "strategy", "rng", "epoch"))
+        # Read on the CPU: the RNG states must stay CPU tensors (torch.set_rng_state and Generator.set_state
+        # refuse others, and torch.load onto a GPU put them there); everything else is copied into place.
+        state = load_checkpoint(ckpt_path, "cpu", keys=("model", "optimizer", "scheduler", "strategy", "rng", "epoch"))
         check_same_run(ckpt_path, state, {"arch": args.arch, "strategy": strategy_name, "aug": args.aug,
                                           "classes": classes, **recipe(args)})
         model.load_state_dict(state["model"])
