@@ -88,6 +88,22 @@ def test_resume_on_a_gpu(data, tmp_path):
     assert parts[1]["val_acc1"] == pytest.approx(whole[1]["val_acc1"], abs=0.1)  # GPU atomics: not bit for bit
 
 
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
+    import errno
+    from pysoftlabel.engine import checkpoint as checkpoints
+    real = checkpoints.save_checkpoint
+    run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1")
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(checkpoints, "save_checkpoint", full)
+    with pytest.raises(SystemExit, match=r"stopped: \[Errno 28\] No space left on device: .*checkpoint.pt.* --resume"):
+        run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "2", "--overwrite")
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real)
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+
+
 def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
     import signal
     common = ("--strategy", "ols", "--aug", "cutmix", "--epochs", "3")

@@ -586,6 +586,9 @@ def main(argv=None):
         raise SystemExit(130)
     except ValueError as error:
         raise SystemExit(str(error))
+    except OSError as error:  # a full disk, a folder made read-only: the last whole checkpoint is kept
+        raise SystemExit(f"stopped: {error} (the last complete checkpoint in {args.out} is kept; --resume "
+                         "continues from it)")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
