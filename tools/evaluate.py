@@ -94,7 +94,7 @@ def main(argv=None):
         summary = write_calibration_report(model, val, device, out, amp, extra=extra, title=(
             f"{args.checkpoint} ({trained}, after epoch {state.get('epoch', -1) + 1}): {data}/{split} at "
             f"{image_size} px"))
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
         raise SystemExit(str(error))
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
 
