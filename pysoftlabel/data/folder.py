@@ -22,7 +22,11 @@ def scan_image_folder(root, split: str, classes=None, per_class=None):
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         loose = [p.name for p in folder.iterdir()][:3]
-        raise ValueError(f"data: {folder} has no class folders (found {loose}); expected {folder}/<class>/<image>")
+        hint = ("; ImageNet's validation images come in one folder: move each into the folder of its class "
+                "first (as PyTorch's ImageNet example's valprep.sh does)"
+                if any(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in loose) else "")
+        raise ValueError(f"data: {folder} has no class folders (found {loose}); expected {folder}/<class>/<image>"
+                         + hint)
     classes = list(found if classes is None else classes)
     unknown = sorted(set(found) - set(classes))
     if unknown:
