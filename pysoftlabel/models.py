@@ -101,5 +101,7 @@ def _cannot_take(arch, image_size):
     try:
         yield
     except (RuntimeError, ValueError, AssertionError) as error:
+        if image_size is None:  # not about a side: the builder's own error
+            raise
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"arch: {arch} cannot take {image_size}x{image_size} images ({reason})") from None
