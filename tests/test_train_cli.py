@@ -70,7 +70,11 @@ def test_a_run_is_not_overwritten_by_the_same_command_without_resume_or_overwrit
     with pytest.raises(SystemExit, match=r"holds a run \(.*checkpoint.pt\): --resume continues it, --overwrite"):
         run(data, tmp_path / "r", "--strategy", "ls", "--epochs", "1")
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(SystemExit):  # an --overwrite run stopped before its end leaves no report of the old run
+        run(data, tmp_path / "r", "--strategy", "ls", "--epochs", "2", "--overwrite", "--lr", "1e30")
+    assert not (tmp_path / "r" / "report.md").exists()
     assert run(data, tmp_path / "r", "--strategy", "ls", "--epochs", "1", "--overwrite")[0]["strategy"] == "ls"
+    assert "ls" in (tmp_path / "r" / "report.md").read_text().splitlines()[0]
     with pytest.raises(FileNotFoundError):  # only the teacher's first epoch: no metrics of the student yet
         run(data, tmp_path / "t", "--strategy", "ldl", "--stop-after", "1")
     with pytest.raises(SystemExit, match=r"holds a run \(.*teacher/checkpoint.pt\)"):

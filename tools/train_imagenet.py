@@ -401,6 +401,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_
         if is_main_process():
             print(f"resumed {out} at epoch {start}" + (f", step {start_step}" if start_step else ""), flush=True)
     if is_main_process():
+        if start == 0:  # the reports of a run trained here before (--overwrite) would describe the new one
+            for name in ("report.md", "report.json", "reliability.png"):
+                (out / name).unlink(missing_ok=True)
         # The run's options as JSON values (paths as strings): tools/evaluate.py takes its defaults from them.
         (out / "args.json").write_text(json.dumps(vars(args) | {"strategy": strategy_name, "world_size": world},
                                                   indent=1, default=str))
