@@ -274,7 +274,12 @@ def test_evaluate_a_foreign_or_damaged_checkpoint_gives_one_clear_line(capsys, t
     import evaluate
     save_checkpoint({"epoch": 3}, tmp_path / "foreign.pt")
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 cut off")
-    for name, match in (("foreign.pt", "has no arch, classes, model"), ("cut.pt", "is not a whole checkpoint")):
+    import argparse  # an object that only a full unpickling rebuilds (which could run any code): not read
+    save_checkpoint({"arch": "resnet20", "classes": ["a"], "model": {}, "args": argparse.Namespace()},
+                    tmp_path / "objects.pt")
+    for name, match in (("foreign.pt", "has no arch, classes, model"), ("cut.pt", "is not a whole checkpoint"),
+                        ("objects.pt", "holds more than tensors and plain values (WeightsUnpickler error: "
+                                       "Unsupported global: GLOBAL argparse.Namespace")):
         with pytest.raises(SystemExit):
             evaluate.main([str(tmp_path / name), "--data", str(tmp_path)])
         assert match in capsys.readouterr().err

@@ -99,7 +99,7 @@ def main(argv=None):
             epochs = [json.loads(line)["img_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
             rows.setdefault(strategy, []).append(statistics.median(epochs[1:] or epochs))
         if repeat == 0:
-            num_classes = len(torch.load(work / "ce-0" / "checkpoint.pt", weights_only=False)["classes"])
+            num_classes = len(torch.load(work / "ce-0" / "checkpoint.pt", weights_only=True)["classes"])
         reference.append(model_only(args.arch, num_classes, args.batch_size, args.image_size, device, args.steps,
                                     args.amp))
     median = {s: statistics.median(v) for s, v in rows.items()}

@@ -2,6 +2,7 @@
 does it on a background thread while training goes on."""
 import copy
 import os
+import pickle
 import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,13 @@ def check_checkpoint(path) -> Path:
 def load_checkpoint(path, map_location="cpu", keys=()) -> dict:
     """The state saved at ``path``; ValueError naming the file unless it is a whole checkpoint holding a dict
     with every one of ``keys``."""
-    state = torch.load(check_checkpoint(path), map_location=map_location, weights_only=False)
+    try:  # tensors and plain values only: a checkpoint from elsewhere cannot run code when it is read
+        state = torch.load(check_checkpoint(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = next((line.strip() for line in str(error).splitlines() if "WeightsUnpickler" in line),
+                      str(error).splitlines()[0])
+        raise ValueError(f"checkpoint: {path} holds more than tensors and plain values ({reason}); this program "
+                         "reads checkpoints with torch.load(weights_only=True)") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: {path} holds a {type(state).__name__}, not a training state (a dict)")
     missing = sorted(set(keys) - state.keys())
