@@ -90,10 +90,10 @@ def main(argv=None):
         if context is not None:
             extra.update(context_confidence=context_confidence(model, context, device, amp),
                          context_crops=len(context.files))
-        trained = f"{state['arch']}, {recipe_name(state.get('strategy_name', '?'), state.get('aug'))}"
-        summary = write_calibration_report(model, val, device, out, amp, extra=extra, title=(
-            f"{args.checkpoint} ({trained}, after epoch {state.get('epoch', -1) + 1}): {data}/{split} at "
-            f"{image_size} px"))
+        trained = f"{state['arch']}, {recipe_name(state.get('strategy_name', '?'), state.get('aug'))}, after epoch " \
+                  f"{state.get('epoch', -1) + 1}" + (f" and {state['step']} steps" if state.get("step") else "")
+        summary = write_calibration_report(model, val, device, out, amp, extra=extra,
+                                           title=f"{args.checkpoint} ({trained}): {data}/{split} at {image_size} px")
     except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
         raise SystemExit(str(error))
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
