@@ -230,6 +230,8 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--seed", "-1"], "--seed must be in [0, 2**32)"),
     (["--resume", "--overwrite"], "give one of them"),
     (["--strategy", "ols", "--teacher", "t.pt"], "--teacher: only ldl and kd learn from a teacher"),
+    (["--cutout", "8"], "--cutout: only the --resident path"),
+    (["--resident", "--min-scale", "0.5"], "--min-scale: the --resident path crops with 4-pixel padding"),
     (["--epochs", "10", "--milestones", "5", "10"], "--milestones must be epochs in [1, --epochs 10)"),
     (["--strategy", "kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),  # before its teacher is trained
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),

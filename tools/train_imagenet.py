@@ -130,6 +130,10 @@ def parse_args(argv=None):
         p.error(f"--boxes: {args.boxes} does not exist")
     if args.strategy == "als" and args.resident:
         p.error("--strategy als needs the DALI pipeline's crop windows: drop --resident")
+    if args.cutout and not args.resident:
+        p.error("--cutout: only the --resident path (small same-size images) applies Cutout; add --resident or drop it")
+    if args.min_scale is not None and args.resident:
+        p.error("--min-scale: the --resident path crops with 4-pixel padding, not a random-resized crop; drop it")
     if args.min_scale is None:
         args.min_scale = 0.08 if args.data is not None else 0.35
     return args
