@@ -206,6 +206,22 @@ def test_imagenette_validation_set(imagenette):
     assert labels.bincount(minlength=10).tolist() == want  # greyscale ones included, none lost or repeated
 
 
+def test_validation_images_are_torchvisions(imagenette):
+    """The validation preprocessing is torchvision's Resize(size / 0.875) + CenterCrop + ToTensor + Normalize
+    (ImageNet mean and std), so that pretrained torchvision weights and published evaluations carry over.
+    At an even margin (64 - 56 here, as 256 - 224) the crops coincide; at an odd one DALI's starts a pixel
+    later (it rounds 4.5 up, Python's round() to even)."""
+    T = pytest.importorskip("torchvision.transforms")
+    files, labels, classes = scan_image_folder(imagenette, "val")
+    batch = next(iter(ImageNetLoader(imagenette, "val", 16, 56, "cpu", classes=classes, num_threads=1)))
+    reference = T.Compose([T.Resize(64), T.CenterCrop(56), T.ToTensor(),
+                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    want = torch.stack([reference(Image.open(files[i]).convert("RGB")) for i in batch["index"].tolist()])
+    got = batch["image"].float()
+    assert (got - want).abs().mean() < 0.02  # measured 0.0017 (DALI's and PIL's antialiased resizes differ)
+    assert (got.flip(1) - want).abs().mean() > 0.2  # swapped channels: 0.30
+
+
 def test_webdataset_shards(data, tmp_path):
     from pysoftlabel.data.webdataset import write_webdataset
     for split in ("train", "val"):

@@ -125,3 +125,11 @@ def test_cifar10_subset_from_shared(tmp_path):
     assert len(data) == 200 and data.images.shape[1:] == (3, 32, 32) and len(data.classes) == 10
     assert sorted(data.classes) == data.classes and "airplane" in data.classes
     assert data.labels.bincount().tolist() == [20] * 10
+    # Evaluation images are torchvision's ToTensor + Normalize of the decoded file (RGB, ImageNet mean and std).
+    T = pytest.importorskip("torchvision.transforms")
+    from PIL import Image
+    files = sorted(root.glob("train/*/*.jpg"))  # the resident order: classes sorted, then files
+    reference = T.Compose([T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    batch = next(iter(ResidentLoader(data, 16, training=False)))
+    want = torch.stack([reference(Image.open(f).convert("RGB")) for f in files[:16]])
+    torch.testing.assert_close(batch["image"], want, atol=1e-5, rtol=0)

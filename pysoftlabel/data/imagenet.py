@@ -86,6 +86,10 @@ class ImageNetLoader:
     with ``boxes`` also ``"object_fraction"`` [N] (training: the fraction of each random crop covered by
     the boxes of its label, -1 without such a box; see :mod:`pysoftlabel.data.boxes`).
 
+    Evaluation images are torchvision's ``Resize(image_size / 0.875)`` + ``CenterCrop`` + ``ToTensor`` +
+    ``Normalize`` (ImageNet mean and std; at an odd margin the crop starts one pixel later than torchvision's),
+    so that pretrained weights and published evaluations carry over (tests/test_imagenet_loader.py).
+
     Images arrive channels-last (an NCHW view of NHWC memory) in ``dtype``. Evaluation keeps the last
     partial batch (no sample dropped or repeated); training drops it. Unreadable files (empty, truncated,
     not an image) are skipped and listed in ``skipped``; a file DALI still cannot decode stops the run with
