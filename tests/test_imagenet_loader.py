@@ -209,8 +209,8 @@ def test_imagenette_validation_set(imagenette):
 def test_validation_images_are_torchvisions(imagenette):
     """The validation preprocessing is torchvision's Resize(size / 0.875) + CenterCrop + ToTensor + Normalize
     (ImageNet mean and std), so that pretrained torchvision weights and published evaluations carry over.
-    At an even margin (64 - 56 here, as 256 - 224) the crops coincide; at an odd one DALI's starts a pixel
-    later (it rounds 4.5 up, Python's round() to even)."""
+    At an even margin (64 - 56 here, as 256 - 224) the crops coincide; at some odd ones DALI's starts a pixel
+    off (for a margin of 9 it rounds 4.5 up, where torchvision's round() goes to the even 4)."""
     T = pytest.importorskip("torchvision.transforms")
     files, labels, classes = scan_image_folder(imagenette, "val")
     batch = next(iter(ImageNetLoader(imagenette, "val", 16, 56, "cpu", classes=classes, num_threads=1)))

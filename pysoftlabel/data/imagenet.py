@@ -87,7 +87,7 @@ class ImageNetLoader:
     the boxes of its label, -1 without such a box; see :mod:`pysoftlabel.data.boxes`).
 
     Evaluation images are torchvision's ``Resize(image_size / 0.875)`` + ``CenterCrop`` + ``ToTensor`` +
-    ``Normalize`` (ImageNet mean and std; at an odd margin the crop starts one pixel later than torchvision's),
+    ``Normalize`` (ImageNet mean and std; at some odd margins the crop starts one pixel off torchvision's),
     so that pretrained weights and published evaluations carry over (tests/test_imagenet_loader.py).
 
     Images arrive channels-last (an NCHW view of NHWC memory) in ``dtype``. Evaluation keeps the last
