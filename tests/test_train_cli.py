@@ -312,6 +312,29 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     assert (tmp_path / "ce" / "report.md").read_text().startswith(f"# resnet20, ce, 1 epoch: {data}/val at 16 px\n")
 
 
+def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
+    import evaluate
+    for name in ("ce", "ls"):
+        run(data, tmp_path / "a" / name, "--strategy", name, "--epochs", "1")
+    run(data, tmp_path / "b" / "ls", "--strategy", "ls", "--epochs", "1", "--seed", "1")
+    checkpoints = [str(tmp_path / run_dir / "checkpoint.pt") for run_dir in ("a/ce", "a/ls", "b/ls")]
+    with pytest.raises(SystemExit):  # a bad one is found before any is evaluated
+        evaluate.main(checkpoints + [str(tmp_path / "missing.pt"), "--out", str(tmp_path / "cmp")])
+    assert "missing.pt does not exist" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
+    evaluate.main(checkpoints + ["--out", str(tmp_path / "cmp")])
+    printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line["checkpoint"] for line in printed] == checkpoints
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [row["run"] for row in rows] == ["a-ce", "a-ls", "b-ls"]  # the folders above where names repeat
+    for row, line in zip(rows, printed):
+        assert row["ece"] == line["ece"] and (tmp_path / "cmp" / row["run"] / "report.md").exists()
+    table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
+    assert table[0] == "# Calibration of 3 checkpoints" and table[5].startswith("| a-ls | resnet20, ls, after epoch 1 |")
+    assert f"| {rows[2]['accuracy']:.4f} |" in table[6]
+    if (tmp_path / "a" / "ce" / "reliability.png").exists():  # matplotlib installed
+        assert (tmp_path / "cmp" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
     # A --resident run validates on the images at their own size (32 px here, not --image-size 16) under bf16:
     # the checkpoint alone must give the same report, with no --data, --resident or --amp repeated.

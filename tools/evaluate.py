@@ -4,6 +4,10 @@
 
     python tools/evaluate.py runs/ldl/checkpoint.pt                  # the run's own validation set, as it was run
     python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--val-split val --image-size 224 --out DIR]
+    python tools/evaluate.py runs/ce/checkpoint.pt runs/ls/checkpoint.pt runs/ldl/checkpoint.pt --out compared
+
+Several checkpoints are compared: each one's report in OUT/<run>/, one table (OUT/comparison.md and .json)
+and their reliability diagrams side by side (OUT/reliability.png).
 
 By default the data and its handling are the training run's (its args.json, beside the checkpoint): the same
 folder (the built-in synthetic dataset for a run without --data), validation split, resident or DALI
@@ -24,12 +28,14 @@ from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
                                 output_folder, parse_device, recipe_name, write_calibration_report)
+from pysoftlabel.metrics import reliability_diagrams
 from pysoftlabel.models import create_model
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint.pt written by tools/train_imagenet.py")
+    p.add_argument("checkpoints", nargs="+", metavar="checkpoint",
+                   help="checkpoint.pt written by tools/train_imagenet.py; several are compared")
     p.add_argument("--data", default=None, help="ImageNet-layout root (default: the run's)")
     p.add_argument("--val-split", default=None, help="validation folder name (default: the run's, else val)")
     p.add_argument("--resident", action=argparse.BooleanOptionalAction, default=None,
@@ -40,7 +46,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast dtype (default: the run's, else auto: bf16 on cuda, off on cpu)")
-    p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, eval/)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: beside the checkpoint, eval/; for several, comparison/)")
     p.add_argument("--boxes", default=None,
                    help="PASCAL-VOC boxes root (default: the run's --boxes on the run's data, else DATA/boxes if present)")
     args = p.parse_args(argv)
@@ -51,52 +58,116 @@ def main(argv=None):
         device = parse_device(args.device)
     except ValueError as error:
         p.error(str(error))
+    jobs = [plan(p, args, checkpoint, device) for checkpoint in args.checkpoints]  # every one checked first
+    several = len(jobs) > 1
     try:
-        state = load_checkpoint(args.checkpoint, keys=("arch", "classes", "model"))
+        out = output_folder(args.out or ("comparison" if several else Path(args.checkpoints[0]).parent / "eval"))
+        labels = run_labels(args.checkpoints)
+        summaries = []
+        for job, label in zip(jobs, labels):
+            summary = evaluate_checkpoint(job, device, out / label if several else out)
+            print(json.dumps({"checkpoint": job["checkpoint"]} | {k: v for k, v in summary.items() if k != "bins"}))
+            summaries.append(summary)
+        if several:
+            write_comparison(out, labels, jobs, summaries)
+    except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
+        raise SystemExit(str(error))
+
+
+def plan(p, args, checkpoint, device) -> dict:
+    """What evaluating ``checkpoint`` takes: its state, and the data and options of its run (args.json) unless
+    given; a bad one is a parser error naming it, before any checkpoint is evaluated."""
+    try:
+        state = load_checkpoint(checkpoint, keys=("arch", "classes", "model"))
     except ValueError as error:
         p.error(str(error))
-    run = run_options(args.checkpoint)
+    run = run_options(checkpoint)
     data = args.data or run.get("data") or run.get("data_cache")
     if data is None:
-        p.error(f"--data: needed, since {args.checkpoint} has no args.json beside it to say which data its run used")
+        p.error(f"--data: needed, since {checkpoint} has no args.json beside it to say which data its run used")
     split = args.val_split or run.get("val_split", "val")
     if not Path(data, split).is_dir():
         p.error(f"--data: {data} has no {split}/ folder")
-    resident = args.resident if args.resident is not None else bool(run.get("resident", False))
-    image_size = args.image_size or int(run.get("image_size", 224))
-    batch_size = args.batch_size or int(run.get("batch_size", 64))
-    amp = autocast_dtype(args.amp or run.get("amp", "auto"), device)
     # The run's --boxes go with the run's data; other data bring their own (DATA/boxes).
     boxes = Path(args.boxes or (args.data is None and run.get("boxes")) or Path(data, "boxes"))
     if args.boxes and not boxes.is_dir():
         p.error(f"--boxes: {args.boxes} does not exist")
+    return {"checkpoint": checkpoint, "state": state, "data": data, "split": split, "boxes": boxes,
+            "resident": args.resident if args.resident is not None else bool(run.get("resident", False)),
+            "image_size": args.image_size or int(run.get("image_size", 224)),
+            "batch_size": args.batch_size or int(run.get("batch_size", 64)),
+            "amp": autocast_dtype(args.amp or run.get("amp", "auto"), device), "threads": int(run.get("threads", 2))}
+
+
+def evaluate_checkpoint(job, device, out) -> dict:
+    """Writes the report of one planned checkpoint into ``out``; returns its summary."""
+    state, data, split, image_size, batch_size = (job[k] for k in ("state", "data", "split", "image_size",
+                                                                    "batch_size"))
+    val = validation_loader(data, split, batch_size, image_size, device, state["classes"], resident=job["resident"],
+                            num_threads=job["threads"])
+    model = create_model(state["arch"], len(state["classes"]), image_size).to(device, memory_format=torch.channels_last)
     try:
-        val = validation_loader(data, split, batch_size, image_size, device, state["classes"], resident=resident,
-                                num_threads=int(run.get("threads", 2)))
-        model = create_model(state["arch"], len(state["classes"]), image_size).to(device,
-                                                                                 memory_format=torch.channels_last)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as error:  # a ViT's position embedding is made for the side it was trained at
-            raise ValueError(f"{args.checkpoint}: its weights do not fit {state['arch']} at {image_size}px "
-                             f"({str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error})")
-        out = output_folder(args.out or Path(args.checkpoint).parent / "eval")
-        skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
-        if skipped:
-            print(skipped_line(skipped, "validation images"), file=sys.stderr)
-        extra = {"skipped_images": len(skipped)}
-        context = context_crops(data, split, boxes, batch_size, image_size, device, state["classes"],
-                                dtype=loader_dtype(device)) if boxes.is_dir() else None
-        if context is not None:
-            extra.update(context_confidence=context_confidence(model, context, device, amp),
-                         context_crops=len(context.files))
-        trained = f"{state['arch']}, {recipe_name(state.get('strategy_name', '?'), state.get('aug'))}, after epoch " \
-                  f"{state.get('epoch', -1) + 1}" + (f" and {state['step']} steps" if state.get("step") else "")
-        summary = write_calibration_report(model, val, device, out, amp, extra=extra,
-                                           title=f"{args.checkpoint} ({trained}): {data}/{split} at {image_size} px")
-    except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
-        raise SystemExit(str(error))
-    print(json.dumps({k: v for k, v in summary.items() if k != "bins"}))
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # a ViT's position embedding is made for the side it was trained at
+        raise ValueError(f"{job['checkpoint']}: its weights do not fit {state['arch']} at {image_size}px "
+                         f"({str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error})")
+    out = output_folder(out)
+    skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
+    if skipped:
+        print(skipped_line(skipped, "validation images"), file=sys.stderr)
+    extra = {"skipped_images": len(skipped)}
+    boxes = job["boxes"]
+    context = context_crops(data, split, boxes, batch_size, image_size, device, state["classes"],
+                            dtype=loader_dtype(device)) if boxes.is_dir() else None
+    if context is not None:
+        extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
+                     context_crops=len(context.files))
+    return write_calibration_report(model, val, device, out, job["amp"], extra=extra,
+                                    title=f"{job['checkpoint']} ({trained(state)}): {data}/{split} at {image_size} px")
+
+
+def trained(state) -> str:
+    """'resnet20, ldl + cutmix, after epoch 12': what a checkpoint holds."""
+    return (f"{state['arch']}, {recipe_name(state.get('strategy_name', '?'), state.get('aug'))}, after epoch "
+            f"{state.get('epoch', -1) + 1}" + (f" and {state['step']} steps" if state.get("step") else ""))
+
+
+def run_labels(checkpoints) -> list:
+    """A short unique name per checkpoint: its run folder's name, with the folders above it where two share one
+    (runs/a/ldl and runs/b/ldl: a-ldl, b-ldl)."""
+    parents = [Path(c).resolve().parent for c in checkpoints]
+    for depth in range(1, max(len(p.parts) for p in parents) + 1):
+        labels = ["-".join(p.parts[-depth:]).lstrip("/-") for p in parents]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}-{label}" for i, label in enumerate(labels)]  # the same checkpoint given twice
+
+
+def write_comparison(out, labels, jobs, summaries):
+    """OUT/comparison.md and .json (one row per checkpoint) and OUT/reliability.png (their diagrams side by side,
+    as the papers' figures)."""
+    rows = [{"run": label, "checkpoint": job["checkpoint"], "trained": trained(job["state"]),
+             "data": f"{job['data']}/{job['split']} at {job['image_size']} px",
+             **{k: v for k, v in summary.items() if k != "bins"}} for label, job, summary in zip(labels, jobs, summaries)]
+    (out / "comparison.json").write_text(json.dumps(rows, indent=1))
+    columns = [("top-1", "accuracy"), ("top-5", "acc5"), ("ECE", "ece"), ("MCE", "mce"), ("NLL", "nll"),
+               ("Brier", "brier"), ("ECE after TS, held out", "ece_after_temperature_heldout")]
+    lines = [f"# Calibration of {len(rows)} checkpoints", ""]
+    if len({row["data"] for row in rows}) > 1:
+        lines += ["Not all evaluated on the same data: compare with care (the data column).", ""]
+        print("note: the checkpoints were not all evaluated on the same data (comparison.md says which)",
+              file=sys.stderr)
+    lines += ["| run | trained | data | " + " | ".join(name for name, _ in columns) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in columns) + " |"]
+    lines += [f"| {row['run']} | {row['trained']} | {row['data']} | "
+              + " | ".join(f"{row[key]:.4f}" for _, key in columns) + " |" for row in rows]
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    tables = {label: [[b["lower"], b["upper"], b["count"], b["confidence"], b["accuracy"]] for b in summary["bins"]]
+              for label, summary in zip(labels, summaries)}
+    try:
+        reliability_diagrams(tables, out / "reliability.png")
+    except ImportError as error:
+        print(f"no reliability.png: {error}", file=sys.stderr)
 
 
 def run_options(checkpoint) -> dict:
