@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pysoftlabel.data import make_synthetic_dataset
-from pysoftlabel.data.webdataset import scan_webdataset, write_webdataset
+from pysoftlabel.data.webdataset import index_paths, scan_webdataset, write_webdataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_webdataset  # noqa: E402
@@ -40,9 +40,23 @@ def test_shards_hold_every_sample_once_and_a_second_conversion_is_refused(data, 
     # Before, shards of 100 were written over shards of 5: shard-000001 and -000002 stayed, read twice.
     with pytest.raises(ValueError, match="train is not empty"):
         write_webdataset(files, labels, tmp_path / "train", per_shard=100)
-    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [Path(s).name for s in shards]
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(
+        Path(s).with_suffix(suffix).name for s in shards for suffix in (".tar", ".idx"))
     with pytest.raises(ValueError, match="per_shard must be at least 1"):
         write_webdataset(files, labels, tmp_path / "other", per_shard=0)
+
+
+def test_each_shard_has_the_index_dalis_wds2idx_writes(data, tmp_path):
+    wds2idx = pytest.importorskip("wds2idx", reason="DALI's wds2idx (nvidia-dali) makes the reference index")
+    files = sorted(str(p) for p in (data / "train").rglob("*.JPEG"))
+    shards = write_webdataset(files, [i % 3 for i in range(len(files))], tmp_path / "train", per_shard=5)
+    assert index_paths(shards) == [s.replace(".tar", ".idx") for s in shards]
+    for shard in shards:
+        with wds2idx.IndexCreator(shard, str(tmp_path / "reference.idx"), verbose=False) as creator:
+            creator.create_index()
+        assert Path(shard).with_suffix(".idx").read_text() == (tmp_path / "reference.idx").read_text()
+    Path(shards[1]).with_suffix(".idx").unlink()
+    assert index_paths(shards) is None  # DALI infers them all then
 
 
 def test_an_interrupted_conversion_leaves_nothing(data, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import torch
 
 from .boxes import context_window, load_boxes, object_fraction
 from .folder import check_fills_a_batch, drop_unreadable, scan_image_folder
-from .webdataset import find_shards, parse_class_text, scan_webdataset
+from .webdataset import find_shards, index_paths, parse_class_text, scan_webdataset
 
 __all__ = ["imagenet_pipeline", "ImageNetLoader", "context_crops"]
 
@@ -42,8 +42,9 @@ def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu,
         common = dict(random_shuffle=is_training, shard_id=shard_id, num_shards=num_shards, pad_last_batch=True,
                       name="Reader", seed=seed)
         if webdataset:
-            jpegs, index = fn.readers.webdataset(paths=files, ext=["jpg;jpeg;png", "cls"],
-                                                 missing_component_behavior="error", **common)
+            jpegs, index = fn.readers.webdataset(paths=files, index_paths=index_paths(files),
+                                                 ext=["jpg;jpeg;png", "cls"], missing_component_behavior="error",
+                                                 **common)
             index = fn.pad(index, axes=[0], shape=[12], fill_value=0)
         else:
             jpegs, index = fn.readers.file(files=files, labels=list(range(len(files))), **common)

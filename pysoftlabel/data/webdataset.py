@@ -14,7 +14,7 @@ import torch
 
 from .atomic import writing_folder
 
-__all__ = ["find_shards", "scan_webdataset", "write_webdataset", "parse_class_text"]
+__all__ = ["find_shards", "scan_webdataset", "write_webdataset", "index_paths", "parse_class_text"]
 
 
 def find_shards(folder):
@@ -64,7 +64,7 @@ def _scan(shards):
 
 def write_webdataset(files, labels, out_dir, per_shard: int = 1000, seed: int = 0):
     """Writes images ``files`` with class indices ``labels`` as shards ``out_dir/shard-NNNNNN.tar`` in a
-    random order (seeded); returns the shard paths. ``out_dir`` must be new or empty (the shards of an
+    random order (seeded), each with its DALI index ``shard-NNNNNN.idx``; returns the shard paths. ``out_dir`` must be new or empty (the shards of an
     earlier conversion would otherwise stay beside the new ones, their samples read twice); it appears
     only once every shard is written."""
     if per_shard < 1:
@@ -73,16 +73,36 @@ def write_webdataset(files, labels, out_dir, per_shard: int = 1000, seed: int = 
         raise ValueError(f"files and labels must have the same length, got {len(files)} and {len(labels)}")
     out_dir = Path(out_dir)
     order = np.random.default_rng(seed).permutation(len(files))
-    names = [f"shard-{start // per_shard:06d}.tar" for start in range(0, len(order), per_shard)]
+    names = [f"shard-{start // per_shard:06d}" for start in range(0, len(order), per_shard)]
     with writing_folder(out_dir) as partial:
         for name, start in zip(names, range(0, len(order), per_shard)):
-            with tarfile.open(partial / name, "w") as tar:
+            index = []  # per sample: (extension, data offset, size, member name) of each member
+            with tarfile.open(partial / f"{name}.tar", "w") as tar:
                 for i in order[start:start + per_shard]:
+                    index.append([])
                     for ext, data in (("jpg", Path(files[i]).read_bytes()), ("cls", str(labels[i]).encode())):
                         info = tarfile.TarInfo(f"{i:09d}.{ext}")
                         info.size = len(data)
+                        # the data follow the member's header block(s) where tar.offset stands now
+                        offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
                         tar.addfile(info, io.BytesIO(data))
-    return [str(out_dir / name) for name in names]
+                        index[-1].append((ext, offset, info.size, info.name))
+            (partial / f"{name}.idx").write_text(index_text(index))
+    return [str(out_dir / f"{name}.tar") for name in names]
+
+
+def index_text(samples) -> str:
+    """DALI's webdataset index (version 1.2, as its ``wds2idx`` writes): the sample count, then a line per sample
+    of ``extension offset size name`` for each of its members. With it, DALI's reader does not walk every tar's
+    headers to find the samples, which it would do at every epoch's new pipeline."""
+    lines = [f"v1.2 {len(samples)}"] + [" ".join(f"{e} {o} {n} {name}" for e, o, n, name in s) for s in samples]
+    return "\n".join(lines) + "\n"
+
+
+def index_paths(shards):
+    """The ``.idx`` file beside each shard when every shard has one, else None (DALI then infers them)."""
+    paths = [str(Path(shard).with_suffix(".idx")) for shard in shards]
+    return paths if all(Path(path).is_file() for path in paths) else None
 
 
 def parse_class_text(text: torch.Tensor) -> torch.Tensor:
