@@ -244,6 +244,15 @@ def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_a_missing_validation_folder_names_the_ones_there(data, tmp_path, capsys):
+    import shutil
+    shutil.copytree(data / "train", tmp_path / "d" / "train")
+    (tmp_path / "d" / "test").mkdir()
+    with pytest.raises(SystemExit):
+        train_imagenet.main(["--data", str(tmp_path / "d")])
+    assert "has no val/ folder to validate on; --val-split chooses another: test" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
 def test_cuda_device_without_a_gpu_gives_one_clear_line(capsys):
     with pytest.raises(SystemExit):

@@ -118,6 +118,10 @@ def parse_args(argv=None):
         p.error(f"--strategy: unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if args.data is not None and not Path(args.data, "train").is_dir():
         p.error(f"--data: {args.data} has no train/ folder (ImageNet layout ROOT/train/<class>/<image>)")
+    if args.data is not None and not Path(args.data, args.val_split).is_dir():
+        others = sorted(d.name for d in Path(args.data).iterdir() if d.is_dir() and d.name not in ("train", "boxes"))
+        p.error(f"--data: {args.data} has no {args.val_split}/ folder to validate on; "
+                + (f"--val-split chooses another: {', '.join(others)}" if others else "it has no other folder"))
     if args.teacher is not None and args.strategy not in ("ldl", "kd"):
         p.error(f"--teacher: only ldl and kd learn from a teacher; --strategy {args.strategy} would ignore it")
     if args.teacher is not None and not Path(args.teacher).is_file():
