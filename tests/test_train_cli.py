@@ -244,6 +244,12 @@ def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_als_with_boxes_that_match_no_image_is_one_line(data, tmp_path):
+    (tmp_path / "unrelated").mkdir()
+    with pytest.raises(SystemExit, match="none of the 48 training images has a box of its class"):
+        run(data, tmp_path / "r", "--strategy", "als", "--boxes", str(tmp_path / "unrelated"))
+
+
 def test_a_missing_validation_folder_names_the_ones_there(data, tmp_path, capsys):
     import shutil
     shutil.copytree(data / "train", tmp_path / "d" / "train")

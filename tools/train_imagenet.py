@@ -254,6 +254,10 @@ def make_loaders(args, root, device, rank, world, strategy_name):
         if box_root is None:
             raise ValueError("--strategy als needs bounding boxes: --boxes ROOT (PASCAL-VOC XML, BOXES/**/<stem>.xml)")
         boxes = load_boxes(box_root, files, labels, classes)
+        if boxes.matched == 0:
+            raise ValueError(f"--boxes: none of the {len(files)} training images has a box of its class under "
+                             f"{box_root} (BOXES/**/<image stem>.xml); ALS would be label smoothing with --eps "
+                             f"{args.eps} for every image")
         facts.update(boxes_matched=boxes.matched, boxes_skipped_files=len(boxes.skipped),
                      boxes_repaired=boxes.repaired,
                      context=context_crops(root, args.val_split, box_root, args.batch_size, args.image_size, device,
