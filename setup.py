@@ -11,7 +11,6 @@ Environment:
 """
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from setuptools import setup
