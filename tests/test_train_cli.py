@@ -466,11 +466,17 @@ def test_multistep_schedule_after_warmup():
     assert lrs[19] == pytest.approx(1.0) and lrs[20] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)
 
 
-def test_trains_on_webdataset_shards(data, tmp_path):
-    from pysoftlabel.data.folder import scan_image_folder
-    from pysoftlabel.data.webdataset import write_webdataset
-    for split in ("train", "val"):
-        files, labels, _ = scan_image_folder(data, split)
-        write_webdataset(files, labels, tmp_path / "wds" / split, per_shard=10)
+def test_trains_on_webdataset_shards(data, tmp_path, capsys):
+    import evaluate
+    import make_webdataset
+    make_webdataset.main([str(data), str(tmp_path / "wds"), "--per-shard", "10"])
     records = run(tmp_path / "wds", tmp_path / "out", "--strategy", "ls", "--epochs", "1")
     assert len(records) == 1 and 0 <= records[0]["val_acc1"] <= 1
+    # The classes keep their names (OUT/classes.txt): the model evaluates on the folders it was converted from.
+    state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert state["classes"] == sorted(p.name for p in (data / "train").iterdir())
+    capsys.readouterr()
+    evaluate.main([str(tmp_path / "out" / "checkpoint.pt"), "--data", str(data), "--out", str(tmp_path / "e")])
+    folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    shards = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert folder["count"] == shards["count"] and folder["nll"] == pytest.approx(shards["nll"], rel=1e-5)

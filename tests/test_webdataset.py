@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from pysoftlabel.data import make_synthetic_dataset
-from pysoftlabel.data.webdataset import index_paths, scan_webdataset, write_webdataset
+from pysoftlabel.data import webdataset
+from pysoftlabel.data.webdataset import (class_names, find_shards, index_paths, scan_webdataset,
+                                          write_webdataset)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_webdataset  # noqa: E402
@@ -74,6 +76,21 @@ def test_an_interrupted_conversion_leaves_nothing(data, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_webdataset(files, [0] * len(files), tmp_path / "train", per_shard=5)
     assert opened and list(tmp_path.iterdir()) == []  # no first shard posing as the whole set
+
+
+def test_class_names_and_the_indexes_spare_reading_the_tars(data, tmp_path):
+    make_webdataset.main([str(data), str(tmp_path / "wds"), "--per-shard", "5"])
+    classes = sorted(p.name for p in (data / "train").iterdir())
+    assert class_names(tmp_path / "wds") == classes
+    for split in ("train", "val"):
+        shards = find_shards(tmp_path / "wds" / split)
+        # from the indexes and classes.txt, as from reading every tar
+        assert scan_webdataset(shards) == webdataset._scan(tuple(shards)) == (len(cls_of(shards)), 3)
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (other / "train" / classes[0]).rename(other / "train" / "zz_renamed")
+    with pytest.raises(SystemExit, match="classes.txt names other classes"):  # shards of two numberings
+        make_webdataset.main([str(other), str(tmp_path / "wds"), "--splits", "test"])
 
 
 def test_classes_come_from_the_training_split_whatever_is_converted(data, tmp_path):

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Convert an ImageNet-layout folder into webdataset shards (OUT/{train,val}/shard-NNNNNN.tar, samples in a
-seeded random order, class indices in the training folder's sorted order) for tools/train_imagenet.py --data OUT.
+seeded random order, each shard with its DALI index .idx; class indices in the training folder's sorted order,
+named in OUT/classes.txt) for tools/train_imagenet.py --data OUT.
 
     python tools/make_webdataset.py /data/imagenet /data/imagenet-wds --per-shard 1000
 """
 import argparse
 
 from pysoftlabel.data.folder import scan_image_folder
-from pysoftlabel.data.webdataset import write_webdataset
+from pysoftlabel.data.webdataset import write_class_names, write_webdataset
 
 
 def main(argv=None):
@@ -25,6 +26,8 @@ def main(argv=None):
     for split in ["train"] + [s for s in dict.fromkeys(args.splits) if s != "train"]:
         try:
             files, labels, classes = scan_image_folder(args.root, split, classes)
+            if split == "train":  # the names of the class indices, for the loader and for checkpoints
+                write_class_names(args.out, classes)
             if split not in args.splits:
                 continue
             shards = write_webdataset(files, labels, f"{args.out}/{split}", args.per_shard, args.seed)

@@ -8,7 +8,7 @@ import torch
 
 from .boxes import context_window, load_boxes, object_fraction
 from .folder import check_fills_a_batch, drop_unreadable, scan_image_folder
-from .webdataset import find_shards, index_paths, parse_class_text, scan_webdataset
+from .webdataset import class_names, find_shards, index_paths, parse_class_text, scan_webdataset
 
 __all__ = ["imagenet_pipeline", "ImageNetLoader", "context_crops"]
 
@@ -128,7 +128,7 @@ class ImageNetLoader:
             if boxes is not None or windows is not None:
                 raise ValueError(f"data: boxes need ImageNet-layout folders; {root}/{split} holds webdataset shards")
             size, num_classes = scan_webdataset(shards)
-            self.classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
+            self.classes = list(classes or class_names(root) or [str(c) for c in range(num_classes)])
             if num_classes > len(self.classes):
                 raise ValueError(f"data: {root}/{split} has class index {num_classes - 1}, the training set "
                                  f"{len(self.classes)} classes")

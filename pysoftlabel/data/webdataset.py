@@ -14,7 +14,8 @@ import torch
 
 from .atomic import writing_folder
 
-__all__ = ["find_shards", "scan_webdataset", "write_webdataset", "index_paths", "parse_class_text"]
+__all__ = ["find_shards", "scan_webdataset", "write_webdataset", "index_paths", "class_names", "write_class_names",
+           "parse_class_text"]
 
 
 def find_shards(folder):
@@ -23,12 +24,52 @@ def find_shards(folder):
     return sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else []
 
 
+CLASS_NAMES = "classes.txt"  # ROOT/classes.txt: the class of each index, one name a line (make_webdataset.py)
+
+
+def class_names(root):
+    """The class names of the shards under ``root`` (``ROOT/classes.txt``, line i naming class i), or None."""
+    path = Path(root) / CLASS_NAMES
+    return path.read_text().splitlines() if path.is_file() else None
+
+
+def write_class_names(root, classes) -> None:
+    """Writes ``ROOT/classes.txt``; ValueError when it holds other names (shards of two numberings)."""
+    path, text = Path(root) / CLASS_NAMES, "".join(f"{name}\n" for name in classes)
+    if path.is_file() and path.read_text() != text:
+        raise ValueError(f"data: {path} names other classes than this conversion's; choose another output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def scan_webdataset(shards):
-    """(samples, number of classes) of the shards, from their ``.cls`` members (tar headers are read and the
-    images skipped; remembered per list of shards, since a training run builds a loader every epoch).
-    Raises ValueError naming the shard for an unreadable tar, a bad class or a sample without an image or
-    class."""
-    return _scan(tuple(sorted(shards)))
+    """(samples, number of classes) of the shards (remembered per list of shards, since a training run builds
+    a loader every epoch). Where every shard has its DALI index and ``ROOT/classes.txt`` names the classes,
+    from those (a line per sample, no tar read); otherwise from the ``.cls`` members (tar headers are read and
+    the images skipped). Raises ValueError naming the shard for an unreadable tar, a bad class or a sample
+    without an image or class."""
+    shards = tuple(sorted(shards))
+    names = class_names(Path(shards[0]).parent.parent) if shards else None
+    if names is not None and index_paths(shards) is not None:
+        return _scan_indexes(shards), len(names)
+    return _scan(shards)
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_indexes(shards):
+    samples = 0
+    for shard, index in zip(shards, index_paths(shards)):
+        lines = Path(index).read_text().splitlines()
+        for line in lines[1:]:
+            fields = line.split()  # extension, offset, size, name: four per member
+            extensions = {e.lower() for e in fields[0::4]}
+            if "cls" not in extensions or not extensions & {"jpg", "jpeg", "png"}:
+                raise ValueError(f"data: {shard}: sample {fields[3] if len(fields) > 3 else line!r} needs a .jpg "
+                                 "and a .cls member")
+        samples += len(lines) - 1
+    if samples == 0:
+        raise ValueError(f"data: no samples in the shards {shards[:3]}")
+    return samples
 
 
 @functools.lru_cache(maxsize=16)
