@@ -1,5 +1,6 @@
 """ClassStats and CalibrationStats: native against reference, ECE against independent implementations,
 merging, state, DDP all_reduce, edge cases."""
+import math
 import os
 import tempfile
 
@@ -311,6 +312,29 @@ def test_classwise_ece_matches_loop():
     stats = psl.metrics.ClasswiseCalibrationStats(4).update(logits[:150], labels[:150])
     stats = stats + psl.metrics.ClasswiseCalibrationStats(4).update(logits[150:], labels[150:])
     assert stats.ece == pytest.approx(want, abs=1e-9)
+
+
+def test_ece_interval_bins_as_calibration_stats_and_narrows_with_more_rows():
+    from pysoftlabel.metrics import ece_interval
+    # Identical rows: every draw is the same set, so the interval is the point ECE, binned alike (a
+    # confidence on a bin edge, 0.6 = 9/15, and 1.0 in the last bin).
+    for row in ([0.0, 0.0, 0.0], [math.log(0.6), math.log(0.2), math.log(0.2)], [0.0, -math.inf, -math.inf]):
+        logits, labels = torch.tensor([row] * 10, dtype=torch.float64), torch.zeros(10, dtype=torch.long)
+        low, high = ece_interval(logits, labels, resamples=50)
+        assert low == high == pytest.approx(psl.calibration_stats(logits, labels).ece, abs=1e-12)
+    g = torch.Generator().manual_seed(3)
+    widths = []
+    for n in (400, 40000):
+        logits = torch.randn(n, 10, generator=g) * 2
+        labels = torch.where(torch.rand(n, generator=g) < 0.4, logits.argmax(1), torch.randint(0, 10, (n,), generator=g))
+        low, high = ece_interval(logits, labels, resamples=200)
+        assert low <= psl.calibration_stats(logits, labels).ece <= high
+        assert (low, high) == ece_interval(logits, labels, resamples=200)  # seeded
+        widths.append(high - low)
+    assert 5 < widths[0] / widths[1] < 20  # the spread goes as 1 / sqrt(n): about 10 for 100 times the rows
+    assert ece_interval(logits[:0], labels[:0]) != ece_interval(logits[:0], labels[:0])  # (nan, nan)
+    with pytest.raises(ValueError, match="level"):
+        ece_interval(logits, labels, level=1.0)
 
 
 def test_temperature_scaling_recovers_temperature_and_lowers_ece():

@@ -353,16 +353,16 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
 def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
     import evaluate
     bins = [{"lower": 0.0, "upper": 1.0, "count": 4, "confidence": 0.7, "accuracy": 0.5}]
-    summary = {"accuracy": 0.5, "acc5": 1.0, "ece": 0.2, "mce": 0.2, "nll": 1.0, "brier": 0.6,
-               "ece_after_temperature_heldout": 0.1, "bins": bins}
+    summary = {"accuracy": 0.5, "acc5": 1.0, "ece": 0.2, "ece_ci95_low": 0.15, "ece_ci95_high": 0.3, "mce": 0.2,
+               "nll": 1.0, "brier": 0.6, "ece_after_temperature_heldout": 0.1, "bins": bins}
     jobs = [{"checkpoint": f"{name}/checkpoint.pt", "state": {"arch": "resnet20", "strategy_name": name, "epoch": 0},
              "data": "d", "split": split, "image_size": 32} for name, split in (("ce", "val"), ("ls", "test"))]
     evaluate.write_comparison(tmp_path, ["ce", "ls"], jobs, [summary, summary])
     assert "were not all evaluated on the same data" in capsys.readouterr().err
     lines = (tmp_path / "comparison.md").read_text().splitlines()
     assert lines[2] == "Not all evaluated on the same data: compare with care (the data column)."
-    assert lines[-1] == ("| ls | resnet20, ls, after epoch 1 | d/test at 32 px | 0.5000 | 1.0000 | 0.2000 | 0.2000 | "
-                         "1.0000 | 0.6000 | 0.1000 |")
+    assert lines[-1] == ("| ls | resnet20, ls, after epoch 1 | d/test at 32 px | 0.5000 | 1.0000 | "
+                         "0.2000 (0.1500–0.3000) | 0.2000 | 1.0000 | 0.6000 | 0.1000 |")
 
 
 def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):

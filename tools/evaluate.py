@@ -150,8 +150,10 @@ def write_comparison(out, labels, jobs, summaries):
              "data": f"{job['data']}/{job['split']} at {job['image_size']} px",
              **{k: v for k, v in summary.items() if k != "bins"}} for label, job, summary in zip(labels, jobs, summaries)]
     (out / "comparison.json").write_text(json.dumps(rows, indent=1))
-    columns = [("top-1", "accuracy"), ("top-5", "acc5"), ("ECE", "ece"), ("MCE", "mce"), ("NLL", "nll"),
-               ("Brier", "brier"), ("ECE after TS, held out", "ece_after_temperature_heldout")]
+    for row in rows:  # the ECE with its 95% bootstrap interval: overlapping intervals do not tell models apart
+        row["ece_with_interval"] = f"{row['ece']:.4f} ({row['ece_ci95_low']:.4f}–{row['ece_ci95_high']:.4f})"
+    columns = [("top-1", "accuracy"), ("top-5", "acc5"), ("ECE (95% interval)", "ece_with_interval"), ("MCE", "mce"),
+               ("NLL", "nll"), ("Brier", "brier"), ("ECE after TS, held out", "ece_after_temperature_heldout")]
     lines = [f"# Calibration of {len(rows)} checkpoints", ""]
     if len({row["data"] for row in rows}) > 1:
         lines += ["Not all evaluated on the same data: compare with care (the data column).", ""]
@@ -160,7 +162,8 @@ def write_comparison(out, labels, jobs, summaries):
     lines += ["| run | trained | data | " + " | ".join(name for name, _ in columns) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in columns) + " |"]
     lines += [f"| {row['run']} | {row['trained']} | {row['data']} | "
-              + " | ".join(f"{row[key]:.4f}" for _, key in columns) + " |" for row in rows]
+              + " | ".join(row[key] if isinstance(row[key], str) else f"{row[key]:.4f}" for _, key in columns) + " |"
+              for row in rows]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     tables = {label: [[b["lower"], b["upper"], b["count"], b["confidence"], b["accuracy"]] for b in summary["bins"]]
               for label, summary in zip(labels, summaries)}

@@ -4,7 +4,8 @@ from pathlib import Path
 import torch
 
 from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibrationStats, calibration_report,
-                       calibration_stats, fit_temperature, heldout_temperature_ece, reliability_diagram)
+                       calibration_stats, ece_interval, fit_temperature, heldout_temperature_ece,
+                       reliability_diagram)
 
 __all__ = ["write_calibration_report", "recipe_name", "output_folder"]
 
@@ -30,10 +31,10 @@ def recipe_name(strategy_name, aug) -> str:
 @torch.no_grad()
 def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None,
                              title=None) -> dict:
-    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE, MCE, NLL, Brier, top-1/top-5, adaptive and
-    classwise ECE, the ECE after temperature scaling fitted on these logits, optimistic, and held out (two
-    folds, each scaled by the temperature of the other), and any ``extra`` figures) and
-    ``out/reliability.png``, headed by ``title``; returns the summary."""
+    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE with its 95% bootstrap interval, MCE, NLL, Brier,
+    top-1/top-5, adaptive and classwise ECE, the ECE after temperature scaling fitted on these logits,
+    optimistic, and held out (two folds, each scaled by the temperature of the other), and any ``extra``
+    figures) and ``out/reliability.png``, headed by ``title``; returns the summary."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
@@ -48,7 +49,9 @@ def write_calibration_report(model, loader, device, out, amp_dtype=None, name="r
     for chunk, chunk_labels in zip(logits.split(4096), labels.split(4096)):  # classwise builds [rows, C] indices
         adaptive.update(chunk, chunk_labels)
         classwise.update(chunk, chunk_labels)
-    extra = {"acc5": AccuracyStats((1, 5), device).update(logits, labels).accuracy(5), "adaptive_ece": adaptive.ece,
+    low, high = ece_interval(logits, labels)
+    extra = {"ece_ci95_low": low, "ece_ci95_high": high,
+             "acc5": AccuracyStats((1, 5), device).update(logits, labels).accuracy(5), "adaptive_ece": adaptive.ece,
              "classwise_ece": classwise.ece, "temperature": t,
              "ece_after_temperature": calibration_stats(logits / t, labels).ece,
              "ece_after_temperature_heldout": heldout_temperature_ece(logits, labels), **(extra or {})}
