@@ -37,7 +37,7 @@ from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
                                 evaluate, check_checkpoint, load_checkpoint, output_folder, parse_device,
-                                recipe_name, train_one_epoch, write_calibration_report)
+                                recipe_name, train_one_epoch, write_calibration_report, write_text_atomically)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.models import create_model
 
@@ -329,7 +329,7 @@ class EpochLog:
         # of the epochs the checkpoint holds.
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < start] \
             if start and path.exists() else []
-        path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomically(path, "".join(line + "\n" for line in kept))  # a kill here loses no epoch
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tensorboard = SummaryWriter(str(out / "tb"))
@@ -420,8 +420,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_
             for name in ("report.md", "report.json", "reliability.png"):
                 (out / name).unlink(missing_ok=True)
         # The run's options as JSON values (paths as strings): tools/evaluate.py takes its defaults from them.
-        (out / "args.json").write_text(json.dumps(vars(args) | {"strategy": strategy_name, "world_size": world},
-                                                  indent=1, default=str))
+        options = vars(args) | {"strategy": strategy_name, "world_size": world}
+        write_text_atomically(out / "args.json", json.dumps(options, indent=1, default=str))
     log = EpochLog(out, strategy_name, args.epochs, start) if is_main_process() else None
 
     def checkpoint(epoch, step=0):
