@@ -190,3 +190,16 @@ def test_default_loss_gathers_ols_statistics():
     ols.loss(logits, b)
     ref = psl.ClassStats(4).update(logits, b["label"])
     torch.testing.assert_close(ols.stats.count, ref.count)
+
+
+def test_to_moves_what_each_strategy_holds():
+    def devices(strategy):
+        return {name: (next(value.parameters()).device if isinstance(value, torch.nn.Module) else value.device).type
+                for name, value in vars(strategy).items()
+                if torch.is_tensor(value) or isinstance(value, (torch.nn.Module, psl.ClassStats))}
+    teacher = torch.nn.Linear(4, 3)
+    for strategy, held in ((S.OnlineLabelSmoothing(3), {"table", "frozen", "stats"}),
+                           (S.LabelDistribution(teacher), {"teacher"}), (S.KnowledgeDistillation(teacher), {"teacher"}),
+                           (S.OnlineLabelDistribution(teacher), {"ema"})):
+        assert strategy.to("meta") is strategy and devices(strategy) == dict.fromkeys(held, "meta")
+

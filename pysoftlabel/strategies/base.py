@@ -1,6 +1,7 @@
 """The lifecycle every soft-label strategy follows (DESIGN.md, "Layers")."""
 import torch
 
+from ..metrics.state import SummedState
 from ..ops.soft_cross_entropy import soft_cross_entropy
 from ..target import SoftTarget
 
@@ -59,6 +60,13 @@ class Strategy:
         pass
 
     def to(self, device):
+        """Moves what the strategy holds (a teacher or an average of the student, tables, statistics) to
+        ``device``, in place; returns self."""
+        for name, value in vars(self).items():
+            if torch.is_tensor(value):
+                setattr(self, name, value.to(device))
+            elif isinstance(value, (torch.nn.Module, SummedState)):
+                value.to(device)
         return self
 
     def _check_batch(self, batch):

@@ -52,11 +52,6 @@ class OnlineLabelSmoothing(Strategy):
             self.frozen |= self.table.amax(dim=1) >= self.freeze_at
         self.stats.reset()
 
-    def to(self, device):
-        self.table, self.frozen = self.table.to(device), self.frozen.to(device)
-        self.stats.to(device)
-        return self
-
     def state_dict(self):
         return {"table": self.table.clone(), "frozen": self.frozen.clone(), "stats": self.stats.state_dict()}
 
