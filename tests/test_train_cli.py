@@ -229,6 +229,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--lr", "nan"], "--lr must be positive"),
     (["--seed", "-1"], "--seed must be in [0, 2**32)"),
     (["--resume", "--overwrite"], "give one of them"),
+    (["--epochs", "2", "--warmup-epochs", "3"], "--warmup-epochs must be in [0, --epochs 2]"),
     (["--strategy", "ols", "--teacher", "t.pt"], "--teacher: only ldl and kd learn from a teacher"),
     (["--cutout", "8"], "--cutout: only the --resident path"),
     (["--resident", "--min-scale", "0.5"], "--min-scale: the --resident path crops with 4-pixel padding"),

@@ -93,7 +93,7 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate for batch 64 (default: 0.1)")
     g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: 0.9)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
-    g.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up epochs (default: 1)")
+    g.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up epochs, at most --epochs (default: 1)")
     g.add_argument("--schedule", default="cosine", choices=("cosine", "multistep"),
                    help="after warm-up: cosine to 0, or x0.1 at each --milestones epoch (default: cosine)")
     g.add_argument("--milestones", type=int, nargs="+", default=None,
@@ -159,7 +159,8 @@ def check_values(p, args):
         ("lr", args.lr > 0, "positive"),
         ("momentum", 0 <= args.momentum < 1, "in [0, 1)"),
         ("weight_decay", args.weight_decay >= 0, "at least 0"),
-        ("warmup_epochs", args.warmup_epochs >= 0, "at least 0"),
+        ("warmup_epochs", 0 <= args.warmup_epochs <= args.epochs,
+         f"in [0, --epochs {args.epochs}] (the run would end inside its warm-up, never at --lr)"),
         ("milestones", optional(args.milestones, lambda v: all(1 <= m < args.epochs for m in v)),
          f"epochs in [1, --epochs {args.epochs}) (a later one never takes effect)"),
         ("eps", 0 <= args.eps <= 1, "in [0, 1]"),
