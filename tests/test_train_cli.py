@@ -33,8 +33,13 @@ KEYS = {"epoch", "train_loss", "train_acc1", "val_acc1", "val_acc5", "val_ece", 
         "img_per_s", "lr"}
 
 
-def test_ols_run_writes_metrics_checkpoint_and_report(data, tmp_path):
+def test_ols_run_writes_metrics_checkpoint_and_report(data, tmp_path, capsys):
     records = run(data, tmp_path / "ols", "--strategy", "ols", "--aug", "cutmix")
+    report = json.loads((tmp_path / "ols" / "report.json").read_text())
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"[ols] {tmp_path / 'ols' / 'report.md'}: top-1 {report['accuracy']:.3f}, ECE {report['ece']:.4f} (95% interval "
+        f"{report['ece_ci95_low']:.4f}-{report['ece_ci95_high']:.4f}), after temperature scaling "
+        f"{report['ece_after_temperature_heldout']:.4f} (held out)")
     assert len(records) == 2 and KEYS <= set(records[-1])
     assert records[0]["setup_seconds"] > 0 and "setup_seconds" not in records[1]  # once per process
     assert all(r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in records)

@@ -474,9 +474,12 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_
         if stop == args.epochs and is_main_process():
             # The report fits a temperature on all validation logits: rank 0 evaluates the whole set alone.
             full_val = val if world == 1 else make_val_loader(args, root, device, classes)
-            write_calibration_report(model, full_val, device, out, amp, title=(
+            report = write_calibration_report(model, full_val, device, out, amp, title=(
                 f"{args.arch}, {recipe_name(strategy_name, args.aug)}, {args.epochs} epoch{'s' * (args.epochs > 1)}: "
                 f"{root}/{args.val_split} at {args.image_size} px"))
+            print(f"[{strategy_name}] {out / 'report.md'}: top-1 {report['accuracy']:.3f}, ECE {report['ece']:.4f} "
+                  f"(95% interval {report['ece_ci95_low']:.4f}-{report['ece_ci95_high']:.4f}), after temperature "
+                  f"scaling {report['ece_after_temperature_heldout']:.4f} (held out)", flush=True)
     barrier()
     return stop - start, stop == args.epochs
 
