@@ -57,7 +57,8 @@ def write_calibration_report(model, loader, device, out, amp_dtype=None, name="r
              "ece_after_temperature_heldout": heldout_temperature_ece(logits, labels), **(extra or {})}
     summary = calibration_report(cal, out, name, extra=extra, title=title)
     try:
-        reliability_diagram(cal, out / "reliability.png")
+        reliability_diagram(cal, out / "reliability.png",
+                            title=f"ECE {cal.ece:.4f} (95%: {low:.3f}-{high:.3f}), n = {cal.count}")
     except ImportError as error:
         print(f"no reliability.png: {error}")
     return summary
