@@ -160,6 +160,8 @@ def test_unreadable_files_are_skipped_and_counted(data, tmp_path):
 
 @pytest.mark.parametrize("make, match", [
     (lambda root: (root / "train" / "a").mkdir(parents=True), "has no images"),
+    (lambda root: (root / "train" / "a" / "images").mkdir(parents=True),
+     r"has no images .*not from its sub-folders \['images'\]"),
     (lambda root: ((root / "train").mkdir(), (root / "train" / "x.JPEG").write_bytes(b"")),
      r"no class folders \(found \['x.JPEG'\]\).*ImageNet's validation images come in one folder"),
     (lambda root: ((root / "train").mkdir(), (root / "train" / "LOC_val.csv").write_bytes(b"")),

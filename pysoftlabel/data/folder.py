@@ -36,7 +36,10 @@ def scan_image_folder(root, split: str, classes=None, per_class=None):
         class_dir = folder / name
         images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if class_dir.is_dir() else []
         if split == "train" and not images:
-            raise ValueError(f"data: class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            below = sorted(p.name for p in class_dir.iterdir() if p.is_dir())[:3] if class_dir.is_dir() else []
+            raise ValueError(f"data: class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})" + (
+                f"; images are read from the class folder itself, not from its sub-folders {below} (Tiny "
+                "ImageNet's train/<class>/images/ needs flattening)" if below else ""))
         images = images if per_class is None else images[:per_class]
         files += [str(p) for p in images]
         labels += [label] * len(images)
