@@ -181,6 +181,7 @@ def collect(args, run):
         confidence = sum(b["count"] * b["confidence"] for b in report["bins"]) / report["count"]
         final = dict(records[-1], ece_after_temperature=report["ece_after_temperature"],
                      ece_after_temperature_heldout=report.get("ece_after_temperature_heldout"),  # not in older runs
+                     ece_interval=(report.get("ece_ci95_low"), report.get("ece_ci95_high")),  # nor this
                      confidence_gap=confidence - report["accuracy"])  # > 0: over-confident
         best = max(records, key=lambda r: r["val_acc1"])
         rows.append({"final": final, "best": best, "bins": report["bins"], "epochs": len(records),
@@ -198,6 +199,9 @@ def write_table(args):
             lines.append(f"| {run} | 0 |" + " – |" * (len(header) - 2))
             continue
         cells = [run, str(len(rows))] + [mean_std([r["final"][key] for r in rows]) for _, key in METRICS]
+        low, high = rows[0]["final"]["ece_interval"]
+        if len(rows) == 1 and low is not None:  # one seed: how far its ECE could move on another draw of the data
+            cells[2 + [key for _, key in METRICS].index("val_ece")] += f" ({low:.4f}–{high:.4f})"
         best = ", ".join(f"{r['best']['val_acc1']:.4f} ({r['best']['val_ece']:.4f}) @ {r['best']['epoch'] + 1}"
                          for r in rows)
         seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
@@ -209,8 +213,9 @@ def write_table(args):
             [b["lower"], b["upper"], b["count"], b["confidence"], b["accuracy"]] for b in first["bins"]]
     preset = PRESETS[args.preset]
     text = "\n".join([f"# {args.preset}: {preset['dataset']}, seeds {args.seeds}", "",
-                      "Final epoch (mean ± std over seeds); conf − acc > 0 is over-confidence; ⚑ the best epoch by",
-                      "validation top-1 is what the papers' code reports (picked on the test set: optimistic).", "",
+                      "Final epoch (mean ± std over seeds; with one seed, the ECE's 95% bootstrap interval beside",
+                      "it); conf − acc > 0 is over-confidence; ⚑ the best epoch by validation top-1 is what the",
+                      "papers' code reports (picked on the test set: optimistic).", "",
                       "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "", *lines, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text)
