@@ -87,25 +87,16 @@ class CalibrationStats(SummedState):
 
     @property
     def accuracy(self) -> float:
-        bins, _ = self._read()
-        return float(bins[:, 2].sum() / bins[:, 0].sum()) if bins[:, 0].sum() > 0 else float("nan")
-
-    def _gaps(self):
-        bins, _ = self._read()
-        count = bins[:, 0]
-        nonempty = count > 0
-        gap = (bins[:, 2] - bins[:, 1]).abs() / count.clamp(min=1)
-        return count, nonempty, gap
+        return _accuracy(self._read()[0])
 
     @property
     def ece(self) -> float:
-        count, _, gap = self._gaps()
-        total = count.sum()
-        return float((count * gap).sum() / total) if total > 0 else float("nan")
+        return _ece(self._read()[0])
 
     @property
     def mce(self) -> float:
-        _, nonempty, gap = self._gaps()
+        count, gap = _gaps(self._read()[0])
+        nonempty = count > 0
         return float(gap[nonempty].max()) if nonempty.any() else float("nan")
 
     @property
@@ -136,12 +127,27 @@ class CalibrationStats(SummedState):
     def __repr__(self):  # never raises: rows with non-finite logits are shown, not reported as an error
         bins, sums = self.bins.cpu(), self.sums.cpu()
         count, shown = int(bins[:, 0].sum()), f"n_bins={self.n_bins}, device={self.device}"
-        if count:  # per bin, count * |acc - conf| = |correct - confidence sum|
-            ece = float((bins[:, 2] - bins[:, 1]).abs().sum()) / count
-            shown += f", count={count}, ece={ece:.4f}, accuracy={float(bins[:, 2].sum()) / count:.4f}"
+        if count:
+            shown += f", count={count}, ece={_ece(bins):.4f}, accuracy={_accuracy(bins):.4f}"
         if sums[2]:
             shown += f", nonfinite={int(sums[2])}"
         return f"CalibrationStats({shown})"
+
+
+def _gaps(bins):
+    """(count, |accuracy - mean confidence|) per bin of an [M, 3] table (0 for an empty bin)."""
+    count = bins[:, 0]
+    return count, (bins[:, 2] - bins[:, 1]).abs() / count.clamp(min=1)
+
+
+def _ece(bins) -> float:
+    count, gap = _gaps(bins)
+    total = count.sum()
+    return float((count * gap).sum() / total) if total > 0 else float("nan")
+
+
+def _accuracy(bins) -> float:
+    return float(bins[:, 2].sum() / bins[:, 0].sum()) if bins[:, 0].sum() > 0 else float("nan")
 
 
 def calibration_stats(logits: Tensor, labels: Tensor, n_bins: int = 15, ignore_index: int = -100,
