@@ -165,10 +165,9 @@ def write_comparison(out, labels, jobs, summaries):
               + " | ".join(row[key] if isinstance(row[key], str) else f"{row[key]:.4f}" for _, key in columns) + " |"
               for row in rows]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
-    tables = {label: [[b["lower"], b["upper"], b["count"], b["confidence"], b["accuracy"]] for b in summary["bins"]]
-              for label, summary in zip(labels, summaries)}
     try:
-        reliability_diagrams(tables, out / "reliability.png")
+        reliability_diagrams({label: summary["bins"] for label, summary in zip(labels, summaries)},
+                             out / "reliability.png")
     except ImportError as error:
         print(f"no reliability.png: {error}", file=sys.stderr)
 

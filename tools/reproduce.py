@@ -209,8 +209,7 @@ def write_table(args):
                   f"{statistics.mean(seconds):.0f} s" if seconds else "–"]
         lines.append("| " + " | ".join(cells) + " |")
         first = rows[0]
-        diagrams[f"{run}  ECE {first['final']['val_ece']:.3f}"] = [
-            [b["lower"], b["upper"], b["count"], b["confidence"], b["accuracy"]] for b in first["bins"]]
+        diagrams[f"{run}  ECE {first['final']['val_ece']:.3f}"] = first["bins"]
     preset = PRESETS[args.preset]
     text = "\n".join([f"# {args.preset}: {preset['dataset']}, seeds {args.seeds}", "",
                       "Final epoch (mean ± std over seeds; with one seed, the ECE's 95% bootstrap interval beside",

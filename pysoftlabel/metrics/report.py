@@ -9,6 +9,8 @@ from .calibration import CalibrationStats
 
 __all__ = ["reliability_diagram", "reliability_diagrams", "calibration_report"]
 
+BIN_FIELDS = ("lower", "upper", "count", "confidence", "accuracy")  # a report's bins, as reliability() rows
+
 
 def _pyplot():
     try:
@@ -59,11 +61,14 @@ def reliability_diagram(cal: CalibrationStats, path, title: str = "") -> Path:
 
 def reliability_diagrams(tables: dict, path) -> Path:
     """Writes the reliability diagrams of several models side by side, as in the papers' figures:
-    ``tables`` maps a title to a reliability table (rows lower, upper, count, confidence, accuracy)."""
+    ``tables`` maps a title to a reliability table (rows lower, upper, count, confidence, accuracy), or to
+    the ``"bins"`` of a report that :func:`calibration_report` wrote."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(tables), figsize=(3.2 * len(tables), 5), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     for column, (title, table) in enumerate(tables.items()):
+        if table and isinstance(table[0], dict):  # a report's bins
+            table = [[b[k] for k in BIN_FIELDS] for b in table]
         _draw(axes[0, column], axes[1, column], table, title)
     return _save(fig, path, plt)
 
@@ -78,8 +83,7 @@ def calibration_report(cal: CalibrationStats, out_dir, name: str = "calibration"
     summary = cal.summary()
     summary.update(extra or {})
     rows = cal.reliability().tolist()
-    summary["bins"] = [{"lower": r[0], "upper": r[1], "count": int(r[2]), "confidence": r[3], "accuracy": r[4]}
-                       for r in rows]
+    summary["bins"] = [dict(zip(BIN_FIELDS, (r[0], r[1], int(r[2]), r[3], r[4]))) for r in rows]
     (out_dir / f"{name}.json").write_text(json.dumps(summary if title is None else {"title": title, **summary},
                                                      indent=1))
     lines = ([f"# {title}", ""] if title else []) + ["| metric | value |", "| --- | --- |"]
