@@ -50,15 +50,16 @@ def scan_webdataset(shards):
     without an image or class."""
     shards = tuple(sorted(shards))
     names = class_names(Path(shards[0]).parent.parent) if shards else None
-    if names is not None and index_paths(shards) is not None:
-        return _scan_indexes(shards), len(names)
+    indexes = index_paths(shards)
+    if names is not None and indexes is not None:
+        return _scan_indexes(shards, tuple(indexes)), len(names)
     return _scan(shards)
 
 
 @functools.lru_cache(maxsize=16)
-def _scan_indexes(shards):
+def _scan_indexes(shards, indexes):
     samples = 0
-    for shard, index in zip(shards, index_paths(shards)):
+    for shard, index in zip(shards, indexes):
         lines = Path(index).read_text().splitlines()
         for line in lines[1:]:
             fields = line.split()  # extension, offset, size, name: four per member
@@ -105,9 +106,9 @@ def _scan(shards):
 
 def write_webdataset(files, labels, out_dir, per_shard: int = 1000, seed: int = 0):
     """Writes images ``files`` with class indices ``labels`` as shards ``out_dir/shard-NNNNNN.tar`` in a
-    random order (seeded), each with its DALI index ``shard-NNNNNN.idx``; returns the shard paths. ``out_dir`` must be new or empty (the shards of an
-    earlier conversion would otherwise stay beside the new ones, their samples read twice); it appears
-    only once every shard is written."""
+    random order (seeded), each with its DALI index ``shard-NNNNNN.idx``; returns the shard paths.
+    ``out_dir`` must be new or empty (the shards of an earlier conversion would otherwise stay beside the new
+    ones, their samples read twice); it appears only once every shard is written."""
     if per_shard < 1:
         raise ValueError(f"per_shard must be at least 1, got {per_shard}")
     if len(files) != len(labels):
