@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pysoftlabel.engine import CheckpointWriter, load_checkpoint, save_checkpoint, write_text_atomically
+from pysoftlabel.atomic import write_atomically, write_text_atomically
+from pysoftlabel.engine import CheckpointWriter, load_checkpoint, save_checkpoint
 from pysoftlabel.engine import checkpoint as checkpoint_module
 
 
@@ -23,7 +24,7 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 def test_text_is_replaced_whole_and_readable_by_others(tmp_path):
     path = write_text_atomically(tmp_path / "metrics.jsonl", '{"epoch": 0}\n')
     with pytest.raises(ZeroDivisionError):  # a write stopped half way (a kill, a full disk)
-        checkpoint_module._write_atomically(path, lambda f: (f.write(b'{"ep'), 1 / 0))
+        write_atomically(path, lambda f: (f.write(b'{"ep'), 1 / 0))
     assert path.read_text() == '{"epoch": 0}\n' and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
     write_text_atomically(path, "")
     assert path.read_text() == "" and path.stat().st_mode & 0o777 == 0o644  # mkstemp's would be 0o600

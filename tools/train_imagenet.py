@@ -35,9 +35,10 @@ from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
+from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
                                 evaluate, check_checkpoint, load_checkpoint, output_folder, parse_device,
-                                recipe_name, train_one_epoch, write_calibration_report, write_text_atomically)
+                                recipe_name, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.models import create_model
 

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .atomic import writing_folder
+from ..atomic import writing_folder
 
 __all__ = ["SHAPES", "make_synthetic_dataset", "synthetic_summary"]
 

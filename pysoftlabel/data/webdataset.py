@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import writing_folder
+from ..atomic import write_text_atomically, writing_folder
 
 __all__ = ["find_shards", "scan_webdataset", "write_webdataset", "index_paths", "class_names", "write_class_names",
            "parse_class_text"]
@@ -38,8 +38,7 @@ def write_class_names(root, classes) -> None:
     path, text = Path(root) / CLASS_NAMES, "".join(f"{name}\n" for name in classes)
     if path.is_file() and path.read_text() != text:
         raise ValueError(f"data: {path} names other classes than this conversion's; choose another output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text_atomically(path, text)  # a cut-off list would renumber the classes
 
 
 def scan_webdataset(shards):

@@ -1,8 +1,8 @@
 """Training and evaluation loops: functions of (model, loader, strategy, optimizer, scaler), no argparse."""
-from .checkpoint import CheckpointWriter, check_checkpoint, load_checkpoint, save_checkpoint, write_text_atomically
+from .checkpoint import CheckpointWriter, check_checkpoint, load_checkpoint, save_checkpoint
 from .loop import AMP_CHOICES, Diverged, autocast_dtype, context_confidence, evaluate, parse_device, train_one_epoch
 from .report import output_folder, recipe_name, write_calibration_report
 
 __all__ = ["train_one_epoch", "evaluate", "context_confidence", "autocast_dtype", "AMP_CHOICES", "parse_device",
-           "Diverged", "save_checkpoint", "write_text_atomically", "check_checkpoint", "load_checkpoint", "CheckpointWriter",
+           "Diverged", "save_checkpoint", "check_checkpoint", "load_checkpoint", "CheckpointWriter",
            "write_calibration_report", "recipe_name", "output_folder"]

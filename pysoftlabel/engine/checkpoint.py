@@ -1,44 +1,21 @@
-"""Checkpoints written atomically: a temporary file in the same folder, fsync, then rename; and a writer that
-does it on a background thread while training goes on."""
+"""Checkpoints written atomically (pysoftlabel.atomic: a temporary file in the same folder, fsync, then
+rename), and a writer that does it on a background thread while training goes on."""
 import copy
-import os
 import pickle
-import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-__all__ = ["save_checkpoint", "write_text_atomically", "check_checkpoint", "load_checkpoint", "CheckpointWriter"]
+from ..atomic import write_atomically
+
+__all__ = ["save_checkpoint", "check_checkpoint", "load_checkpoint", "CheckpointWriter"]
 
 
 def save_checkpoint(state: dict, path) -> Path:
     """Writes ``state`` to ``path`` so that a reader sees the old file or the new one, never a torn one."""
-    return _write_atomically(path, lambda f: torch.save(state, f))
-
-
-def write_text_atomically(path, text: str) -> Path:
-    """Writes ``text`` to ``path`` as :func:`save_checkpoint` writes a state (a run's metrics and options)."""
-    return _write_atomically(path, lambda f: f.write(text.encode()))
-
-
-def _write_atomically(path, write) -> Path:
-    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's file is the owner's alone; a run's files are for its readers too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: torch.save(state, f))
 
 
 def check_checkpoint(path) -> Path:
