@@ -337,6 +337,13 @@ def test_ece_interval_bins_as_calibration_stats_and_narrows_with_more_rows():
         ece_interval(logits, labels, level=1.0)
 
 
+def test_ece_with_interval_reads_the_same_everywhere_and_without_an_interval():
+    from pysoftlabel.metrics import ece_with_interval
+    assert ece_with_interval(0.074, 0.054, 0.1213) == "0.0740 (95% CI 0.0540–0.1213)"
+    assert ece_with_interval(0.074, 0.054, 0.1213, digits=3) == "0.074 (95% CI 0.054–0.121)"
+    assert ece_with_interval(0.074, None, None) == "0.0740"  # a report from before intervals were kept
+
+
 def test_temperature_scaling_recovers_temperature_and_lowers_ece():
     g = torch.Generator().manual_seed(7)
     z = torch.randn(20000, 10, generator=g) * 1.5

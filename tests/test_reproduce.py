@@ -32,7 +32,7 @@ def test_reproduce_trains_records_resumes_and_tabulates(tmp_path, capsys):
     report = json.loads((tmp_path / "records" / "ldl" / "seed0" / "report.json").read_text())
     ece = json.loads((tmp_path / "records" / "ldl" / "seed0" / "metrics.jsonl").read_text().splitlines()[-1])["val_ece"]
     # one seed: its ECE with the report's 95% bootstrap interval
-    assert f"| {ece:.4f} ({report['ece_ci95_low']:.4f}–{report['ece_ci95_high']:.4f}) |" in rows[0]
+    assert f"| {ece:.4f} (95% CI {report['ece_ci95_low']:.4f}–{report['ece_ci95_high']:.4f}) |" in rows[0]
     assert (tmp_path / "table" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     reproduce.main(argv)  # everything finished: nothing is trained again

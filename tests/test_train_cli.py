@@ -37,8 +37,8 @@ def test_ols_run_writes_metrics_checkpoint_and_report(data, tmp_path, capsys):
     records = run(data, tmp_path / "ols", "--strategy", "ols", "--aug", "cutmix")
     report = json.loads((tmp_path / "ols" / "report.json").read_text())
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"[ols] {tmp_path / 'ols' / 'report.md'}: top-1 {report['accuracy']:.3f}, ECE {report['ece']:.4f} (95% interval "
-        f"{report['ece_ci95_low']:.4f}-{report['ece_ci95_high']:.4f}), after temperature scaling "
+        f"[ols] {tmp_path / 'ols' / 'report.md'}: top-1 {report['accuracy']:.3f}, ECE {report['ece']:.4f} (95% CI "
+        f"{report['ece_ci95_low']:.4f}–{report['ece_ci95_high']:.4f}), after temperature scaling "
         f"{report['ece_after_temperature_heldout']:.4f} (held out)")
     assert len(records) == 2 and KEYS <= set(records[-1])
     assert records[0]["setup_seconds"] > 0 and "setup_seconds" not in records[1]  # once per process
@@ -368,7 +368,7 @@ def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
     lines = (tmp_path / "comparison.md").read_text().splitlines()
     assert lines[2] == "Not all evaluated on the same data: compare with care (the data column)."
     assert lines[-1] == ("| ls | resnet20, ls, after epoch 1 | d/test at 32 px | 0.5000 | 1.0000 | "
-                         "0.2000 (0.1500–0.3000) | 0.2000 | 1.0000 | 0.6000 | 0.1000 |")
+                         "0.2000 (95% CI 0.1500–0.3000) | 0.2000 | 1.0000 | 0.6000 | 0.1000 |")
 
 
 def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):

@@ -28,7 +28,7 @@ from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
                                 output_folder, parse_device, recipe_name, write_calibration_report)
-from pysoftlabel.metrics import reliability_diagrams
+from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
 from pysoftlabel.models import create_model
 
 
@@ -151,8 +151,8 @@ def write_comparison(out, labels, jobs, summaries):
              **{k: v for k, v in summary.items() if k != "bins"}} for label, job, summary in zip(labels, jobs, summaries)]
     (out / "comparison.json").write_text(json.dumps(rows, indent=1))
     for row in rows:  # the ECE with its 95% bootstrap interval: overlapping intervals do not tell models apart
-        row["ece_with_interval"] = f"{row['ece']:.4f} ({row['ece_ci95_low']:.4f}–{row['ece_ci95_high']:.4f})"
-    columns = [("top-1", "accuracy"), ("top-5", "acc5"), ("ECE (95% interval)", "ece_with_interval"), ("MCE", "mce"),
+        row["ece_with_interval"] = ece_with_interval(row["ece"], row["ece_ci95_low"], row["ece_ci95_high"])
+    columns = [("top-1", "accuracy"), ("top-5", "acc5"), ("ECE", "ece_with_interval"), ("MCE", "mce"),
                ("NLL", "nll"), ("Brier", "brier"), ("ECE after TS, held out", "ece_after_temperature_heldout")]
     lines = [f"# Calibration of {len(rows)} checkpoints", ""]
     if len({row["data"] for row in rows}) > 1:

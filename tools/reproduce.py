@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from pysoftlabel.engine import output_folder
+from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
 
 HERE = Path(__file__).resolve().parent
 CIFAR_RUNS = ["ce", "ls", "ols", "ldl", "online-ldl", "kd", "ce+cutmix", "ldl+cutmix"]
@@ -199,16 +200,16 @@ def write_table(args):
             lines.append(f"| {run} | 0 |" + " – |" * (len(header) - 2))
             continue
         cells = [run, str(len(rows))] + [mean_std([r["final"][key] for r in rows]) for _, key in METRICS]
-        low, high = rows[0]["final"]["ece_interval"]
-        if len(rows) == 1 and low is not None:  # one seed: how far its ECE could move on another draw of the data
-            cells[2 + [key for _, key in METRICS].index("val_ece")] += f" ({low:.4f}–{high:.4f})"
+        first = rows[0]
+        if len(rows) == 1:  # one seed: how far its ECE could move on another draw of the data
+            cells[2 + [key for _, key in METRICS].index("val_ece")] = ece_with_interval(first["final"]["val_ece"],
+                                                                                      *first["final"]["ece_interval"])
         best = ", ".join(f"{r['best']['val_acc1']:.4f} ({r['best']['val_ece']:.4f}) @ {r['best']['epoch'] + 1}"
                          for r in rows)
         seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
         cells += [best, f"{statistics.mean(r['final']['img_per_s'] for r in rows):.0f}",
                   f"{statistics.mean(seconds):.0f} s" if seconds else "–"]
         lines.append("| " + " | ".join(cells) + " |")
-        first = rows[0]
         diagrams[f"{run}  ECE {first['final']['val_ece']:.3f}"] = first["bins"]
     preset = PRESETS[args.preset]
     text = "\n".join([f"# {args.preset}: {preset['dataset']}, seeds {args.seeds}", "",
@@ -221,7 +222,6 @@ def write_table(args):
     print(text, flush=True)
     if diagrams:
         try:
-            from pysoftlabel.metrics import reliability_diagrams
             reliability_diagrams(diagrams, args.out / "reliability.png")
         except ImportError as error:
             print(f"no reliability.png: {error}")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pysoftlabel import strategies as S
+from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.data import make_synthetic_dataset, synthetic_summary
 from pysoftlabel.data.boxes import load_boxes
 from pysoftlabel.data.folder import drop_unreadable, scan_image_folder, skipped_line
@@ -35,11 +36,11 @@ from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards, scan_webdataset
-from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
                                 evaluate, check_checkpoint, load_checkpoint, output_folder, parse_device,
                                 recipe_name, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
+from pysoftlabel.metrics import ece_with_interval
 from pysoftlabel.models import create_model
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
@@ -478,9 +479,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_
             report = write_calibration_report(model, full_val, device, out, amp, title=(
                 f"{args.arch}, {recipe_name(strategy_name, args.aug)}, {args.epochs} epoch{'s' * (args.epochs > 1)}: "
                 f"{root}/{args.val_split} at {args.image_size} px"))
-            print(f"[{strategy_name}] {out / 'report.md'}: top-1 {report['accuracy']:.3f}, ECE {report['ece']:.4f} "
-                  f"(95% interval {report['ece_ci95_low']:.4f}-{report['ece_ci95_high']:.4f}), after temperature "
-                  f"scaling {report['ece_after_temperature_heldout']:.4f} (held out)", flush=True)
+            ece = ece_with_interval(report["ece"], report["ece_ci95_low"], report["ece_ci95_high"])
+            print(f"[{strategy_name}] {out / 'report.md'}: top-1 {report['accuracy']:.3f}, ECE {ece}, after "
+                  f"temperature scaling {report['ece_after_temperature_heldout']:.4f} (held out)", flush=True)
     barrier()
     return stop - start, stop == args.epochs
 

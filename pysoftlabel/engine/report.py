@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 
 from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibrationStats, calibration_report,
-                       calibration_stats, ece_interval, fit_temperature, heldout_temperature_ece,
+                       calibration_stats, ece_interval, ece_with_interval, fit_temperature, heldout_temperature_ece,
                        reliability_diagram)
 
 __all__ = ["write_calibration_report", "recipe_name", "output_folder"]
@@ -58,7 +58,7 @@ def write_calibration_report(model, loader, device, out, amp_dtype=None, name="r
     summary = calibration_report(cal, out, name, extra=extra, title=title)
     try:
         reliability_diagram(cal, out / "reliability.png",
-                            title=f"ECE {cal.ece:.4f} (95%: {low:.3f}-{high:.3f}), n = {cal.count}")
+                            title=f"ECE {ece_with_interval(cal.ece, low, high, digits=3)}, n = {cal.count}")
     except ImportError as error:
         print(f"no reliability.png: {error}")
     return summary

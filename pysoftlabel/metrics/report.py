@@ -5,11 +5,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text_atomically
 from .calibration import CalibrationStats
 
-__all__ = ["reliability_diagram", "reliability_diagrams", "calibration_report"]
+__all__ = ["reliability_diagram", "reliability_diagrams", "calibration_report", "ece_with_interval"]
 
 BIN_FIELDS = ("lower", "upper", "count", "confidence", "accuracy")  # a report's bins, as reliability() rows
+
+
+def ece_with_interval(ece: float, low: float = None, high: float = None, digits: int = 4) -> str:
+    """'0.0740 (95% CI 0.0540–0.1210)': an ECE beside its 95% bootstrap interval (:func:`ece_interval`), so
+    that every report, table and figure reads the same; the ECE alone where the interval is not known (a
+    report written before intervals were kept)."""
+    if low is None or high is None:
+        return f"{ece:.{digits}f}"
+    return f"{ece:.{digits}f} (95% CI {low:.{digits}f}–{high:.{digits}f})"
 
 
 def _pyplot():
@@ -84,13 +94,13 @@ def calibration_report(cal: CalibrationStats, out_dir, name: str = "calibration"
     summary.update(extra or {})
     rows = cal.reliability().tolist()
     summary["bins"] = [dict(zip(BIN_FIELDS, (r[0], r[1], int(r[2]), r[3], r[4]))) for r in rows]
-    (out_dir / f"{name}.json").write_text(json.dumps(summary if title is None else {"title": title, **summary},
-                                                     indent=1))
+    write_text_atomically(out_dir / f"{name}.json",
+                          json.dumps(summary if title is None else {"title": title, **summary}, indent=1))
     lines = ([f"# {title}", ""] if title else []) + ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in summary.items() if k != "bins"]
     lines += ["", "| bin | count | confidence | accuracy |", "| --- | --- | --- | --- |"]
     lines += [f"| ({b['lower']:.3f}, {b['upper']:.3f}] | {b['count']} | {b['confidence']:.4f} | {b['accuracy']:.4f} |"
               for b in summary["bins"] if b["count"]]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_text_atomically(out_dir / f"{name}.md", "\n".join(lines) + "\n")
     return summary
