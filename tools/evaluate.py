@@ -36,14 +36,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="checkpoint",
                    help="checkpoint.pt written by tools/train_imagenet.py; several are compared")
-    p.add_argument("--data", default=None, help="ImageNet-layout root (default: the run's)")
+    p.add_argument("--data", default=None, help="ImageNet-layout root or webdataset shards (default: the run's)")
     p.add_argument("--val-split", default=None, help="validation folder name (default: the run's, else val)")
     p.add_argument("--resident", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate the images at their own size, kept resident, as --resident training does "
                         "(default: as the run did)")
     p.add_argument("--image-size", type=int, default=None, help="evaluation crop (default: the run's, else 224)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the run's, else 64)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cuda:N or cpu (default: cuda when a GPU is visible)")
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast dtype (default: the run's, else auto: bf16 on cuda, off on cpu)")
     p.add_argument("--out", default=None,
