@@ -1,6 +1,7 @@
 """tools/train_imagenet.py end to end on tiny synthetic data (DALI on the CPU): outputs, exact resume,
 bad arguments."""
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -310,12 +311,27 @@ def test_evaluate_a_foreign_or_damaged_checkpoint_gives_one_clear_line(capsys, t
         assert match in capsys.readouterr().err
 
 
-def test_teacher_of_another_class_count(data, tmp_path):
+def test_a_teacher_of_other_classes_or_weights_is_refused_before_training(data, tmp_path):
     other = tmp_path / "other"
     make_synthetic_dataset(other, num_classes=2, train_per_class=8, val_per_class=2, image_size=32)
     run(other, tmp_path / "t2", "--strategy", "ce", "--epochs", "1")
-    with pytest.raises(SystemExit, match="classes"):
+    with pytest.raises(SystemExit, match=r"t2/checkpoint.pt has 2 classes, the data has 3$"):
         run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "t2" / "checkpoint.pt"))
+    # As many classes, other ones: its distributions would put the mass on the wrong classes.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(data, renamed)
+    first = sorted(p.name for p in (data / "train").iterdir())[0]
+    for split in ("train", "val"):
+        (renamed / split / first).rename(renamed / split / "zebra")
+    run(renamed, tmp_path / "t3", "--strategy", "ce", "--epochs", "1")
+    with pytest.raises(SystemExit, match=rf"other classes than the data's \(class 0 is '.*' there, '{first}' here\)"):
+        run(data, tmp_path / "s", "--strategy", "kd", "--teacher", str(tmp_path / "t3" / "checkpoint.pt"))
+    # Weights that do not fit the architecture the checkpoint names: one line, not a torch traceback.
+    state = torch.load(tmp_path / "t3" / "checkpoint.pt", weights_only=True)
+    save_checkpoint({**state, "arch": "resnet32", "classes": None}, tmp_path / "wrong.pt")
+    with pytest.raises(SystemExit, match=r"wrong.pt does not fit resnet32 for 3 classes at 16 px: Missing key"):
+        run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "wrong.pt"))
+    assert not (tmp_path / "s" / "metrics.jsonl").exists()
 
 
 def test_evaluate_writes_the_report(data, tmp_path, capsys):

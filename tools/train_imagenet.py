@@ -35,7 +35,7 @@ from pysoftlabel.data.folder import drop_unreadable, scan_image_folder, skipped_
 from pysoftlabel.data.imagenet import ImageNetLoader, context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
-from pysoftlabel.data.webdataset import find_shards, scan_webdataset
+from pysoftlabel.data.webdataset import find_shards
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
                                 evaluate, check_checkpoint, load_checkpoint, output_folder, parse_device,
                                 recipe_name, train_one_epoch, write_calibration_report)
@@ -369,15 +369,17 @@ class EpochLog:
               f"{record['val_ece']:.4f}  {record['img_per_s']:.0f} img/s", flush=True)
 
 
-def train(args, strategy_name, out, device, rank=0, world=1, teacher=None, stop_after=None):
+def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, stop_after=None):
     """One run, from its checkpoint with --resume, for at most ``stop_after`` epochs in this call (None: to the
-    end); returns (epochs trained in this call, whether the run is complete)."""
+    end), taught by the checkpoint at ``teacher_path`` (ldl, kd); returns (epochs trained in this call,
+    whether the run is complete)."""
     started = time.perf_counter()
     seed_everything(args.seed)
     root = data_root(args)
     val, classes, train_for_epoch, facts = make_loaders(args, root, device, rank, world, strategy_name)
     context = facts.pop("context", None)
     num_classes = len(classes)
+    teacher = None if teacher_path is None else load_teacher(teacher_path, args.arch, classes, args.image_size, device)
     model = create_model(args.arch, num_classes, args.image_size).to(device, memory_format=torch.channels_last)
     steps_per_epoch = len(train_for_epoch(0))
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps_per_epoch)
@@ -538,15 +540,31 @@ def teacher_complete(path, args) -> bool:
     return "recipe" in state and state["epoch"] == args.epochs - 1 and not state.get("step")
 
 
-def load_teacher(path, arch, num_classes, image_size, device):
-    state = load_checkpoint(path, device, keys=("model",))
-    teacher = create_model(state.get("arch", arch), num_classes, image_size).to(device,
-                                                                               memory_format=torch.channels_last)
-    head = [v for k, v in state["model"].items() if v.dim() == 2][-1]
-    if head.shape[0] != num_classes:
-        raise SystemExit(f"--teacher: {path} has {head.shape[0]} classes, the data has {num_classes}")
-    teacher.load_state_dict(state["model"])
-    return teacher
+def load_teacher(path, arch, classes, image_size, device):
+    """The frozen teacher at ``path`` for a run over ``classes`` at ``image_size``; ValueError naming the
+    problem when it was trained on other classes (its distributions would put mass on the wrong ones) or its
+    weights do not fit its architecture built for this run. Its own --arch is kept (a ResNet-50 may teach a
+    ResNet-18)."""
+    state = load_checkpoint(path, keys=("model",))
+    taught = state.get("classes")
+    if taught is not None and len(taught) != len(classes):
+        raise ValueError(f"--teacher: {path} has {len(taught)} classes, the data has {len(classes)}")
+    unnamed = [str(i) for i in range(len(classes))]  # shards without classes.txt number their classes
+    if taught is not None and unnamed not in (list(taught), list(classes)) and list(taught) != list(classes):
+        differ = next(i for i, (a, b) in enumerate(zip(taught, classes)) if a != b)
+        raise ValueError(f"--teacher: {path} was trained on other classes than the data's (class {differ} is "
+                         f"{taught[differ]!r} there, {classes[differ]!r} here)")
+    teacher_arch = state.get("arch", arch)
+    with torch.random.fork_rng(devices=[]):  # its initialisation, overwritten, leaves the run's random stream as is
+        teacher = create_model(teacher_arch, len(classes), image_size)
+    try:
+        teacher.load_state_dict(state["model"])
+    except RuntimeError as error:  # torch lists every mismatch; the first names the problem
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        detail = detail if len(detail) <= 240 else detail[:240] + " ..."
+        raise ValueError(f"--teacher: {path} does not fit {teacher_arch} for {len(classes)} classes at "
+                         f"{image_size} px: {detail}") from None
+    return teacher.to(device, memory_format=torch.channels_last)
 
 
 STOP = {"requested": False}
@@ -585,7 +603,7 @@ def main(argv=None):
             for path in (args.out / "teacher" / "checkpoint.pt", args.out / "checkpoint.pt"):
                 if path.exists():
                     check_checkpoint(path)
-        teacher = None
+        path = None
         budget = args.stop_after  # the epochs of this invocation, the teacher's included
         if args.strategy in ("ldl", "kd"):
             path = args.teacher
@@ -602,10 +620,7 @@ def main(argv=None):
                               f"({'complete' if complete else 'not complete'}); the student starts after it: "
                               "continue with --resume", flush=True)
                     return
-            shards = find_shards(data_root(args) / "train")
-            num_classes = scan_webdataset(shards)[1] if shards else len(scan_image_folder(data_root(args), "train")[2])
-            teacher = load_teacher(path, args.arch, num_classes, args.image_size, device)
-        train(args, args.strategy, args.out, device, rank, world, teacher, stop_after=budget)
+        train(args, args.strategy, args.out, device, rank, world, path, stop_after=budget)
     except (Interrupted, KeyboardInterrupt):
         print(f"interrupted: the state is in {args.out}/checkpoint.pt (the teacher's in {args.out}/teacher); "
               "continue with --resume", file=sys.stderr)
