@@ -332,6 +332,9 @@ def test_a_teacher_of_other_classes_or_weights_is_refused_before_training(data, 
     with pytest.raises(SystemExit, match=r"wrong.pt does not fit resnet32 for 3 classes at 16 px: Missing key"):
         run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "wrong.pt"))
     assert not (tmp_path / "s" / "metrics.jsonl").exists()
+    # A teacher keeps its own architecture: a ResNet-32 teaches the ResNet-20 student.
+    run(data, tmp_path / "t32", "--strategy", "ce", "--arch", "resnet32", "--epochs", "1")
+    assert len(run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "t32" / "checkpoint.pt"))) == 2
 
 
 def test_evaluate_writes_the_report(data, tmp_path, capsys):
