@@ -160,8 +160,7 @@ def test_unreadable_files_are_skipped_and_counted(data, tmp_path):
 
 @pytest.mark.parametrize("make, match", [
     (lambda root: (root / "train" / "a").mkdir(parents=True), "has no images"),
-    (lambda root: (root / "train" / "a" / "images").mkdir(parents=True),
-     r"has no images .*not from its sub-folders \['images'\]"),
+    (lambda root: (root / "train" / "a" / "images").mkdir(parents=True), r"has no images .* in it or below it$"),
     (lambda root: ((root / "train").mkdir(), (root / "train" / "x.JPEG").write_bytes(b"")),
      r"no class folders \(found \['x.JPEG'\]\).*ImageNet's validation images come in one folder"),
     (lambda root: ((root / "train").mkdir(), (root / "train" / "LOC_val.csv").write_bytes(b"")),
@@ -174,6 +173,24 @@ def test_bad_layouts_name_the_folder(tmp_path, make, match):
         ImageNetLoader(tmp_path, "train", 4, 16, "cpu", num_threads=1)
 
 
+def test_a_class_holds_the_images_below_it_as_torchvisions_image_folder_lists_them(tmp_path):
+    from torchvision.datasets import ImageFolder
+    layout = ["a/z.JPEG", "a/images/b.jpg", "a/images/a.png", "a/b.JPEG", "a/images/deeper/c.jpeg", "b/x.PNG",
+              "b/2/y.jpg", "b/10/y.jpg", "b/notes.txt", "b/.ipynb_checkpoints/x-checkpoint.jpg", "b/._x.PNG"]
+    for name in layout:
+        (tmp_path / "train" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / name).write_bytes(b"")
+    files, labels, classes = scan_image_folder(tmp_path, "train")
+    hidden = ("/.ipynb_checkpoints/", "/._")
+    expected = [(path, label) for path, label in ImageFolder(str(tmp_path / "train"), loader=lambda p: p).samples
+                if not any(h in path for h in hidden)]
+    assert list(zip(files, labels)) == expected and classes == ["a", "b"]
+    assert [Path(f).relative_to(tmp_path / "train").as_posix() for f in files] == [
+        "a/b.JPEG", "a/z.JPEG", "a/images/a.png", "a/images/b.jpg", "a/images/deeper/c.jpeg",
+        "b/x.PNG", "b/10/y.jpg", "b/2/y.jpg"]
+    assert scan_image_folder(tmp_path, "train", per_class=3)[0] == files[:3] + files[5:8]
+
+
 def test_hidden_folders_are_not_classes(tmp_path):
     for split in ("train", "val"):
         for name in ("b", "a", ".ipynb_checkpoints"):
@@ -183,6 +200,11 @@ def test_hidden_folders_are_not_classes(tmp_path):
     files, labels, classes = scan_image_folder(tmp_path, "train")
     assert classes == ["a", "b"] and labels == [0, 1]
     assert scan_image_folder(tmp_path, "val", classes)[2] == classes
+    (tmp_path / "val" / "c").mkdir()
+    with pytest.raises(ValueError, match=r"val has classes not in the training set: \['c'\]"):
+        scan_image_folder(tmp_path, "val", classes)
+    with pytest.raises(ValueError, match=r"none of the folders of .*val \(a, b, c\) is a training class"):
+        scan_image_folder(tmp_path, "val", ["x", "y"])  # Tiny ImageNet's val/images/, say
 
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,10 +1,11 @@
 """Scanning an ImageNet-layout folder (ROOT/<split>/<class>/<image>) into a file list, with clear errors,
 the cheap check that keeps unreadable files out of the DALI pipeline, and the check that a training set
 fills a batch."""
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "unreadable_image", "drop_unreadable", "skipped_line",
+__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "class_images", "unreadable_image", "drop_unreadable", "skipped_line",
            "check_fills_a_batch"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # any case; ImageNet has PNG and CMYK files named .JPEG
@@ -12,9 +13,10 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # any case; ImageNet has PNG and CMY
 
 def scan_image_folder(root, split: str, classes=None, per_class=None):
     """Returns (files, labels, classes) for ``root/split``: classes are the sorted sub-folders, hidden ones
-    left out (or the given list, so that val uses train's), labels their indices. ``per_class`` keeps the
-    first N files (by name) of each class: a stated, reproducible training subset. Raises ValueError naming
-    what is wrong."""
+    left out (or the given list, so that val uses train's), labels their indices. A class's images are those
+    in its folder and below it, in torchvision ``ImageFolder``'s order (:func:`class_images`). ``per_class``
+    keeps the first N of each class: a stated, reproducible training subset. Raises ValueError naming what is
+    wrong."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise ValueError(f"data: {folder} does not exist; expected ImageNet layout ROOT/{{train,val}}/<class>/<image>")
@@ -29,23 +31,39 @@ def scan_image_folder(root, split: str, classes=None, per_class=None):
                          + hint)
     classes = list(found if classes is None else classes)
     unknown = sorted(set(found) - set(classes))
+    if unknown and len(unknown) == len(found):
+        raise ValueError(f"data: none of the folders of {folder} ({', '.join(unknown[:3])}"
+                         f"{', ...' if len(unknown) > 3 else ''}) is a training class: its images must be in "
+                         "folders named as train's classes (ImageNet's and Tiny ImageNet's validation images come "
+                         "in one folder, with a list of their classes: sort them into class folders first)")
     if unknown:
         raise ValueError(f"data: {folder} has classes not in the training set: {unknown[:5]}")
     files, labels = [], []
     for label, name in enumerate(classes):
         class_dir = folder / name
-        images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if class_dir.is_dir() else []
+        images = class_images(class_dir) if class_dir.is_dir() else []
         if split == "train" and not images:
-            below = sorted(p.name for p in class_dir.iterdir() if p.is_dir())[:3] if class_dir.is_dir() else []
-            raise ValueError(f"data: class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})" + (
-                f"; images are read from the class folder itself, not from its sub-folders {below} (Tiny "
-                "ImageNet's train/<class>/images/ needs flattening)" if below else ""))
+            raise ValueError(f"data: class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)}) in it or "
+                             "below it")
         images = images if per_class is None else images[:per_class]
-        files += [str(p) for p in images]
+        files += images
         labels += [label] * len(images)
     if not files:
         raise ValueError(f"data: no images under {folder}")
     return files, labels, classes
+
+
+def class_images(class_dir) -> list:
+    """The image files in ``class_dir`` and its sub-folders (Tiny ImageNet's ``<class>/images/``, say),
+    symbolic links followed: the JPEG and PNG files torchvision's ``ImageFolder`` finds, in its order (folders
+    by path, then files by name), except hidden files and folders (``.ipynb_checkpoints``, macOS's ``._``
+    copies), which are left out."""
+    def walk():
+        for folder, subfolders, names in os.walk(class_dir, followlinks=True):
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # not descended into
+            yield folder, names
+    return [os.path.join(folder, name) for folder, names in sorted(walk()) for name in sorted(names)
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]
 
 
 def check_fills_a_batch(count: int, batch_size: int, num_shards: int, where) -> None:
