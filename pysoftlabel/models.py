@@ -5,7 +5,7 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["create_model", "CIFAR_RESNETS"]
+__all__ = ["create_model", "load_model", "CIFAR_RESNETS"]
 
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 
@@ -83,6 +83,23 @@ def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Modu
                          "name (torchvision.models.list_models(module=torchvision.models))")
     if image_size is not None:
         _check_takes(model, arch, image_size)
+    return model
+
+
+def load_model(arch: str, num_classes: int, image_size: int, weights: dict, source) -> nn.Module:
+    """:func:`create_model` with the trained ``weights`` loaded; ValueError naming ``source`` (a checkpoint's
+    path) and the first mismatch when they do not fit (another architecture or class count; a ViT's position
+    embedding is made for the side it was trained at). The random initialisation that the weights replace
+    leaves the global random stream as it was, so that loading a model does not change a run's randomness."""
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(arch, num_classes, image_size)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # torch lists every mismatch; the first names the problem
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        detail = detail if len(detail) <= 240 else detail[:240] + " ..."
+        raise ValueError(f"{source} does not fit {arch} for {num_classes} classes at {image_size} px: "
+                         f"{detail}") from None
     return model
 
 

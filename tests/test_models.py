@@ -42,3 +42,19 @@ def test_a_side_the_model_cannot_take_is_one_value_error(arch, side, reason):
 def test_auxiliary_classifiers_are_off_so_training_gives_one_tensor(arch):
     model = create_model(arch, 4, image_size=96).train()
     assert isinstance(model(torch.randn(2, 3, 96, 96)), torch.Tensor)
+
+
+def test_load_model_names_weights_that_do_not_fit_and_keeps_the_random_stream():
+    from pysoftlabel.models import load_model
+    weights = create_model("resnet20", 10).state_dict()
+    torch.manual_seed(5)
+    model = load_model("resnet20", 10, 32, weights, "ck.pt")
+    assert torch.equal(torch.rand(3), torch.manual_seed(5) and torch.rand(3))  # the initialisation drew nothing
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"^ck.pt does not fit resnet20 for 7 classes at 32 px: size mismatch "
+                                         r"for head.weight"):
+        load_model("resnet20", 7, 32, weights, "ck.pt")
+    vit = create_model("vit_b_16", 3, 32).state_dict()  # position embedding of 4 patches + the class token
+    with pytest.raises(ValueError, match=r"does not fit vit_b_16 for 3 classes at 48 px: size mismatch for "
+                                         r"encoder.pos_embedding"):
+        load_model("vit_b_16", 3, 48, vit, "vit.pt")

@@ -29,7 +29,7 @@ from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
                                 output_folder, parse_device, recipe_name, write_calibration_report)
 from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
-from pysoftlabel.models import create_model
+from pysoftlabel.models import load_model
 
 
 def main(argv=None):
@@ -106,12 +106,8 @@ def evaluate_checkpoint(job, device, out) -> dict:
                                                                     "batch_size"))
     val = validation_loader(data, split, batch_size, image_size, device, state["classes"], resident=job["resident"],
                             num_threads=job["threads"])
-    model = create_model(state["arch"], len(state["classes"]), image_size).to(device, memory_format=torch.channels_last)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:  # a ViT's position embedding is made for the side it was trained at
-        raise ValueError(f"{job['checkpoint']}: its weights do not fit {state['arch']} at {image_size}px "
-                         f"({str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error})")
+    model = load_model(state["arch"], len(state["classes"]), image_size, state["model"], job["checkpoint"])
+    model = model.to(device, memory_format=torch.channels_last)
     out = output_folder(out)
     skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
     if skipped:

@@ -41,7 +41,7 @@ from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocas
                                 recipe_name, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.metrics import ece_with_interval
-from pysoftlabel.models import create_model
+from pysoftlabel.models import create_model, load_model
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
 SYNTHETIC = dict(num_classes=10, train_per_class=200, val_per_class=50, image_size=48, seed=0)
@@ -554,16 +554,10 @@ def load_teacher(path, arch, classes, image_size, device):
         differ = next(i for i, (a, b) in enumerate(zip(taught, classes)) if a != b)
         raise ValueError(f"--teacher: {path} was trained on other classes than the data's (class {differ} is "
                          f"{taught[differ]!r} there, {classes[differ]!r} here)")
-    teacher_arch = state.get("arch", arch)
-    with torch.random.fork_rng(devices=[]):  # its initialisation, overwritten, leaves the run's random stream as is
-        teacher = create_model(teacher_arch, len(classes), image_size)
     try:
-        teacher.load_state_dict(state["model"])
-    except RuntimeError as error:  # torch lists every mismatch; the first names the problem
-        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
-        detail = detail if len(detail) <= 240 else detail[:240] + " ..."
-        raise ValueError(f"--teacher: {path} does not fit {teacher_arch} for {len(classes)} classes at "
-                         f"{image_size} px: {detail}") from None
+        teacher = load_model(state.get("arch", arch), len(classes), image_size, state["model"], path)
+    except ValueError as error:
+        raise ValueError(f"--teacher: {error}") from None
     return teacher.to(device, memory_format=torch.channels_last)
 
 
