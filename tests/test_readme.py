@@ -13,14 +13,16 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
 def names(tmp_path):
-    """What the examples take as given: a model (a linear layer, sized by its first input), a batch, a loader,
-    their sizes, a strategy, and a dataset root with boxes (the synthetic dataset, made in ``tmp_path``)."""
+    """What the examples take as given: a model (a linear layer, sized by its first input), its logits, a
+    batch, a loader, their sizes, a strategy, and a dataset root with boxes (the synthetic dataset, made in
+    ``tmp_path``)."""
     torch.manual_seed(0)
     num_classes, device = 10, "cpu"
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
     images, labels = torch.randn(64, 32), torch.randint(0, num_classes, (64,))
     root = tmp_path / "data"
     return {"torch": torch, "psl": psl, "model": model, "images": images, "labels": labels,
+            "logits": torch.randn(64, num_classes),
             "num_classes": num_classes, "device": device, "batch": {"image": images, "label": labels},
             "loader": [(images[:32], labels[:32]), (images[32:], labels[32:])],
             "calib": psl.CalibrationStats(device=device), "strategy": psl.strategies.LabelSmoothing(0.1),
@@ -44,5 +46,11 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
     if "calibration_report" in BLOCKS[index]:
         assert (tmp_path / "report" / "calibration.json").exists()
         assert (tmp_path / "report" / "reliability.png").exists()
+    if "vit_logits.pt" in BLOCKS[index]:  # the command the README gives next writes the report of that file
+        import sys
+        sys.path.insert(0, str(README.parent / "tools"))
+        import evaluate
+        evaluate.main(["vit_logits.pt", "--device", "cpu"])
+        assert (tmp_path / "vit_logits-eval" / "report.json").exists()
     if "ImageNetLoader" in BLOCKS[index]:
         assert torch.isfinite(scope["loss"]) and scope["batch"]["object_fraction"].shape == (8,)

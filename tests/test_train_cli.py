@@ -1,6 +1,7 @@
 """tools/train_imagenet.py end to end on tiny synthetic data (DALI on the CPU): outputs, exact resume,
 bad arguments."""
 import json
+import re
 import shutil
 import sys
 import time
@@ -334,7 +335,8 @@ def test_a_teacher_of_other_classes_or_weights_is_refused_before_training(data, 
     assert not (tmp_path / "s" / "metrics.jsonl").exists()
     # A teacher keeps its own architecture: a ResNet-32 teaches the ResNet-20 student.
     run(data, tmp_path / "t32", "--strategy", "ce", "--arch", "resnet32", "--epochs", "1")
-    assert len(run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "t32" / "checkpoint.pt"))) == 2
+    records = run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "t32" / "checkpoint.pt"))
+    assert len(records) == 2
 
 
 def test_evaluate_writes_the_report(data, tmp_path, capsys):
@@ -369,10 +371,63 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
     for row, line in zip(rows, printed):
         assert row["ece"] == line["ece"] and (tmp_path / "cmp" / row["run"] / "report.md").exists()
     table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
-    assert table[0] == "# Calibration of 3 checkpoints" and table[5].startswith("| a-ls | resnet20, ls, after epoch 1 |")
+    assert table[0] == "# Calibration of 3 models" and table[5].startswith("| a-ls | resnet20, ls, after epoch 1 |")
     assert f"| {rows[2]['accuracy']:.4f} |" in table[6]
     if (tmp_path / "a" / "ce" / "reliability.png").exists():  # matplotlib installed
         assert (tmp_path / "cmp" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data, tmp_path, capsys):
+    import numpy as np
+
+    import evaluate
+    import pysoftlabel as psl
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 4, generator=g) * 3
+    labels = torch.where(torch.rand(300, generator=g) < 0.6, logits.argmax(1), torch.randint(0, 4, (300,), generator=g))
+    torch.save({"logits": logits, "labels": labels}, tmp_path / "vit.pt")
+    np.savez(tmp_path / "vit_np.npz", logits=logits.numpy(), labels=labels.numpy())
+    torch.save({"probabilities": logits.softmax(1), "labels": labels}, tmp_path / "vit_probs.pt")
+    evaluate.main([str(tmp_path / "vit.pt")])
+    report = json.loads((tmp_path / "vit-eval" / "report.json").read_text())
+    direct = psl.calibration_stats(logits, labels)
+    assert report["ece"] == pytest.approx(direct.ece, abs=1e-9) and report["count"] == 300
+    assert report["title"] == f"{tmp_path / 'vit.pt'}: saved logits, 300 rows of 4 classes"
+    capsys.readouterr()
+    run(data, tmp_path / "ce", "--strategy", "ce", "--epochs", "1")
+    inputs = [str(tmp_path / name) for name in ("vit.pt", "vit_np.npz", "vit_probs.pt")]
+    evaluate.main(inputs + [str(tmp_path / "ce" / "checkpoint.pt"), "--out", str(tmp_path / "cmp")])
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [row["run"] for row in rows] == ["vit", "vit_np", "vit_probs", "ce"]
+    for row in rows[1:3]:  # the same outputs as arrays, and as softmax probabilities: the same report
+        assert row["ece"] == pytest.approx(rows[0]["ece"], abs=1e-6)
+        assert row["nll"] == pytest.approx(rows[0]["nll"], rel=1e-5)
+        assert row["temperature"] == pytest.approx(rows[0]["temperature"], rel=1e-4)
+    assert rows[2]["trained"] == "saved probabilities" and rows[3]["trained"] == "resnet20, ce, after epoch 1"
+    assert "were not all evaluated on the same data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("save, match", [
+    (lambda p: torch.save({"logits": torch.randn(5, 3)}, p), r"saved outputs are labels and one of logits, "
+                                                             r"probabilities; it holds logits$"),
+    (lambda p: torch.save({"logits": torch.randn(5, 3), "labels": torch.tensor([0, 1, 2, 3, 0])}, p),
+     r"labels must be in \[0, 3\), row 3 has 3"),
+    (lambda p: torch.save({"logits": torch.randn(5, 3), "labels": torch.zeros(5)}, p),
+     r"labels must be 5 class indices"),
+    (lambda p: torch.save({"logits": torch.randn(5, 3, 2), "labels": torch.zeros(5, dtype=torch.long)}, p),
+     r"logits must be a float array of shape \[N, C\]"),
+    (lambda p: torch.save({"probabilities": torch.rand(5, 3), "labels": torch.zeros(5, dtype=torch.long)}, p),
+     r"probabilities must be non-negative rows summing to 1"),
+    (lambda p: p.with_suffix(".npz").write_bytes(b"not a zip"), r"not a readable .npz file"),
+])
+def test_bad_saved_outputs_are_one_line_naming_the_file(tmp_path, capsys, save, match):
+    import evaluate
+    path = tmp_path / "outputs.pt"
+    save(path)
+    path = path if path.exists() else path.with_suffix(".npz")
+    with pytest.raises(SystemExit):
+        evaluate.main([str(path)])
+    assert re.search(match, capsys.readouterr().err.strip().splitlines()[-1].split(f"{path}: ", 1)[1])
 
 
 def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
@@ -380,8 +435,8 @@ def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
     bins = [{"lower": 0.0, "upper": 1.0, "count": 4, "confidence": 0.7, "accuracy": 0.5}]
     summary = {"accuracy": 0.5, "acc5": 1.0, "ece": 0.2, "ece_ci95_low": 0.15, "ece_ci95_high": 0.3, "mce": 0.2,
                "nll": 1.0, "brier": 0.6, "ece_after_temperature_heldout": 0.1, "bins": bins}
-    jobs = [{"checkpoint": f"{name}/checkpoint.pt", "state": {"arch": "resnet20", "strategy_name": name, "epoch": 0},
-             "data": "d", "split": split, "image_size": 32} for name, split in (("ce", "val"), ("ls", "test"))]
+    jobs = [{"checkpoint": f"{name}/checkpoint.pt", "trained": f"resnet20, {name}, after epoch 1",
+             "evaluated_on": f"d/{split} at 32 px"} for name, split in (("ce", "val"), ("ls", "test"))]
     evaluate.write_comparison(tmp_path, ["ce", "ls"], jobs, [summary, summary])
     assert "were not all evaluated on the same data" in capsys.readouterr().err
     lines = (tmp_path / "comparison.md").read_text().splitlines()

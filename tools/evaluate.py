@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """Evaluate a checkpoint of tools/train_imagenet.py: the same validation metrics, the calibration report
 (with temperature scaling fitted on the validation logits, reported beside) and the reliability diagram.
+The same report for any model's outputs saved elsewhere (timm, Hugging Face, another framework): a file of
+its validation logits and labels.
 
     python tools/evaluate.py runs/ldl/checkpoint.pt                  # the run's own validation set, as it was run
     python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--val-split val --image-size 224 --out DIR]
     python tools/evaluate.py runs/ce/checkpoint.pt runs/ls/checkpoint.pt runs/ldl/checkpoint.pt --out compared
+    python tools/evaluate.py vit_logits.pt runs/ldl/checkpoint.pt --out compared   # saved outputs beside a run
 
-Several checkpoints are compared: each one's report in OUT/<run>/, one table (OUT/comparison.md and .json)
-and their reliability diagrams side by side (OUT/reliability.png).
+Several inputs are compared: each one's report in OUT/<run>/, one table (OUT/comparison.md and .json) and
+their reliability diagrams side by side (OUT/reliability.png).
+
+Saved outputs: torch.save({"logits": Tensor[N, C], "labels": Tensor[N]}, "x.pt") or numpy.savez("x.npz",
+logits=..., labels=...); "probabilities" (softmax outputs) may stand for "logits" (their log is used: the
+same softmax). The data options below apply to checkpoints only.
 
 By default the data and its handling are the training run's (its args.json, beside the checkpoint): the same
 folder (the built-in synthetic dataset for a run without --data), validation split, resident or DALI
@@ -19,15 +26,18 @@ Label Smoothing: the mean max-softmax on the largest box-free window of each val
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pysoftlabel.data.folder import skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
-                                output_folder, parse_device, recipe_name, write_calibration_report)
+                                output_folder, parse_device, recipe_name, require_keys, write_calibration_report,
+                                write_logits_report)
 from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
 from pysoftlabel.models import load_model
 
@@ -35,7 +45,8 @@ from pysoftlabel.models import load_model
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="checkpoint",
-                   help="checkpoint.pt written by tools/train_imagenet.py; several are compared")
+                   help="checkpoint.pt written by tools/train_imagenet.py, or a file of saved outputs (.pt, .npz); "
+                        "several are compared")
     p.add_argument("--data", default=None, help="ImageNet-layout root or webdataset shards (default: the run's)")
     p.add_argument("--val-split", default=None, help="validation folder name (default: the run's, else val)")
     p.add_argument("--resident", action=argparse.BooleanOptionalAction, default=None,
@@ -48,7 +59,8 @@ def main(argv=None):
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast dtype (default: the run's, else auto: bf16 on cuda, off on cpu)")
     p.add_argument("--out", default=None,
-                   help="output folder (default: beside the checkpoint, eval/; for several, comparison/)")
+                   help="output folder (default: beside the checkpoint, eval/, or beside a saved-outputs file X, "
+                        "X-eval/; for several, comparison/)")
     p.add_argument("--boxes", default=None,
                    help="PASCAL-VOC boxes root (default: the run's --boxes on the run's data, else DATA/boxes if present)")
     args = p.parse_args(argv)
@@ -62,11 +74,12 @@ def main(argv=None):
     jobs = [plan(p, args, checkpoint, device) for checkpoint in args.checkpoints]  # every one checked first
     several = len(jobs) > 1
     try:
-        out = output_folder(args.out or ("comparison" if several else Path(args.checkpoints[0]).parent / "eval"))
-        labels = run_labels(args.checkpoints)
+        out = output_folder(args.out or ("comparison" if several else jobs[0]["default_out"]))
+        labels = run_labels([job["name"] for job in jobs])
         summaries = []
         for job, label in zip(jobs, labels):
-            summary = evaluate_checkpoint(job, device, out / label if several else out)
+            evaluate_one = evaluate_outputs if "logits" in job else evaluate_checkpoint
+            summary = evaluate_one(job, device, out / label if several else out)
             print(json.dumps({"checkpoint": job["checkpoint"]} | {k: v for k, v in summary.items() if k != "bins"}))
             summaries.append(summary)
         if several:
@@ -77,9 +90,15 @@ def main(argv=None):
 
 def plan(p, args, checkpoint, device) -> dict:
     """What evaluating ``checkpoint`` takes: its state, and the data and options of its run (args.json) unless
-    given; a bad one is a parser error naming it, before any checkpoint is evaluated."""
+    given; a bad one is a parser error naming it, before any checkpoint is evaluated. A file of saved outputs
+    is read whole here."""
     try:
-        state = load_checkpoint(checkpoint, keys=("arch", "classes", "model"))
+        if Path(checkpoint).suffix == ".npz":
+            return outputs_job(checkpoint, read_npz(checkpoint))
+        state = load_checkpoint(checkpoint)
+        if OUTPUT_KEYS & state.keys():
+            return outputs_job(checkpoint, state)
+        require_keys(state, checkpoint, ("arch", "classes", "model"))
     except ValueError as error:
         p.error(str(error))
     run = run_options(checkpoint)
@@ -93,9 +112,12 @@ def plan(p, args, checkpoint, device) -> dict:
     boxes = Path(args.boxes or (args.data is None and run.get("boxes")) or Path(data, "boxes"))
     if args.boxes and not boxes.is_dir():
         p.error(f"--boxes: {args.boxes} does not exist")
-    return {"checkpoint": checkpoint, "state": state, "data": data, "split": split, "boxes": boxes,
+    image_size = args.image_size or int(run.get("image_size", 224))
+    return {"checkpoint": checkpoint, "name": Path(checkpoint).resolve().parent, "trained": trained(state),
+            "default_out": Path(checkpoint).parent / "eval",
+            "evaluated_on": f"{data}/{split} at {image_size} px", "image_size": image_size,
+            "state": state, "data": data, "split": split, "boxes": boxes,
             "resident": args.resident if args.resident is not None else bool(run.get("resident", False)),
-            "image_size": args.image_size or int(run.get("image_size", 224)),
             "batch_size": args.batch_size or int(run.get("batch_size", 64)),
             "amp": autocast_dtype(args.amp or run.get("amp", "auto"), device), "threads": int(run.get("threads", 2))}
 
@@ -120,7 +142,59 @@ def evaluate_checkpoint(job, device, out) -> dict:
         extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
                      context_crops=len(context.files))
     return write_calibration_report(model, val, device, out, job["amp"], extra=extra,
-                                    title=f"{job['checkpoint']} ({trained(state)}): {data}/{split} at {image_size} px")
+                                    title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")
+
+
+OUTPUT_KEYS = {"logits", "probabilities"}  # a file of a model's saved outputs holds one of them, and labels
+
+
+def read_npz(path) -> dict:
+    """The arrays of a numpy ``.npz`` file (no pickled objects); ValueError naming it when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return dict(arrays)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from None
+
+
+def outputs_job(path, values) -> dict:
+    """The evaluation of a model's saved outputs: ``values`` holds "labels" [N] (class indices) and "logits"
+    [N, C] or "probabilities" [N, C] (rows of softmax outputs, taken as their log: the same softmax, so the
+    same report). ValueError naming the file and what is wrong."""
+    kinds = sorted(OUTPUT_KEYS & values.keys())
+    if len(kinds) != 1 or "labels" not in values:
+        raise ValueError(f"{path}: saved outputs are labels and one of logits, probabilities; it holds "
+                         f"{', '.join(sorted(values)) or 'nothing'}")
+    scores, labels = (torch.as_tensor(values[key]) for key in (kinds[0], "labels"))
+    if scores.dim() != 2 or not scores.is_floating_point() or scores.shape[0] == 0:
+        raise ValueError(f"{path}: {kinds[0]} must be a float array of shape [N, C] with N >= 1, got "
+                         f"{scores.dtype} of shape {tuple(scores.shape)}")
+    rows, classes = scores.shape
+    if labels.shape != (rows,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{path}: labels must be {rows} class indices (integers), got {labels.dtype} of shape "
+                         f"{tuple(labels.shape)}")
+    outside = ((labels < 0) | (labels >= classes)).nonzero()
+    if len(outside):
+        raise ValueError(f"{path}: labels must be in [0, {classes}), row {outside[0, 0].item()} has "
+                         f"{labels[outside[0, 0]].item()}")
+    scores = scores.float()
+    if kinds[0] == "probabilities":
+        sums = scores.sum(1)
+        if (scores < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            raise ValueError(f"{path}: probabilities must be non-negative rows summing to 1 (softmax outputs); "
+                             "save logits otherwise")
+        scores = scores.log()  # a class of probability 0 gets -inf: no mass, as in the softmax
+    name = Path(path).resolve()
+    return {"checkpoint": str(path), "name": name.with_name(name.stem), "logits": scores, "labels": labels.long(),
+            "default_out": Path(path).with_name(f"{Path(path).stem}-eval"),
+            "trained": f"saved {kinds[0]}", "evaluated_on": f"{rows} rows of {classes} classes"}
+
+
+def evaluate_outputs(job, device, out) -> dict:
+    """Writes the report of one file of saved outputs into ``out``; returns its summary."""
+    logits, labels = job["logits"], job["labels"]
+    return write_logits_report(logits.to(device), labels.to(device), output_folder(out),
+                               title=f"{job['checkpoint']}: {job['trained']}, {job['evaluated_on']}")
 
 
 def trained(state) -> str:
@@ -129,32 +203,33 @@ def trained(state) -> str:
             f"{state.get('epoch', -1) + 1}" + (f" and {state['step']} steps" if state.get("step") else ""))
 
 
-def run_labels(checkpoints) -> list:
-    """A short unique name per checkpoint: its run folder's name, with the folders above it where two share one
-    (runs/a/ldl and runs/b/ldl: a-ldl, b-ldl)."""
-    parents = [Path(c).resolve().parent for c in checkpoints]
+def run_labels(names) -> list:
+    """A short unique label per input from its ``name``, a path (a checkpoint's run folder, a saved-outputs
+    file without its suffix): the last part, with the folders above it where two share one (runs/a/ldl and
+    runs/b/ldl: a-ldl, b-ldl)."""
+    parents = [Path(name) for name in names]
     for depth in range(1, max(len(p.parts) for p in parents) + 1):
         labels = ["-".join(p.parts[-depth:]).lstrip("/-") for p in parents]
         if len(set(labels)) == len(labels):
             return labels
-    return [f"{i}-{label}" for i, label in enumerate(labels)]  # the same checkpoint given twice
+    return [f"{i}-{label}" for i, label in enumerate(labels)]  # the same input given twice
 
 
 def write_comparison(out, labels, jobs, summaries):
-    """OUT/comparison.md and .json (one row per checkpoint) and OUT/reliability.png (their diagrams side by side,
+    """OUT/comparison.md and .json (one row per input) and OUT/reliability.png (their diagrams side by side,
     as the papers' figures)."""
-    rows = [{"run": label, "checkpoint": job["checkpoint"], "trained": trained(job["state"]),
-             "data": f"{job['data']}/{job['split']} at {job['image_size']} px",
-             **{k: v for k, v in summary.items() if k != "bins"}} for label, job, summary in zip(labels, jobs, summaries)]
+    rows = [{"run": label, "checkpoint": job["checkpoint"], "trained": job["trained"], "data": job["evaluated_on"],
+             **{k: v for k, v in summary.items() if k != "bins"}}
+            for label, job, summary in zip(labels, jobs, summaries)]
     (out / "comparison.json").write_text(json.dumps(rows, indent=1))
     for row in rows:  # the ECE with its 95% bootstrap interval: overlapping intervals do not tell models apart
         row["ece_with_interval"] = ece_with_interval(row["ece"], row["ece_ci95_low"], row["ece_ci95_high"])
     columns = [("top-1", "accuracy"), ("top-5", "acc5"), ("ECE", "ece_with_interval"), ("MCE", "mce"),
                ("NLL", "nll"), ("Brier", "brier"), ("ECE after TS, held out", "ece_after_temperature_heldout")]
-    lines = [f"# Calibration of {len(rows)} checkpoints", ""]
+    lines = [f"# Calibration of {len(rows)} models", ""]
     if len({row["data"] for row in rows}) > 1:
         lines += ["Not all evaluated on the same data: compare with care (the data column).", ""]
-        print("note: the checkpoints were not all evaluated on the same data (comparison.md says which)",
+        print("note: the inputs were not all evaluated on the same data (comparison.md says which)",
               file=sys.stderr)
     lines += ["| run | trained | data | " + " | ".join(name for name, _ in columns) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in columns) + " |"]

@@ -50,8 +50,9 @@ SYNTHETIC = dict(num_classes=10, train_per_class=200, val_per_class=50, image_si
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("Dataset")
-    g.add_argument("--data", default=None, help="ImageNet-layout root, ROOT/{train,val}/<class>/<image>, or webdataset "
-                   "shards, ROOT/{train,val}/*.tar (default: the built-in synthetic dataset)")
+    g.add_argument("--data", default=None,
+                   help="ImageNet-layout root, ROOT/{train,val}/<class>/<image>, or webdataset shards, "
+                        "ROOT/{train,val}/*.tar (default: the built-in synthetic dataset)")
     g.add_argument("--data-cache", default=os.path.expanduser("~/.cache/pysoftlabel/synthetic-v3"),
                    help="where the synthetic dataset is written (default: %(default)s)")
     g.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root for als (default: DATA/boxes if present)")
@@ -93,8 +94,9 @@ def parse_args(argv=None):
                    help="mixing augmentation (default: none)")
     g = p.add_argument_group("Optimiser and schedule")
     g.add_argument("--epochs", type=int, default=12, help="epochs (default: 12)")
-    g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate per 64 images, scaled with the global batch "
-                   "(--batch-size x processes) (default: 0.1)")
+    g.add_argument("--lr", type=float, default=0.1,
+                   help="SGD learning rate per 64 images, scaled with the global batch (--batch-size x processes) "
+                        "(default: 0.1)")
     g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: 0.9)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
     g.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up epochs, at most --epochs (default: 1)")
@@ -103,7 +105,8 @@ def parse_args(argv=None):
     g.add_argument("--milestones", type=int, nargs="+", default=None,
                    help="multistep epochs (default: 50%% and 75%% of --epochs)")
     g = p.add_argument_group("Run")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu (default: cuda when a GPU is visible)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cuda:N or cpu (default: cuda when a GPU is visible)")
     g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="autocast dtype of the forward passes; fp16 adds gradient scaling (default: auto, bf16 on "
                         "cuda, off on cpu)")

@@ -10,7 +10,7 @@ import torch
 
 from ..atomic import write_atomically
 
-__all__ = ["save_checkpoint", "check_checkpoint", "load_checkpoint", "CheckpointWriter"]
+__all__ = ["save_checkpoint", "check_checkpoint", "load_checkpoint", "require_keys", "CheckpointWriter"]
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -42,10 +42,15 @@ def load_checkpoint(path, map_location="cpu", keys=()) -> dict:
                          "reads checkpoints with torch.load(weights_only=True)") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: {path} holds a {type(state).__name__}, not a training state (a dict)")
+    require_keys(state, path, keys)
+    return state
+
+
+def require_keys(state: dict, path, keys) -> None:
+    """ValueError naming ``path`` and the missing ones unless the checkpoint ``state`` has every one of ``keys``."""
     missing = sorted(set(keys) - state.keys())
     if missing:
         raise ValueError(f"checkpoint: {path} has no {', '.join(missing)}: not a checkpoint of this program")
-    return state
 
 
 def _cpu_copy(value):

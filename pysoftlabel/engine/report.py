@@ -7,7 +7,7 @@ from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibra
                        calibration_stats, ece_interval, ece_with_interval, fit_temperature, heldout_temperature_ece,
                        reliability_diagram)
 
-__all__ = ["write_calibration_report", "recipe_name", "output_folder"]
+__all__ = ["write_calibration_report", "write_logits_report", "model_logits", "recipe_name", "output_folder"]
 
 
 def output_folder(path, option: str = "--out") -> Path:
@@ -29,19 +29,31 @@ def recipe_name(strategy_name, aug) -> str:
 
 
 @torch.no_grad()
-def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None,
-                             title=None) -> dict:
-    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE with its 95% bootstrap interval, MCE, NLL, Brier,
-    top-1/top-5, adaptive and classwise ECE, the ECE after temperature scaling fitted on these logits,
-    optimistic, and held out (two folds, each scaled by the temperature of the other), and any ``extra``
-    figures) and ``out/reliability.png``, headed by ``title``; returns the summary."""
+def model_logits(model, loader, device, amp_dtype=None):
+    """(logits [N, C] as fp32, labels [N]) of ``model`` in eval mode over every batch of ``loader``."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits.append(model(batch["image"].to(device)).float())
         labels.append(batch["label"].to(device))
-    logits, labels = torch.cat(logits), torch.cat(labels)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None,
+                             title=None) -> dict:
+    """:func:`write_logits_report` of ``model`` over ``loader`` (:func:`model_logits`)."""
+    return write_logits_report(*model_logits(model, loader, device, amp_dtype), out, name, extra, title)
+
+
+@torch.no_grad()
+def write_logits_report(logits, labels, out, name="report", extra=None, title=None) -> dict:
+    """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE with its 95% bootstrap interval, MCE, NLL, Brier,
+    top-1/top-5, adaptive and classwise ECE, the ECE after temperature scaling fitted on these logits,
+    optimistic, and held out (two folds, each scaled by the temperature of the other), and any ``extra``
+    figures) and ``out/reliability.png``, headed by ``title``, for ``logits`` [N, C] and ``labels`` [N] from
+    any model; returns the summary."""
+    out, device = Path(out), logits.device
     cal = calibration_stats(logits, labels)
     t = fit_temperature(logits, labels)
     adaptive = AdaptiveCalibrationStats(device=device)
