@@ -5,7 +5,8 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["create_model", "load_model", "CIFAR_RESNETS"]
+__all__ = ["create_model", "load_model", "torchvision_weights", "pretrained_weights", "load_pretrained",
+           "CIFAR_RESNETS"]
 
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 
@@ -101,6 +102,67 @@ def load_model(arch: str, num_classes: int, image_size: int, weights: dict, sour
         raise ValueError(f"{source} does not fit {arch} for {num_classes} classes at {image_size} px: "
                          f"{detail}") from None
     return model
+
+
+def torchvision_weights(arch: str):
+    """torchvision's default weights entry of ``arch`` (nothing is downloaded); ValueError when it has none."""
+    import torchvision
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT
+    except ValueError:
+        raise ValueError(f"--pretrained: torchvision has no weights for {arch}; give a file of weights instead "
+                         "(--pretrained FILE)") from None
+
+
+def pretrained_weights(arch: str, source: str) -> dict:
+    """The weights to start ``arch`` from: torchvision's default (ImageNet) weights when ``source`` is
+    ``"torchvision"`` (downloaded once into ``$TORCH_HOME``), else the file ``source``: a state dict, or a
+    checkpoint holding one as ``"model"`` (this project's) or ``"state_dict"``. ValueError naming the
+    problem (no such weights, a download that failed, a file that is not weights)."""
+    if source == "torchvision":
+        weights = torchvision_weights(arch)
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except (OSError, RuntimeError) as error:  # no network, a cut download (its hash is checked)
+            raise ValueError(f"--pretrained: cannot fetch {weights.url} ({error}); download it where there is a "
+                             "network and give the file: --pretrained FILE") from None
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"--pretrained: {source} does not exist") from None
+    except Exception as error:  # not a torch.save file, or one holding objects
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"--pretrained: {source} cannot be read as weights ({reason})") from None
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"--pretrained: {source} holds no state dict (tensors by name, as model.state_dict())")
+    return state
+
+
+def load_pretrained(model: nn.Module, weights: dict, num_classes: int, arch: str, source) -> list:
+    """Copies ``weights`` into ``model`` (of ``num_classes`` classes) except its classifier, which keeps its
+    new initialisation when the weights were trained for another number of classes (their last layer: the
+    tensors whose first dimension is the class count and whose other dimensions fit). Returns the names of
+    the tensors left new; ValueError naming ``source`` and the first tensor that neither fits nor is the classifier (another
+    architecture; a ViT's position embedding made for another image side). Tensors of the weights that the
+    model has not (the auxiliary classifiers this project leaves off) are ignored."""
+    own = model.state_dict()
+    fits = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
+    # Batch norm's step counters are not weights (files saved before PyTorch 0.4.1 have none).
+    new = [k for k in own if k not in fits and not k.endswith("num_batches_tracked")]
+    wrong = [k for k in new if not (k in weights and own[k].dim() >= 1 and own[k].shape[0] == num_classes
+                                    and weights[k].shape[1:] == own[k].shape[1:])]
+    if wrong:
+        k = wrong[0]
+        there = f"{list(weights[k].shape)} in the weights" if k in weights else "not in the weights"
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ValueError(f"--pretrained: {source} does not fit {arch} here: {k} is {there}, "
+                         f"{list(own[k].shape)} in the model{more}")
+    if not fits:
+        raise ValueError(f"--pretrained: no tensor of {source} fits {arch}: weights of another architecture")
+    model.load_state_dict(fits, strict=False)
+    return new
 
 
 def _check_takes(model, arch, image_size):

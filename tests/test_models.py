@@ -58,3 +58,50 @@ def test_load_model_names_weights_that_do_not_fit_and_keeps_the_random_stream():
     with pytest.raises(ValueError, match=r"does not fit vit_b_16 for 3 classes at 48 px: size mismatch for "
                                          r"encoder.pos_embedding"):
         load_model("vit_b_16", 3, 48, vit, "vit.pt")
+
+
+def test_pretrained_weights_fill_all_but_a_new_classifier():
+    from pysoftlabel.models import load_pretrained
+    torch.manual_seed(0)
+    weights = create_model("resnet18", 1000, 64).state_dict()  # as torchvision's ImageNet weights
+    weights = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}  # as old files
+    model = create_model("resnet18", 7, 64)
+    assert load_pretrained(model, weights, 7, "resnet18", "w.pth") == ["fc.weight", "fc.bias"]
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items() if not k.startswith("fc."))
+    assert state["fc.weight"].shape == (7, 512)
+    vit = create_model("vit_b_16", 1000, 224).state_dict()  # a position embedding for 224 px
+    with pytest.raises(ValueError, match=r"^--pretrained: w.pth does not fit vit_b_16 here: encoder.pos_embedding is "
+                                         r"\[1, 197, 768\] in the weights, \[1, 5, 768\] in the model$"):
+        load_pretrained(create_model("vit_b_16", 7, 32), vit, 7, "vit_b_16", "w.pth")
+    with pytest.raises(ValueError, match="does not fit resnet20 here: .* not in the weights"):
+        load_pretrained(create_model("resnet20", 7), weights, 7, "resnet20", "w.pth")
+
+
+def test_pretrained_sources_and_their_errors(tmp_path, monkeypatch):
+    import torchvision
+
+    from pysoftlabel.models import pretrained_weights
+    weights = create_model("resnet20", 10).state_dict()
+    torch.save(weights, tmp_path / "plain.pth")
+    torch.save({"model": weights, "epoch": 3}, tmp_path / "checkpoint.pt")
+    torch.save({"state_dict": weights}, tmp_path / "lightning.ckpt")
+    for name in ("plain.pth", "checkpoint.pt", "lightning.ckpt"):
+        loaded = pretrained_weights("resnet20", str(tmp_path / name))
+        assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
+    (tmp_path / "notes.txt").write_text("hello")
+    for source, match in ((tmp_path / "missing.pth", "does not exist"), (tmp_path / "notes.txt", "cannot be read"),
+                          ("torchvision", "torchvision has no weights for resnet20")):
+        with pytest.raises(ValueError, match=match):
+            pretrained_weights("resnet20", str(source))
+    # torchvision's weights (offline here): fetched through its weights entry, a failed download named.
+    entry = torchvision.models.get_model_weights("resnet18").DEFAULT
+    monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: {"fetched": torch.zeros(1)})
+    assert pretrained_weights("resnet18", "torchvision") == {"fetched": torch.zeros(1)}
+
+    def offline(self, **kw):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    monkeypatch.setattr(type(entry), "get_state_dict", offline)
+    with pytest.raises(ValueError, match=r"cannot fetch https://download.pytorch.org/models/resnet18-.*\.pth "
+                                         r"\(<urlopen error .*\); download it where there is a network"):
+        pretrained_weights("resnet18", "torchvision")

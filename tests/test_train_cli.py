@@ -339,6 +339,27 @@ def test_a_teacher_of_other_classes_or_weights_is_refused_before_training(data, 
     assert len(records) == 2
 
 
+def test_pretrained_weights_start_the_run_with_a_new_classifier(data, tmp_path, capsys):
+    other = tmp_path / "other"
+    make_synthetic_dataset(other, num_classes=2, train_per_class=8, val_per_class=2, image_size=32)
+    run(other, tmp_path / "t2", "--strategy", "ce", "--epochs", "1")
+    source = tmp_path / "t2" / "checkpoint.pt"
+    capsys.readouterr()
+    run(data, tmp_path / "p", "--strategy", "ls", "--epochs", "1", "--lr", "1e-9", "--pretrained", str(source))
+    assert f"pretrained: resnet20 from {source}; new for 3 classes: head.weight, head.bias" in capsys.readouterr().out
+    before = torch.load(source, weights_only=True)["model"]
+    after = torch.load(tmp_path / "p" / "checkpoint.pt", weights_only=True)["model"]
+    convs = [k for k in before if "conv" in k]
+    assert convs and all(torch.allclose(after[k], before[k], atol=1e-6) for k in convs)  # lr 1e-9: as loaded
+    assert after["head.weight"].shape == (3, 64)
+    with pytest.raises(SystemExit, match=r"with --pretrained .*checkpoint.pt; this run has --pretrained None"):
+        run(data, tmp_path / "p", "--strategy", "ls", "--epochs", "1", "--lr", "1e-9", "--resume")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # before the data is listed
+        run(data, tmp_path / "q", "--pretrained")
+    assert "--pretrained: torchvision has no weights for resnet20" in capsys.readouterr().err
+
+
 def test_evaluate_writes_the_report(data, tmp_path, capsys):
     import evaluate
     run(data, tmp_path / "ce", "--strategy", "ce", "--epochs", "1", "--amp", "bf16")

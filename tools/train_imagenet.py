@@ -41,7 +41,8 @@ from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocas
                                 recipe_name, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.metrics import ece_with_interval
-from pysoftlabel.models import create_model, load_model
+from pysoftlabel.models import (create_model, load_model, load_pretrained, pretrained_weights,
+                                torchvision_weights)
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
 SYNTHETIC = dict(num_classes=10, train_per_class=200, val_per_class=50, image_size=48, seed=0)
@@ -71,6 +72,10 @@ def parse_args(argv=None):
     g.add_argument("--cutout", type=int, default=0, help="Cutout side with --resident (default: 0, none)")
     g = p.add_argument_group("Model")
     g.add_argument("--arch", default="resnet20", help="model name (default: resnet20)")
+    g.add_argument("--pretrained", nargs="?", const="torchvision", default=None, metavar="FILE",
+                   help="start from torchvision's ImageNet weights of --arch (downloaded once), or from a file of "
+                        "weights (a state dict, or a checkpoint); the classifier starts new for the data's "
+                        "classes (default: random initialisation)")
     g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd (default: train one first)")
     g = p.add_argument_group("Strategy")
     g.add_argument("--strategy", default="ldl", help=f"one of {', '.join(STRATEGIES)} (default: ldl)")
@@ -135,6 +140,13 @@ def parse_args(argv=None):
         p.error(f"--teacher: {args.teacher} does not exist")
     try:
         args.out = output_folder(args.out or f"runs/{args.strategy}")
+    except ValueError as error:
+        p.error(str(error))
+    try:  # a typo or a model without weights is found now, not after the data is listed
+        if args.pretrained == "torchvision":
+            torchvision_weights(args.arch)
+        elif args.pretrained is not None and not Path(args.pretrained).is_file():
+            raise ValueError(f"--pretrained: {args.pretrained} does not exist")
     except ValueError as error:
         p.error(str(error))
     if args.boxes is not None and not Path(args.boxes).is_dir():
@@ -290,6 +302,21 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     return val, classes, train_for_epoch, facts
 
 
+def start_from_pretrained(model, args, num_classes):
+    """Loads --pretrained into ``model``; the first process fetches torchvision's weights before the others,
+    which then find them in the cache."""
+    for turn in (True, False):
+        if is_main_process() == turn:
+            weights = pretrained_weights(args.arch, args.pretrained)
+        barrier()
+    new = load_pretrained(model, weights, num_classes, args.arch, args.pretrained)
+    if is_main_process():
+        source = (f"torchvision's {torchvision_weights(args.arch)}" if args.pretrained == "torchvision"
+                  else args.pretrained)
+        print(f"pretrained: {args.arch} from {source}"
+              + (f"; new for {num_classes} classes: {', '.join(new)}" if new else ""), flush=True)
+
+
 def make_strategy(name, args, model, num_classes, teacher, device, steps):
     if name == "ce":
         return S.CrossEntropy()
@@ -384,6 +411,10 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
     num_classes = len(classes)
     teacher = None if teacher_path is None else load_teacher(teacher_path, args.arch, classes, args.image_size, device)
     model = create_model(args.arch, num_classes, args.image_size).to(device, memory_format=torch.channels_last)
+    ckpt_path = out / "checkpoint.pt"
+    resuming = args.resume and ckpt_path.exists()
+    if args.pretrained is not None and not resuming:  # a resumed run's weights are in its checkpoint
+        start_from_pretrained(model, args, num_classes)
     steps_per_epoch = len(train_for_epoch(0))
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps_per_epoch)
     mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
@@ -397,13 +428,13 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     run_model = model
     if world > 1:
-        run_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.index is not None else None)
     if args.compile:
         run_model = torch.compile(run_model)
     out.mkdir(parents=True, exist_ok=True)
     start, start_step = 0, 0
-    ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
+    if resuming:
         # Read on the CPU: the RNG states must stay CPU tensors (torch.set_rng_state and Generator.set_state
         # refuse others, and torch.load onto a GPU put them there); everything else is copied into place.
         state = load_checkpoint(ckpt_path, "cpu", keys=("model", "optimizer", "scheduler", "strategy", "rng", "epoch"))
@@ -495,9 +526,9 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
 
 # The options that shape a run's trajectory: a --resume with any of them changed would not continue the run
 # (a longer --epochs, say, would follow the checkpoint's schedule, already at its end), so it is refused.
-RECIPE = ("epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout", "val_split",
-          "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp", "eps",
-          "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
+RECIPE = ("pretrained", "epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout",
+          "val_split", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp",
+          "eps", "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
           "online_weight")
 
 
