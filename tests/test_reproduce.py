@@ -1,6 +1,7 @@
 """tools/reproduce.py on a tiny synthetic stand-in for CIFAR-10: runs, records, teacher reuse, resume, table."""
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,3 +63,14 @@ def test_unknown_run_is_one_clear_line(capsys):
 def test_a_run_or_seed_given_twice_is_one_row_and_one_run():
     args = reproduce.parse_args(["--preset", "cifar10-cpu", "--only", "ls,ce,ls", "--seeds", "1", "0", "1"])
     assert args.runs == ["ls", "ce"] and args.seeds == [1, 0]
+
+
+def test_records_are_not_ignored_by_git():
+    # The records are committed, and only what git does not ignore travels to the GPU machine: a pattern that
+    # caught docs/runs/ would lose them both ways without a word.
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    record = "docs/runs/cifar10-gpu/ce/seed0/report.json"
+    check = subprocess.run(["git", "check-ignore", "-q", record], cwd=root)
+    assert check.returncode == 1, f"git ignores {record}"
