@@ -144,9 +144,9 @@ def load_pretrained(model: nn.Module, weights: dict, num_classes: int, arch: str
     """Copies ``weights`` into ``model`` (of ``num_classes`` classes) except its classifier, which keeps its
     new initialisation when the weights were trained for another number of classes (their last layer: the
     tensors whose first dimension is the class count and whose other dimensions fit). Returns the names of
-    the tensors left new; ValueError naming ``source`` and the first tensor that neither fits nor is the classifier (another
-    architecture; a ViT's position embedding made for another image side). Tensors of the weights that the
-    model has not (the auxiliary classifiers this project leaves off) are ignored."""
+    the tensors left new. ValueError naming ``source`` and the first tensor that neither fits nor is the
+    classifier (another architecture; a ViT's position embedding made for another image side). Tensors of
+    the weights that the model has not (the auxiliary classifiers this project leaves off) are ignored."""
     own = model.state_dict()
     fits = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
     # Batch norm's step counters are not weights (files saved before PyTorch 0.4.1 have none).
