@@ -426,6 +426,9 @@ def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data,
         assert row["temperature"] == pytest.approx(rows[0]["temperature"], rel=1e-4)
     assert rows[2]["trained"] == "saved probabilities" and rows[3]["trained"] == "resnet20, ce, after epoch 1"
     assert "were not all evaluated on the same data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nothing would take them
+        evaluate.main(inputs[:2] + ["--data", str(data), "--image-size", "32"])
+    assert "--data, --image-size: the data options apply to checkpoints" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("save, match", [

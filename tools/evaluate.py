@@ -72,6 +72,10 @@ def main(argv=None):
     except ValueError as error:
         p.error(str(error))
     jobs = [plan(p, args, checkpoint, device) for checkpoint in args.checkpoints]  # every one checked first
+    data_options = [f"--{name.replace('_', '-')}" for name in DATA_OPTIONS if getattr(args, name) is not None]
+    if data_options and all("logits" in job for job in jobs):
+        p.error(f"{', '.join(data_options)}: the data options apply to checkpoints; saved outputs carry their "
+                "own labels")
     several = len(jobs) > 1
     try:
         out = output_folder(args.out or ("comparison" if several else jobs[0]["default_out"]))
@@ -86,6 +90,9 @@ def main(argv=None):
             write_comparison(out, labels, jobs, summaries)
     except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
         raise SystemExit(str(error))
+
+
+DATA_OPTIONS = ("data", "val_split", "resident", "image_size", "batch_size", "amp", "boxes")  # checkpoints only
 
 
 def plan(p, args, checkpoint, device) -> dict:
