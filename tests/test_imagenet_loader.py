@@ -189,6 +189,8 @@ def test_a_class_holds_the_images_below_it_as_torchvisions_image_folder_lists_th
         "a/b.JPEG", "a/z.JPEG", "a/images/a.png", "a/images/b.jpg", "a/images/deeper/c.jpeg",
         "b/x.PNG", "b/10/y.jpg", "b/2/y.jpg"]
     assert scan_image_folder(tmp_path, "train", per_class=3)[0] == files[:3] + files[5:8]
+    (tmp_path / "train" / "a" / "images" / "up").symlink_to(tmp_path / "train" / "a")  # a cycle
+    assert scan_image_folder(tmp_path, "train")[0] == files  # each folder once
 
 
 def test_hidden_folders_are_not_classes(tmp_path):

@@ -55,11 +55,18 @@ def scan_image_folder(root, split: str, classes=None, per_class=None):
 
 def class_images(class_dir) -> list:
     """The image files in ``class_dir`` and its sub-folders (Tiny ImageNet's ``<class>/images/``, say),
-    symbolic links followed: the JPEG and PNG files torchvision's ``ImageFolder`` finds, in its order (folders
-    by path, then files by name), except hidden files and folders (``.ipynb_checkpoints``, macOS's ``._``
-    copies), which are left out."""
+    symbolic links followed (each folder once): the JPEG and PNG files torchvision's ``ImageFolder`` finds, in
+    its order (folders by path, then files by name), except hidden files and folders (``.ipynb_checkpoints``,
+    macOS's ``._`` copies), which are left out."""
     def walk():
+        seen = set()  # folders by identity: a link back up the tree is followed once, not forever
         for folder, subfolders, names in os.walk(class_dir, followlinks=True):
+            stat = os.stat(folder)
+            identity = (stat.st_dev, stat.st_ino)
+            if identity in seen:
+                subfolders[:] = []
+                continue
+            seen.add(identity)
             subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # not descended into
             yield folder, names
     return [os.path.join(folder, name) for folder, names in sorted(walk()) for name in sorted(names)
