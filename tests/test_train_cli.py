@@ -358,6 +358,9 @@ def test_pretrained_weights_start_the_run_with_a_new_classifier(data, tmp_path, 
     with pytest.raises(SystemExit):  # before the data is listed
         run(data, tmp_path / "q", "--pretrained")
     assert "--pretrained: torchvision has no weights for resnet20" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(data, tmp_path / "q", "--pretrained", str(tmp_path))
+    assert f"--pretrained: {tmp_path} is a folder, not a file of weights" in capsys.readouterr().err
 
 
 def test_evaluate_writes_the_report(data, tmp_path, capsys):

@@ -146,7 +146,8 @@ def parse_args(argv=None):
         if args.pretrained == "torchvision":
             torchvision_weights(args.arch)
         elif args.pretrained is not None and not Path(args.pretrained).is_file():
-            raise ValueError(f"--pretrained: {args.pretrained} does not exist")
+            kind = "is a folder, not a file of weights" if Path(args.pretrained).is_dir() else "does not exist"
+            raise ValueError(f"--pretrained: {args.pretrained} {kind}")
     except ValueError as error:
         p.error(str(error))
     if args.boxes is not None and not Path(args.boxes).is_dir():
