@@ -337,6 +337,28 @@ def test_ece_interval_bins_as_calibration_stats_and_narrows_with_more_rows():
         ece_interval(logits, labels, level=1.0)
 
 
+def test_ece_difference_interval_pairs_the_rows_of_two_models():
+    from pysoftlabel.metrics import ece_difference_interval, ece_interval
+    g = torch.Generator().manual_seed(4)
+    n = 2000
+    truth = torch.randn(n, 10, generator=g) * 2
+    labels = torch.multinomial(truth.softmax(1), 1, generator=g).squeeze(1)  # drawn from its softmax: calibrated
+    a, b = truth * 1.3, truth * 1.4  # two over-confident models, b a little more
+    assert ece_difference_interval(a, a, labels, resamples=100) == (0.0, 0.0, 0.0)
+    difference, low, high = ece_difference_interval(a, b, labels, resamples=300)
+    whole = psl.calibration_stats(b, labels).ece - psl.calibration_stats(a, labels).ece
+    assert difference == pytest.approx(whole, abs=1e-6) and 0 < low <= difference <= high  # fp32 kernel, fp64 here
+    # Their own intervals overlap widely; on the same draws the set's luck cancels and the difference shows.
+    (a_low, a_high), (b_low, b_high) = (ece_interval(x, labels, resamples=300) for x in (a, b))
+    assert b_low < a_high and high - low < 0.2 * min(a_high - a_low, b_high - b_low)
+    ignored = labels.clone()
+    ignored[:100] = -100
+    assert ece_difference_interval(a, b, ignored, resamples=50)[0] == pytest.approx(
+        psl.calibration_stats(b[100:], labels[100:]).ece - psl.calibration_stats(a[100:], labels[100:]).ece)
+    with pytest.raises(ValueError, match="same shape"):
+        ece_difference_interval(a, a[:10], labels)
+
+
 def test_ece_with_interval_reads_the_same_everywhere_and_without_an_interval():
     from pysoftlabel.metrics import ece_with_interval
     assert ece_with_interval(0.074, 0.054, 0.1213) == "0.0740 (95% CI 0.0540–0.1213)"

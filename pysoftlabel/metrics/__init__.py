@@ -1,7 +1,7 @@
 """Mergeable metric accumulators (update, merge, state_dict, all_reduce; no printing) and reports."""
 from .accuracy import AccuracyStats
 from .binned import AdaptiveCalibrationStats, ClasswiseCalibrationStats
-from .bootstrap import ece_interval
+from .bootstrap import ece_difference_interval, ece_interval
 from .calibration import CalibrationStats, calibration_stats
 from .class_stats import ClassStats
 from .context import ContextConfidence
@@ -11,4 +11,4 @@ from .temperature import fit_temperature, heldout_temperature_ece
 __all__ = ["AccuracyStats", "AdaptiveCalibrationStats", "ClasswiseCalibrationStats", "CalibrationStats",
            "calibration_stats", "ClassStats", "ContextConfidence", "calibration_report", "reliability_diagram",
            "reliability_diagrams", "fit_temperature", "heldout_temperature_ece", "ece_interval",
-           "ece_with_interval"]
+           "ece_difference_interval", "ece_with_interval"]

@@ -1,10 +1,11 @@
-"""How far an ECE could move on another draw of the same size: a percentile bootstrap over the rows."""
+"""How far an ECE could move on another draw of the same size: a percentile bootstrap over the rows, for one
+model's ECE and for the difference between two models' ECEs on the same rows."""
 import math
 
 import torch
 from torch import Tensor
 
-__all__ = ["ece_interval"]
+__all__ = ["ece_interval", "ece_difference_interval"]
 
 
 @torch.no_grad()
@@ -16,32 +17,76 @@ def ece_interval(logits: Tensor, labels: Tensor, n_bins: int = 15, level: float 
     Each of ``resamples`` draws takes N rows with replacement (from a generator seeded by ``seed``) and
     measures their ECE; the interval holds the middle ``level`` of those figures. On a validation set of a
     few hundred images the ECE moves by a few points from draw to draw, and two models whose intervals
-    overlap widely are not told apart by it. (ECE is biased upwards on small sets, and so is the interval.)
-    (nan, nan) without valid rows.
+    overlap widely are not told apart by it (:func:`ece_difference_interval` compares two models on the same
+    draws). (ECE is biased upwards on small sets, and so is the interval.) (nan, nan) without valid rows.
     """
+    _check(level, resamples)
+    valid = labels != ignore_index
+    figures = _resampled_eces([_row_parts(logits[valid], labels[valid], n_bins)], n_bins, resamples, seed)
+    return _percentiles(figures[0], level) if figures is not None else (float("nan"), float("nan"))
+
+
+@torch.no_grad()
+def ece_difference_interval(logits_a: Tensor, logits_b: Tensor, labels: Tensor, n_bins: int = 15,
+                            level: float = 0.95, resamples: int = 1000, ignore_index: int = -100,
+                            seed: int = 0) -> tuple:
+    """(difference, low, high): ECE(``logits_b``) − ECE(``logits_a``) on the same rows (``labels`` [N]) and
+    its paired percentile bootstrap interval at ``level``: each draw takes the same N rows for both models,
+    so that the luck of the validation set, which moves both ECEs together, cancels. An interval that holds
+    0 does not tell the two apart; one that does not is a difference the data support, where the two
+    models' own intervals may still overlap. (nan, nan, nan) without valid rows.
+    """
+    _check(level, resamples)
+    if logits_a.shape != logits_b.shape:
+        raise ValueError(f"logits_a and logits_b must have the same shape, got {tuple(logits_a.shape)} and "
+                         f"{tuple(logits_b.shape)}")
+    valid = labels != ignore_index
+    parts = [_row_parts(logits[valid], labels[valid], n_bins) for logits in (logits_a, logits_b)]
+    figures = _resampled_eces(parts, n_bins, resamples, seed)
+    if figures is None:
+        return float("nan"), float("nan"), float("nan")
+    whole = [float(gap.new_zeros(n_bins).index_add_(0, bins, gap).abs().sum() / len(gap)) for bins, gap in parts]
+    return (whole[1] - whole[0], *_percentiles(figures[1] - figures[0], level))
+
+
+def _check(level, resamples):
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
-    valid = labels != ignore_index
-    probs = torch.softmax(logits.detach()[valid].double(), dim=1)
-    n = probs.shape[0]
-    if n == 0:
-        return float("nan"), float("nan")
+
+
+def _row_parts(logits, labels, n_bins):
+    """(bin, correct − confidence) of each row, in float64: what a row adds to the ECE's sum."""
+    probs = torch.softmax(logits.detach().double(), dim=1)
     confidence, predicted = probs.max(dim=1)
-    correct = (predicted == labels[valid]).double()
     # bin b holds confidences in (b/M, (b+1)/M]; a confidence of 1.0 is in the last bin
     bins = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
+    return bins, (predicted == labels).double() - confidence
+
+
+def _resampled_eces(parts, n_bins, resamples, seed):
+    """[models, resamples]: the ECE of each model (``parts``: its rows' :func:`_row_parts`) on each draw of
+    N rows with replacement, the same rows for every model; None without rows."""
+    n = len(parts[0][1])
+    if n == 0:
+        return None
+    device = parts[0][1].device
     generator = torch.Generator().manual_seed(seed)
-    figures = []
+    figures = [[] for _ in parts]
     chunk = max(1, 4_000_000 // n)  # resamples drawn at once: chunk x n indices
     for start in range(0, resamples, chunk):
         r = min(chunk, resamples - start)
-        rows = torch.randint(n, (r, n), generator=generator).to(probs.device)
-        cell = (torch.arange(r, device=probs.device)[:, None] * n_bins + bins[rows]).flatten()
-        gap = torch.zeros(r * n_bins, dtype=torch.float64, device=probs.device)
-        gap.index_add_(0, cell, (correct[rows] - confidence[rows]).flatten())
-        figures.append(gap.view(r, n_bins).abs().sum(dim=1) / n)  # sum_b |correct_b - confidence_b| / n
-    figures = torch.cat(figures).sort().values.cpu()
+        rows = torch.randint(n, (r, n), generator=generator).to(device)
+        for model, (bins, gap) in enumerate(parts):
+            cell = (torch.arange(r, device=device)[:, None] * n_bins + bins[rows]).flatten()
+            sums = torch.zeros(r * n_bins, dtype=torch.float64, device=device).index_add_(0, cell, gap[rows].flatten())
+            figures[model].append(sums.view(r, n_bins).abs().sum(dim=1) / n)  # sum_b |correct_b - confidence_b| / n
+    return torch.stack([torch.cat(f) for f in figures]).cpu()
+
+
+def _percentiles(figures, level):
+    """(low, high): the middle ``level`` of ``figures``."""
+    figures, count = figures.sort().values, len(figures)
     tail = (1 - level) / 2
-    return (float(figures[math.floor(tail * (resamples - 1))]), float(figures[math.ceil((1 - tail) * (resamples - 1))]))
+    return float(figures[math.floor(tail * (count - 1))]), float(figures[math.ceil((1 - tail) * (count - 1))])
