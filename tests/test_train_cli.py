@@ -396,6 +396,11 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
         assert row["ece"] == line["ece"] and (tmp_path / "cmp" / row["run"] / "report.md").exists()
     table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
     assert table[0] == "# Calibration of 3 models" and table[5].startswith("| a-ls | resnet20, ls, after epoch 1 |")
+    # Evaluated on the same rows: each against the first with the paired interval.
+    assert "| ECE − a-ce's, paired |" in table[2] and "| reference |" in table[4]
+    for row in rows[1:]:
+        assert row["ece_minus_first"] == pytest.approx(row["ece"] - rows[0]["ece"], abs=1e-6)
+        assert row["ece_minus_first_ci95_low"] <= row["ece_minus_first"] <= row["ece_minus_first_ci95_high"]
     assert f"| {rows[2]['accuracy']:.4f} |" in table[6]
     if (tmp_path / "a" / "ce" / "reliability.png").exists():  # matplotlib installed
         assert (tmp_path / "cmp" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
@@ -428,6 +433,8 @@ def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data,
         assert row["nll"] == pytest.approx(rows[0]["nll"], rel=1e-5)
         assert row["temperature"] == pytest.approx(rows[0]["temperature"], rel=1e-4)
     assert rows[2]["trained"] == "saved probabilities" and rows[3]["trained"] == "resnet20, ce, after epoch 1"
+    assert rows[1]["ece_minus_first"] == 0 and abs(rows[2]["ece_minus_first"]) < 1e-6  # the same outputs
+    assert "ece_minus_first" not in rows[3]  # other rows: no paired difference
     assert "were not all evaluated on the same data" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # nothing would take them
         evaluate.main(inputs[:2] + ["--data", str(data), "--image-size", "32"])

@@ -36,9 +36,9 @@ from pysoftlabel.data.folder import skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
-                                output_folder, parse_device, recipe_name, require_keys, write_calibration_report,
+                                model_logits, output_folder, parse_device, recipe_name, require_keys,
                                 write_logits_report)
-from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
+from pysoftlabel.metrics import ece_difference_interval, ece_with_interval, reliability_diagrams
 from pysoftlabel.models import load_model
 
 
@@ -80,14 +80,15 @@ def main(argv=None):
     try:
         out = output_folder(args.out or ("comparison" if several else jobs[0]["default_out"]))
         labels = run_labels([job["name"] for job in jobs])
-        summaries = []
+        summaries, outputs = [], []
         for job, label in zip(jobs, labels):
             evaluate_one = evaluate_outputs if "logits" in job else evaluate_checkpoint
-            summary = evaluate_one(job, device, out / label if several else out)
+            summary, *logits_and_labels = evaluate_one(job, device, out / label if several else out)
             print(json.dumps({"checkpoint": job["checkpoint"]} | {k: v for k, v in summary.items() if k != "bins"}))
             summaries.append(summary)
+            outputs.append(logits_and_labels)
         if several:
-            write_comparison(out, labels, jobs, summaries)
+            write_comparison(out, labels, jobs, summaries, outputs)
     except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
         raise SystemExit(str(error))
 
@@ -129,8 +130,9 @@ def plan(p, args, checkpoint, device) -> dict:
             "amp": autocast_dtype(args.amp or run.get("amp", "auto"), device), "threads": int(run.get("threads", 2))}
 
 
-def evaluate_checkpoint(job, device, out) -> dict:
-    """Writes the report of one planned checkpoint into ``out``; returns its summary."""
+def evaluate_checkpoint(job, device, out) -> tuple:
+    """Writes the report of one planned checkpoint into ``out``; returns (its summary, logits, labels), the
+    two on the CPU."""
     state, data, split, image_size, batch_size = (job[k] for k in ("state", "data", "split", "image_size",
                                                                     "batch_size"))
     val = validation_loader(data, split, batch_size, image_size, device, state["classes"], resident=job["resident"],
@@ -148,8 +150,10 @@ def evaluate_checkpoint(job, device, out) -> dict:
     if context is not None:
         extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
                      context_crops=len(context.files))
-    return write_calibration_report(model, val, device, out, job["amp"], extra=extra,
-                                    title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")
+    logits, labels = model_logits(model, val, device, job["amp"])
+    summary = write_logits_report(logits, labels, out, extra=extra,
+                                  title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")
+    return summary, logits.cpu(), labels.cpu()
 
 
 OUTPUT_KEYS = {"logits", "probabilities"}  # a file of a model's saved outputs holds one of them, and labels
@@ -197,11 +201,12 @@ def outputs_job(path, values) -> dict:
             "trained": f"saved {kinds[0]}", "evaluated_on": f"{rows} rows of {classes} classes"}
 
 
-def evaluate_outputs(job, device, out) -> dict:
-    """Writes the report of one file of saved outputs into ``out``; returns its summary."""
+def evaluate_outputs(job, device, out) -> tuple:
+    """Writes the report of one file of saved outputs into ``out``; returns (its summary, logits, labels)."""
     logits, labels = job["logits"], job["labels"]
-    return write_logits_report(logits.to(device), labels.to(device), output_folder(out),
-                               title=f"{job['checkpoint']}: {job['trained']}, {job['evaluated_on']}")
+    summary = write_logits_report(logits.to(device), labels.to(device), output_folder(out),
+                                  title=f"{job['checkpoint']}: {job['trained']}, {job['evaluated_on']}")
+    return summary, logits, labels
 
 
 def trained(state) -> str:
@@ -222,17 +227,30 @@ def run_labels(names) -> list:
     return [f"{i}-{label}" for i, label in enumerate(labels)]  # the same input given twice
 
 
-def write_comparison(out, labels, jobs, summaries):
+def write_comparison(out, labels, jobs, summaries, outputs=()):
     """OUT/comparison.md and .json (one row per input) and OUT/reliability.png (their diagrams side by side,
-    as the papers' figures)."""
+    as the papers' figures). With ``outputs`` (each input's (logits, labels)), every input evaluated on the
+    first one's rows (the same labels, in the same order) gets its ECE minus the first's, with the paired
+    bootstrap interval (:func:`~pysoftlabel.metrics.ece_difference_interval`)."""
     rows = [{"run": label, "checkpoint": job["checkpoint"], "trained": job["trained"], "data": job["evaluated_on"],
              **{k: v for k, v in summary.items() if k != "bins"}}
             for label, job, summary in zip(labels, jobs, summaries)]
+    first_logits, first_labels = outputs[0] if outputs else (None, None)
+    for row, (logits, row_labels) in list(zip(rows, outputs))[1:]:
+        if logits.shape == first_logits.shape and torch.equal(row_labels, first_labels):
+            difference = ece_difference_interval(first_logits, logits, row_labels)
+            row.update(zip(("ece_minus_first", "ece_minus_first_ci95_low", "ece_minus_first_ci95_high"), difference))
     (out / "comparison.json").write_text(json.dumps(rows, indent=1))
     for row in rows:  # the ECE with its 95% bootstrap interval: overlapping intervals do not tell models apart
         row["ece_with_interval"] = ece_with_interval(row["ece"], row["ece_ci95_low"], row["ece_ci95_high"])
+        row["ece_difference"] = ("–" if "ece_minus_first" not in row else
+                                 f"{row['ece_minus_first']:+.4f} (95% CI {row['ece_minus_first_ci95_low']:+.4f} to "
+                                 f"{row['ece_minus_first_ci95_high']:+.4f})")
     columns = [("top-1", "accuracy"), ("top-5", "acc5"), ("ECE", "ece_with_interval"), ("MCE", "mce"),
                ("NLL", "nll"), ("Brier", "brier"), ("ECE after TS, held out", "ece_after_temperature_heldout")]
+    if any("ece_minus_first" in row for row in rows):  # rows on other data keep "–"
+        rows[0]["ece_difference"] = "reference"
+        columns.insert(3, (f"ECE − {rows[0]['run']}'s, paired", "ece_difference"))
     lines = [f"# Calibration of {len(rows)} models", ""]
     if len({row["data"] for row in rows}) > 1:
         lines += ["Not all evaluated on the same data: compare with care (the data column).", ""]
