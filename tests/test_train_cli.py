@@ -435,6 +435,11 @@ def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data,
     assert rows[2]["trained"] == "saved probabilities" and rows[3]["trained"] == "resnet20, ce, after epoch 1"
     assert rows[1]["ece_minus_first"] == 0 and abs(rows[2]["ece_minus_first"]) < 1e-6  # the same outputs
     assert "ece_minus_first" not in rows[3]  # other rows: no paired difference
+    # A checkpoint's logits kept (--save-logits) give back its report without the model or the data.
+    evaluate.main([str(tmp_path / "ce" / "checkpoint.pt"), "--out", str(tmp_path / "ce-eval"), "--save-logits"])
+    evaluate.main([str(tmp_path / "ce-eval" / "logits.pt"), "--out", str(tmp_path / "ce-again")])
+    first, again = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("ce-eval", "ce-again"))
+    assert again["ece"] == first["ece"] and again["nll"] == first["nll"] and again["count"] == first["count"]
     assert "were not all evaluated on the same data" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # nothing would take them
         evaluate.main(inputs[:2] + ["--data", str(data), "--image-size", "32"])

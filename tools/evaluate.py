@@ -37,7 +37,7 @@ from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
                                 model_logits, output_folder, parse_device, recipe_name, require_keys,
-                                write_logits_report)
+                                save_checkpoint, write_logits_report)
 from pysoftlabel.metrics import ece_difference_interval, ece_with_interval, reliability_diagrams
 from pysoftlabel.models import load_model
 
@@ -61,6 +61,9 @@ def main(argv=None):
     p.add_argument("--out", default=None,
                    help="output folder (default: beside the checkpoint, eval/, or beside a saved-outputs file X, "
                         "X-eval/; for several, comparison/)")
+    p.add_argument("--save-logits", action="store_true",
+                   help="also write each checkpoint's validation logits and labels (OUT/logits.pt, a saved-outputs "
+                        "file: evaluate.py takes it back, alone or beside other models, without the model or data)")
     p.add_argument("--boxes", default=None,
                    help="PASCAL-VOC boxes root (default: the run's --boxes on the run's data, else DATA/boxes if present)")
     args = p.parse_args(argv)
@@ -127,7 +130,8 @@ def plan(p, args, checkpoint, device) -> dict:
             "state": state, "data": data, "split": split, "boxes": boxes,
             "resident": args.resident if args.resident is not None else bool(run.get("resident", False)),
             "batch_size": args.batch_size or int(run.get("batch_size", 64)),
-            "amp": autocast_dtype(args.amp or run.get("amp", "auto"), device), "threads": int(run.get("threads", 2))}
+            "amp": autocast_dtype(args.amp or run.get("amp", "auto"), device), "threads": int(run.get("threads", 2)),
+            "save_logits": args.save_logits}
 
 
 def evaluate_checkpoint(job, device, out) -> tuple:
@@ -151,6 +155,9 @@ def evaluate_checkpoint(job, device, out) -> tuple:
         extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
                      context_crops=len(context.files))
     logits, labels = model_logits(model, val, device, job["amp"])
+    if job["save_logits"]:
+        save_checkpoint({"logits": logits.cpu(), "labels": labels.cpu(), "classes": state["classes"]},
+                        out / "logits.pt")
     summary = write_logits_report(logits, labels, out, extra=extra,
                                   title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")
     return summary, logits.cpu(), labels.cpu()
