@@ -527,9 +527,10 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
 
 # The options that shape a run's trajectory: a --resume with any of them changed would not continue the run
 # (a longer --epochs, say, would follow the checkpoint's schedule, already at its end), so it is refused.
-RECIPE = ("pretrained", "epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout",
-          "val_split", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp",
-          "eps", "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
+# --pretrained is not one: it sets the first weights only, and a resumed run's are in its checkpoint.
+RECIPE = ("epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout", "val_split",
+          "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp", "eps",
+          "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
           "online_weight")
 
 
