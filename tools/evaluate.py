@@ -86,10 +86,10 @@ def main(argv=None):
         summaries, outputs = [], []
         for job, label in zip(jobs, labels):
             evaluate_one = evaluate_outputs if "logits" in job else evaluate_checkpoint
-            summary, *logits_and_labels = evaluate_one(job, device, out / label if several else out)
+            summary, logits, targets = evaluate_one(job, device, out / label if several else out)
             print(json.dumps({"checkpoint": job["checkpoint"]} | {k: v for k, v in summary.items() if k != "bins"}))
             summaries.append(summary)
-            outputs.append(logits_and_labels)
+            outputs.append((logits, targets))
         if several:
             write_comparison(out, labels, jobs, summaries, outputs)
     except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
