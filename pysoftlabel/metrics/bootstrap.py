@@ -5,6 +5,8 @@ import math
 import torch
 from torch import Tensor
 
+from .calibration import calibration_stats
+
 __all__ = ["ece_interval", "ece_difference_interval"]
 
 
@@ -45,7 +47,7 @@ def ece_difference_interval(logits_a: Tensor, logits_b: Tensor, labels: Tensor, 
     figures = _resampled_eces(parts, n_bins, resamples, seed)
     if figures is None:
         return float("nan"), float("nan"), float("nan")
-    whole = [float(gap.new_zeros(n_bins).index_add_(0, bins, gap).abs().sum() / len(gap)) for bins, gap in parts]
+    whole = [calibration_stats(logits, labels, n_bins, ignore_index).ece for logits in (logits_a, logits_b)]
     return (whole[1] - whole[0], *_percentiles(figures[1] - figures[0], level))
 
 
