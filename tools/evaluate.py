@@ -155,12 +155,12 @@ def evaluate_checkpoint(job, device, out) -> tuple:
         extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
                      context_crops=len(context.files))
     logits, labels = model_logits(model, val, device, job["amp"])
-    if job["save_logits"]:
-        save_checkpoint({"logits": logits.cpu(), "labels": labels.cpu(), "classes": state["classes"]},
-                        out / "logits.pt")
     summary = write_logits_report(logits, labels, out, extra=extra,
                                   title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")
-    return summary, logits.cpu(), labels.cpu()
+    logits, labels = logits.cpu(), labels.cpu()
+    if job["save_logits"]:
+        save_checkpoint({"logits": logits, "labels": labels, "classes": state["classes"]}, out / "logits.pt")
+    return summary, logits, labels
 
 
 OUTPUT_KEYS = {"logits", "probabilities"}  # a file of a model's saved outputs holds one of them, and labels

@@ -217,7 +217,6 @@ def write_table(args):
                       "it); conf − acc > 0 is over-confidence; ⚑ the best epoch by validation top-1 is what the",
                       "papers' code reports (picked on the test set: optimistic).", "",
                       "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "", *lines, ""])
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text)
     print(text, flush=True)
     if diagrams:
