@@ -581,14 +581,19 @@ def test_parity_random_targets_cuda(seed):
 
 
 @pytest.mark.cuda
-def test_cuda_bad_label_traps_on_device():
-    """Without validate=True a bad label on CUDA stops the process loudly (device-side trap), never a silent NaN."""
+@pytest.mark.parametrize("classes", [5, 32000])  # one warp a row; several warps (a block-wide failure)
+def test_cuda_bad_label_fails_device_side_assert(classes):
+    """Without validate=True a bad label on CUDA stops the process loudly (device-side assert naming the
+    row), never a silent NaN."""
     import subprocess
     import sys
     code = ("import torch, pysoftlabel as psl\n"
-            "x = torch.randn(4, 5, device='cuda')\n"
-            "psl.soft_cross_entropy(x, torch.tensor([0, 1, 9, 2], device='cuda'))\n"
+            f"x = torch.randn(4, {classes}, device='cuda')\n"
+            f"psl.soft_cross_entropy(x, torch.tensor([0, 1, {classes + 4}, 2], device='cuda'))\n"
             "torch.cuda.synchronize()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
     assert done.returncode != 0
-    assert "out of range" in done.stdout + done.stderr
+    assert "labels: a label is out of range" in output, output
+    assert "device-side assert triggered" in output, output
+    assert "pysoftlabel: row 2:" in output, output

@@ -55,7 +55,7 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
             built) or ``'reference'`` (pure PyTorch). Default: ``'auto'``.
         validate (bool, optional): check label and weight values on the host with ValueErrors. On CPU
             they are always checked. On CUDA the default (None) checks them on the device instead,
-            which fails loudly (device-side trap) without a host-device synchronisation; True raises
+            which fails loudly (device-side assert) without a host-device synchronisation; True raises
             the ValueErrors at the cost of a synchronisation. Default: None.
 
     Returns:
@@ -87,7 +87,7 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
             raise ValueError(f"{name} lives on {state.device} but logits is on {logits.device}")
 
     native = choose_backend(backend, logits.device)
-    # Native kernels check values themselves (ValueError on CPU, device-side trap on CUDA).
+    # Native kernels check values themselves (ValueError on CPU, device-side assert on CUDA).
     if not native or (validate and not torch.compiler.is_compiling()):
         target.check_values(logits.shape[1])
     if not native:

@@ -5,6 +5,7 @@
 // ../../common/row_math.h (per row, shared with the CPU kernels); this file moves the data.
 #pragma once
 
+#include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cuda_runtime.h>
@@ -351,10 +352,14 @@ __device__ __forceinline__ void ignore_row(const RowJob<scalar_t>& job, int64_t 
   }
 }
 
-// An invalid row stops the kernel loudly, without a host synchronisation.
-__device__ __forceinline__ void trap_bad_row(int code, int64_t row) {
+// An invalid row stops the kernel loudly, without a host synchronisation: a device-side assert, as
+// PyTorch's own kernels fail (its message reaches stderr and the next CUDA call raises "device-side assert
+// triggered"), after a line naming the row. `code` is the same in every thread of the block (it depends on
+// the row only), so the barrier lets thread 0 print before any thread's assert ends the kernel.
+__device__ __forceinline__ void fail_bad_row(int code, int64_t row) {
   if (threadIdx.x == 0) printf("pysoftlabel: row %lld: %s\n", (long long)row, row_error_message(code));
-  __trap();
+  __syncthreads();
+  CUDA_KERNEL_ASSERT_MSG(false, row_error_message(code));
 }
 
 constexpr int kMaxThreads = 512;

@@ -5,7 +5,7 @@
 // (gradient, or class statistics of a correctly classified row) and reads the row in reverse order, so the
 // part pass 1 read last is still in L2.
 //
-// No host synchronisation: invalid rows trap on the device with a message.
+// No host synchronisation: an invalid row fails a device-side assert that names it.
 #include <algorithm>
 
 #include "row_device.cuh"
@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) row_kernel(RowJob<scalar_t> jo
     }
     RowTarget<acc_t> t;
     const int code = make_row_target(job, row, t);
-    if (code != kRowOk) trap_bad_row(code, row);
+    if (code != kRowOk) fail_bad_row(code, row);
 
     RowState<acc_t> st;
     st.init();
