@@ -51,6 +51,19 @@ def test_reproduce_trains_records_resumes_and_tabulates(tmp_path, capsys):
     assert (tmp_path / "records" / "ce" / "seed0" / "report.json").read_text() == ce_record
 
 
+def test_a_record_is_written_whole_or_not_at_all(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')  # report.json is missing: the copy fails half-way
+    record = tmp_path / "records" / "ce" / "seed0"
+    with pytest.raises(FileNotFoundError):
+        reproduce.write_record(record, run, {"seconds": 1.0})
+    assert not record.exists() and list((tmp_path / "records" / "ce").iterdir()) == []
+    (run / "report.json").write_text("{}")
+    reproduce.write_record(record, run, {"seconds": 1.0})
+    assert sorted(f.name for f in record.iterdir()) == ["metrics.jsonl", "report.json", "run.json"]
+
+
 def test_unknown_run_is_one_clear_line(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--preset", "cifar10-cpu", "--only", "ce,nope"])

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_imagenet  # noqa: E402
 
+from pysoftlabel.atomic import write_text_atomically  # noqa: E402
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
 from pysoftlabel.engine import AMP_CHOICES, autocast_dtype  # noqa: E402
 from pysoftlabel.models import create_model  # noqa: E402
@@ -116,8 +117,8 @@ def main(argv=None):
               f"extra {' '.join(train_args)}, median of {args.repeats}")
     print("\n" + header + "\n" + "\n".join(lines))
     if args.out:
-        Path(args.out).write_text(json.dumps({"setup": header, "model_only": reference, "train_imagenet": rows,
-                                              "median": median}, indent=1))
+        write_text_atomically(args.out, json.dumps({"setup": header, "model_only": reference,
+                                                    "train_imagenet": rows, "median": median}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import pysoftlabel as psl
+from pysoftlabel.atomic import write_text_atomically
 
 GPU_SHAPES = [(256, 1000), (4096, 1000), (8192, 32000), (4096, 128000)]
 CPU_SHAPES = [(4096, 1000)]
@@ -325,9 +326,9 @@ def main(argv=None):
     print("\n" + header + "\n\n" + text)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"device": name, "torch": torch.__version__, "bandwidth": bandwidth, "rows": rows}, indent=1))
-        out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
+        write_text_atomically(out, json.dumps({"device": name, "torch": torch.__version__, "bandwidth": bandwidth,
+                                               "rows": rows}, indent=1))
+        write_text_atomically(out.with_suffix(".md"), header + "\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from bench_e2e import model_only
 
+from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.imagenet import MEAN, STD, ImageNetLoader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
@@ -104,8 +105,7 @@ def main(argv=None):
         rows["resident_vs_cifar_resnet18"] = rows["resident_img_per_s"] / rows["cifar_resnet18_model_only_img_per_s"]
     print(json.dumps(rows, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        write_text_atomically(args.out, json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

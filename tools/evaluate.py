@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.data.folder import skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
@@ -247,7 +248,7 @@ def write_comparison(out, labels, jobs, summaries, outputs=()):
         if logits.shape == first_logits.shape and torch.equal(row_labels, first_labels):
             difference = ece_difference_interval(first_logits, logits, row_labels)
             row.update(zip(("ece_minus_first", "ece_minus_first_ci95_low", "ece_minus_first_ci95_high"), difference))
-    (out / "comparison.json").write_text(json.dumps(rows, indent=1))
+    write_text_atomically(out / "comparison.json", json.dumps(rows, indent=1))
     for row in rows:  # the ECE with its 95% bootstrap interval: overlapping intervals do not tell models apart
         row["ece_with_interval"] = ece_with_interval(row["ece"], row["ece_ci95_low"], row["ece_ci95_high"])
         row["ece_difference"] = ("–" if "ece_minus_first" not in row else
@@ -268,7 +269,7 @@ def write_comparison(out, labels, jobs, summaries, outputs=()):
     lines += [f"| {row['run']} | {row['trained']} | {row['data']} | "
               + " | ".join(row[key] if isinstance(row[key], str) else f"{row[key]:.4f}" for _, key in columns) + " |"
               for row in rows]
-    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    write_text_atomically(out / "comparison.md", "\n".join(lines) + "\n")
     try:
         reliability_diagrams({label: summary["bins"] for label, summary in zip(labels, summaries)},
                              out / "reliability.png")

@@ -27,6 +27,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from pysoftlabel.atomic import write_text_atomically, writing_folder
 from pysoftlabel.engine import output_folder
 from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
 
@@ -151,13 +152,19 @@ def train_run(args, run, seed, data):
     seconds = time.time() - start
     print(f"{run} seed {seed}: {seconds:.0f} s", flush=True)
     if not finished(args, run, seed):
-        record = record_dir(args, run, seed)
-        record.mkdir(parents=True, exist_ok=True)
-        for name in RECORD_FILES:
-            shutil.copyfile(folder / name, record / name)
-        (record / "run.json").write_text(json.dumps({
+        write_record(record_dir(args, run, seed), folder, {
             "seconds": round(seconds, 1), "device": device_name(args.preset), "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["tools/train_imagenet.py", *cmd[2:]])}, indent=1) + "\n")
+            "command": " ".join(["tools/train_imagenet.py", *cmd[2:]])})
+
+
+def write_record(record, folder, run_info):
+    """The record of the finished run in ``folder``: its RECORD_FILES and run.json (``run_info``), in the
+    folder ``record`` written whole or not at all, since a record that is there counts as finished and is
+    not trained again."""
+    with writing_folder(record) as partial:
+        for name in RECORD_FILES:
+            shutil.copyfile(folder / name, partial / name)
+        (partial / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
 
 
 def mean_std(values):
@@ -217,7 +224,7 @@ def write_table(args):
                       "it); conf − acc > 0 is over-confidence; ⚑ the best epoch by validation top-1 is what the",
                       "papers' code reports (picked on the test set: optimistic).", "",
                       "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "", *lines, ""])
-    (args.out / "results.md").write_text(text)
+    write_text_atomically(args.out / "results.md", text)
     print(text, flush=True)
     if diagrams:
         try:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_text_atomically
+from ..atomic import write_atomically, write_text_atomically
 from .calibration import CalibrationStats
 
 __all__ = ["reliability_diagram", "reliability_diagrams", "calibration_report", "ece_with_interval"]
@@ -53,11 +53,10 @@ def _draw(top, bottom, table, title):
 
 def _save(fig, path, plt):
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def reliability_diagram(cal: CalibrationStats, path, title: str = "") -> Path:
