@@ -77,7 +77,8 @@ for stage in $STAGES; do
     reproduce) cifar10 && run_stage reproduce reproduce.log $PY tools/reproduce.py --preset cifar10-gpu --data-dir /tmp \
                  --seeds ${SEEDS:-0} --out runs/reproduce/cifar10-gpu
                [ ! -d docs/runs/cifar10-gpu ] || tar -czf "$OUT/records-cifar10-gpu.tar.gz" -C docs/runs cifar10-gpu ;;
-    # Not under memcheck: compile (its autotuning processes) and the test whose kernel fails an assert on purpose.
+    # Not under memcheck: the compile tests (Triton's kernels and compile time, not ours) and the test whose
+    # kernel fails an assert on purpose.
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
                 $PY -m pytest -q -p no:cacheprovider -m cuda -k "not compile and not device_side_assert" tests ;;
     # The row kernel's shared memory and barriers (the block reduction, and the flag and second reduction of
