@@ -1,0 +1,40 @@
+"""tools/gpu_check.sh selects its tests by name (-k): checked here, without a GPU, against the test suite as it is
+now, since a filter that stopped matching would only show on a rarely lent GPU, as a failed stage."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = (ROOT / "tools" / "gpu_check.sh").read_text()
+ASSERTING = "test_cuda_bad_label_fails_device_side_assert"  # its kernel fails a device-side assert on purpose
+
+
+def selected(expression, path="tests"):
+    """The ids of the CUDA tests that ``pytest -m cuda -k expression path`` runs."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-m", "cuda", "-k", expression, path], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: nothing selected
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+def stage_filter(tool):
+    """The -k expression of the compute-sanitizer call of ``tool`` and the path it runs."""
+    match = re.search(rf'--tool {tool}.*?-k "([^"]+)" (\S+)', SCRIPT, re.S)
+    assert match, f"gpu_check.sh has no {tool} stage with -k"
+    return match.group(1), match.group(2)
+
+
+def test_memcheck_runs_the_cuda_tests_but_the_deliberately_failing_one():
+    everything = selected("not compile")
+    assert any(ASSERTING in test for test in everything), f"{ASSERTING} is not in the suite: update this test"
+    under_memcheck = selected(*stage_filter("memcheck"))
+    assert not any(ASSERTING in test for test in under_memcheck)
+    assert len(under_memcheck) == len([t for t in everything if ASSERTING not in t])
+
+
+def test_racecheck_and_synccheck_select_the_masked_class_and_fused_statistics_tests():
+    tool = "\\$tool"  # one call for both tools
+    tests = selected(*stage_filter(tool))
+    assert any("masked" in test for test in tests) and any("fused_statistics" in test for test in tests), tests
