@@ -1,5 +1,6 @@
 """tools/reproduce.py on a tiny synthetic stand-in for CIFAR-10: runs, records, teacher reuse, resume, table."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,11 @@ def test_reproduce_trains_records_resumes_and_tabulates(tmp_path, capsys):
         assert (tmp_path / "table" / run / "seed0" / "report.json").exists(), run
         record = tmp_path / "records" / run / "seed0"
         assert sorted(f.name for f in record.iterdir()) == ["metrics.jsonl", "report.json", "run.json"], run
-        assert json.loads((record / "run.json").read_text())["seconds"] > 0
+        run_info = json.loads((record / "run.json").read_text())
+        assert run_info["seconds"] > 0
+        assert re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", run_info["commit"]), run_info  # the code that trained it
     table = (tmp_path / "table" / "results.md").read_text()
+    assert f"Trained: {run_info['date']} at {run_info['commit']} (ldl/seed0, ce+cutmix/seed0)" in table
     rows = [line for line in table.splitlines() if line.startswith("| ldl") or line.startswith("| ce+cutmix")]
     assert len(rows) == 2 and all("| 1 |" in row and row.endswith(" s |") for row in rows)
     report = json.loads((tmp_path / "records" / "ldl" / "seed0" / "report.json").read_text())

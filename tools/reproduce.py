@@ -8,7 +8,7 @@ the reliability diagrams side by side.
     python tools/reproduce.py --preset imagenette-cpu --only ce,ls
 
 Each run is one `tools/train_imagenet.py` process in OUT/<run>/seed<k> (git-ignored: checkpoints). When it
-finishes, its record (metrics.jsonl, report.json, and run.json: wall time, device, date) is copied to
+finishes, its record (metrics.jsonl, report.json, and run.json: wall time, device, date, commit) is copied to
 RECORDS/<run>/seed<k>, which is tracked in git (docs/runs/<preset> by default): the tables are built from the
 records, and a run with a record is not trained again, so a long table spreads over sessions and machines that
 share nothing but the repository (a GPU lease adds a seed, the next session another). An unfinished run is
@@ -130,6 +130,19 @@ def device_name(preset):
     return torch.cuda.get_device_name()
 
 
+def source_commit():
+    """The commit of the code that trains (short hash, "+changes" where tracked files differ from it), or None
+    outside a git checkout: a record says which code made it, since the kernels' last bits change a seed's run."""
+    try:
+        git = ["git", "-C", str(HERE)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")
+
+
 def train_run(args, run, seed, data):
     """Trains (or resumes) one run in its own process and records it, unless a record exists (a ce run
     trained again as a teacher keeps the record of its first training)."""
@@ -147,6 +160,7 @@ def train_run(args, run, seed, data):
             train_run(args, "ce", seed, data)
         cmd += ["--teacher", str(teacher)]
     print(" ".join(cmd), flush=True)
+    commit = source_commit()
     start = time.time()
     subprocess.run(cmd, check=True)
     seconds = time.time() - start
@@ -154,7 +168,7 @@ def train_run(args, run, seed, data):
     if not finished(args, run, seed):
         write_record(record_dir(args, run, seed), folder, {
             "seconds": round(seconds, 1), "device": device_name(args.preset), "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["tools/train_imagenet.py", *cmd[2:]])})
+            "commit": commit, "command": " ".join(["tools/train_imagenet.py", *cmd[2:]])})
 
 
 def write_record(record, folder, run_info):
@@ -193,7 +207,9 @@ def collect(args, run):
                      confidence_gap=confidence - report["accuracy"])  # > 0: over-confident
         best = max(records, key=lambda r: r["val_acc1"])
         rows.append({"final": final, "best": best, "bins": report["bins"], "epochs": len(records),
-                     "seconds": run_info.get("seconds")})
+                     "seconds": run_info.get("seconds"), "seed": seed,
+                     "trained": f"{run_info.get('date', 'date not recorded')} at "
+                                f"{run_info.get('commit') or 'a commit not recorded'}"})
     return rows
 
 
@@ -201,8 +217,11 @@ def write_table(args):
     header = ["run", "seeds"] + [name for name, _ in METRICS] + ["best-epoch top-1 (ECE) ⚑", "train img/s", "run time"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     diagrams = {}
+    trained = {}  # when and by which code, for the table's provenance line
     for run in args.runs:
         rows = collect(args, run)
+        for r in rows:
+            trained.setdefault(r["trained"], []).append(f"{run}/seed{r['seed']}")
         if not rows:
             lines.append(f"| {run} | 0 |" + " – |" * (len(header) - 2))
             continue
@@ -223,7 +242,9 @@ def write_table(args):
                       "Final epoch (mean ± std over seeds; with one seed, the ECE's 95% bootstrap interval beside",
                       "it); conf − acc > 0 is over-confidence; ⚑ the best epoch by validation top-1 is what the",
                       "papers' code reports (picked on the test set: optimistic).", "",
-                      "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "", *lines, ""])
+                      "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "",
+                      "Trained: " + "; ".join(f"{when} ({', '.join(runs)})" for when, runs in sorted(trained.items())),
+                      "", *lines, ""])
     write_text_atomically(args.out / "results.md", text)
     print(text, flush=True)
     if diagrams:
