@@ -110,8 +110,7 @@ def torchvision_weights(arch: str):
     try:
         return torchvision.models.get_model_weights(arch).DEFAULT
     except ValueError:
-        raise ValueError(f"--pretrained: torchvision has no weights for {arch}; give a file of weights instead "
-                         "(--pretrained FILE)") from None
+        raise ValueError(f"torchvision has no weights for {arch}; give a file of weights instead") from None
 
 
 def pretrained_weights(arch: str, source: str) -> dict:
@@ -124,19 +123,19 @@ def pretrained_weights(arch: str, source: str) -> dict:
         try:
             return weights.get_state_dict(progress=True, check_hash=True)
         except (OSError, RuntimeError) as error:  # no network, a cut download (its hash is checked)
-            raise ValueError(f"--pretrained: cannot fetch {weights.url} ({error}); download it where there is a "
-                             "network and give the file: --pretrained FILE") from None
+            raise ValueError(f"cannot fetch {weights.url} ({error}); download it where there is a network and "
+                             "give the file instead") from None
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"--pretrained: {source} does not exist") from None
+        raise ValueError(f"{source} does not exist") from None
     except Exception as error:  # not a torch.save file, or one holding objects
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"--pretrained: {source} cannot be read as weights ({reason})") from None
+        raise ValueError(f"{source} cannot be read as weights ({reason})") from None
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"--pretrained: {source} holds no state dict (tensors by name, as model.state_dict())")
+        raise ValueError(f"{source} holds no state dict (tensors by name, as model.state_dict())")
     return state
 
 
@@ -157,10 +156,10 @@ def load_pretrained(model: nn.Module, weights: dict, num_classes: int, arch: str
         k = wrong[0]
         there = f"{list(weights[k].shape)} in the weights" if k in weights else "not in the weights"
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
-        raise ValueError(f"--pretrained: {source} does not fit {arch} here: {k} is {there}, "
+        raise ValueError(f"{source} does not fit {arch} here: {k} is {there}, "
                          f"{list(own[k].shape)} in the model{more}")
     if not fits:
-        raise ValueError(f"--pretrained: no tensor of {source} fits {arch}: weights of another architecture")
+        raise ValueError(f"no tensor of {source} fits {arch}: weights of another architecture")
     model.load_state_dict(fits, strict=False)
     return new
 

@@ -71,7 +71,7 @@ def test_pretrained_weights_fill_all_but_a_new_classifier():
     assert all(torch.equal(state[k], v) for k, v in weights.items() if not k.startswith("fc."))
     assert state["fc.weight"].shape == (7, 512)
     vit = create_model("vit_b_16", 1000, 224).state_dict()  # a position embedding for 224 px
-    with pytest.raises(ValueError, match=r"^--pretrained: w.pth does not fit vit_b_16 here: encoder.pos_embedding is "
+    with pytest.raises(ValueError, match=r"^w.pth does not fit vit_b_16 here: encoder.pos_embedding is "
                                          r"\[1, 197, 768\] in the weights, \[1, 5, 768\] in the model$"):
         load_pretrained(create_model("vit_b_16", 7, 32), vit, 7, "vit_b_16", "w.pth")
     with pytest.raises(ValueError, match="does not fit resnet20 here: .* not in the weights"):

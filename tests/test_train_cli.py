@@ -362,6 +362,13 @@ def test_pretrained_weights_start_the_run_with_a_new_classifier(data, tmp_path, 
     with pytest.raises(SystemExit):
         run(data, tmp_path / "q", "--pretrained", str(tmp_path))
     assert f"--pretrained: {tmp_path} is a folder, not a file of weights" in capsys.readouterr().err
+    # Weights that do not fit are found once the model is built; the message names the option and the tensor.
+    weights = torch.load(source, weights_only=True)["model"]
+    name = next(k for k in weights if "conv" in k)
+    torch.save({**weights, name: weights[name][:, :1]}, tmp_path / "narrow.pth")
+    with pytest.raises(SystemExit, match=rf"^--pretrained: {re.escape(str(tmp_path))}/narrow.pth does not fit "
+                                         rf"resnet20 here: {re.escape(name)} is \["):
+        run(data, tmp_path / "q", "--pretrained", str(tmp_path / "narrow.pth"))
 
 
 def test_evaluate_writes_the_report(data, tmp_path, capsys):

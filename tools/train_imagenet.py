@@ -142,14 +142,15 @@ def parse_args(argv=None):
         args.out = output_folder(args.out or f"runs/{args.strategy}")
     except ValueError as error:
         p.error(str(error))
-    try:  # a typo or a model without weights is found now, not after the data is listed
-        if args.pretrained == "torchvision":
+    # A typo or a model without weights is found now, not after the data is listed.
+    if args.pretrained == "torchvision":
+        try:
             torchvision_weights(args.arch)
-        elif args.pretrained is not None and not Path(args.pretrained).is_file():
-            kind = "is a folder, not a file of weights" if Path(args.pretrained).is_dir() else "does not exist"
-            raise ValueError(f"--pretrained: {args.pretrained} {kind}")
-    except ValueError as error:
-        p.error(str(error))
+        except ValueError as error:
+            p.error(f"--pretrained: {error}")
+    elif args.pretrained is not None and not Path(args.pretrained).is_file():
+        kind = "is a folder, not a file of weights" if Path(args.pretrained).is_dir() else "does not exist"
+        p.error(f"--pretrained: {args.pretrained} {kind}")
     if args.boxes is not None and not Path(args.boxes).is_dir():
         p.error(f"--boxes: {args.boxes} does not exist")
     if args.strategy == "als" and args.resident:
@@ -306,11 +307,14 @@ def make_loaders(args, root, device, rank, world, strategy_name):
 def start_from_pretrained(model, args, num_classes):
     """Loads --pretrained into ``model``; the first process fetches torchvision's weights before the others,
     which then find them in the cache."""
-    for turn in (True, False):
-        if is_main_process() == turn:
-            weights = pretrained_weights(args.arch, args.pretrained)
-        barrier()
-    new = load_pretrained(model, weights, num_classes, args.arch, args.pretrained)
+    try:
+        for turn in (True, False):
+            if is_main_process() == turn:
+                weights = pretrained_weights(args.arch, args.pretrained)
+            barrier()
+        new = load_pretrained(model, weights, num_classes, args.arch, args.pretrained)
+    except ValueError as error:
+        raise ValueError(f"--pretrained: {error}") from None
     if is_main_process():
         source = (f"torchvision's {torchvision_weights(args.arch)}" if args.pretrained == "torchvision"
                   else args.pretrained)
