@@ -131,12 +131,13 @@ def device_name(preset):
 
 
 def source_commit():
-    """The commit of the code that trains (short hash, "+changes" where tracked files differ from it), or None
-    outside a git checkout: a record says which code made it, since the kernels' last bits change a seed's run."""
+    """The commit of the code that trains (short hash, "+changes" where tracked files outside docs/, which
+    holds the records, differ from it), or None outside a git checkout: a record says which code made it,
+    since the kernels' last bits change a seed's run."""
     try:
         git = ["git", "-C", str(HERE)]
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/docs"], capture_output=True,
                                  text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
