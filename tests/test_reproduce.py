@@ -91,3 +91,11 @@ def test_records_are_not_ignored_by_git():
     record = "docs/runs/cifar10-gpu/ce/seed0/report.json"
     check = subprocess.run(["git", "check-ignore", "-q", record], cwd=root)
     assert check.returncode == 1, f"git ignores {record}"
+
+
+def test_a_copy_without_git_names_its_commit_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "HERE", tmp_path)  # a GPU lease's copy of the files: no .git
+    monkeypatch.delenv("PYSOFTLABEL_COMMIT", raising=False)
+    assert reproduce.source_commit() is None
+    monkeypatch.setenv("PYSOFTLABEL_COMMIT", "825f172")
+    assert reproduce.source_commit() == "825f172"

@@ -19,6 +19,7 @@ The data come from --data-dir, unpacked there from ../shared/data archives when 
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -132,15 +133,16 @@ def device_name(preset):
 
 def source_commit():
     """The commit of the code that trains (short hash, "+changes" where tracked files outside docs/, which
-    holds the records, differ from it), or None outside a git checkout: a record says which code made it,
-    since the kernels' last bits change a seed's run."""
+    holds the records, differ from it): a record says which code made it, since the kernels' last bits change
+    a seed's run. Outside a git checkout (a GPU lease gets a copy of the files without .git) it is
+    $PYSOFTLABEL_COMMIT, as tools/prepare_lease.sh prints it, or None."""
     try:
         git = ["git", "-C", str(HERE)]
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/docs"], capture_output=True,
                                  text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("PYSOFTLABEL_COMMIT") or None
     return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")
 
 
