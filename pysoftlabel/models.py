@@ -5,7 +5,7 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["create_model", "load_model", "torchvision_weights", "pretrained_weights", "load_pretrained",
+__all__ = ["create_model", "check_model_name", "load_model", "torchvision_weights", "pretrained_weights", "load_pretrained",
            "CIFAR_RESNETS"]
 
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
@@ -58,6 +58,15 @@ def _builder_options(arch, image_size):
     return {}
 
 
+def check_model_name(arch: str) -> None:
+    """A ValueError naming ``arch`` unless :func:`create_model` builds it (a check that builds nothing)."""
+    import torchvision
+    names = sorted(CIFAR_RESNETS) + ["cifar_resnet18", "cifar_resnet34"]
+    if arch not in names and arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"unknown model {arch!r}; use one of {names} or a torchvision classification model "
+                         "name (torchvision.models.list_models(module=torchvision.models))")
+
+
 def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Module:
     """A model by name: resnet20/32/44/56/110 (CIFAR), cifar_resnet18/34 (torchvision ResNet with a CIFAR
     stem), or any torchvision classification model (resnet50, vit_b_16, ...).
@@ -75,13 +84,10 @@ def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Modu
         model = getattr(torchvision.models, arch.removeprefix("cifar_"))(num_classes=num_classes)
         model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
-    elif arch in torchvision.models.list_models(module=torchvision.models):  # classification models only
+    else:
+        check_model_name(arch)
         with _cannot_take(arch, image_size):  # ViT's builder checks the side against its patch
             model = torchvision.models.get_model(arch, num_classes=num_classes, **_builder_options(arch, image_size))
-    else:
-        names = sorted(CIFAR_RESNETS) + ["cifar_resnet18", "cifar_resnet34"]
-        raise ValueError(f"arch: unknown model {arch!r}; use one of {names} or a torchvision classification model "
-                         "name (torchvision.models.list_models(module=torchvision.models))")
     if image_size is not None:
         _check_takes(model, arch, image_size)
     return model

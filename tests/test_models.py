@@ -21,7 +21,7 @@ def test_cifar_stem_keeps_the_resolution():
 
 @pytest.mark.parametrize("arch", ["resnet9000", "fasterrcnn_resnet50_fpn"])  # unknown; not a classifier
 def test_unknown_or_not_a_classifier_is_named(arch):
-    with pytest.raises(ValueError, match=f"arch: unknown model '{arch}'"):
+    with pytest.raises(ValueError, match=f"unknown model '{arch}'"):
         create_model(arch, 10)
 
 

@@ -71,6 +71,13 @@ def test_resume_continues_exactly(data, tmp_path):
         assert parts[1][key] == pytest.approx(whole[1][key], rel=1e-6, abs=1e-7), key
 
 
+def test_resume_with_nothing_to_resume_says_so_and_trains_from_the_start(data, tmp_path, capsys):
+    records = run(data, tmp_path / "new", "--strategy", "ce", "--epochs", "1", "--resume")
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"--resume: {tmp_path / 'new'} holds no checkpoint yet; training from the start")
+    assert [r["epoch"] for r in records] == [0]  # one epoch, counted from 0
+
+
 def test_a_run_is_not_overwritten_by_the_same_command_without_resume_or_overwrite(data, tmp_path):
     run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1")
     before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
@@ -245,6 +252,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
     (["--device", "gpu"], "is not a device"),
+    (["--arch", "resnet9000"], "--arch: unknown model 'resnet9000'"),  # before ldl's teacher is trained
 ])
 def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     with pytest.raises(SystemExit):

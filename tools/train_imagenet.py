@@ -41,8 +41,8 @@ from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocas
                                 recipe_name, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.metrics import ece_with_interval
-from pysoftlabel.models import (create_model, load_model, load_pretrained, pretrained_weights,
-                                torchvision_weights)
+from pysoftlabel.models import (check_model_name, create_model, load_model, load_pretrained,
+                                pretrained_weights, torchvision_weights)
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
 SYNTHETIC = dict(num_classes=10, train_per_class=200, val_per_class=50, image_size=48, seed=0)
@@ -118,7 +118,8 @@ def parse_args(argv=None):
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g.add_argument("--out", default=None, help="run folder (default: runs/<strategy>)")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (from the start, said in one line, when there is none yet)")
     g.add_argument("--overwrite", action="store_true",
                    help="train from scratch into an --out that holds a run's checkpoint (refused otherwise)")
     g.add_argument("--stop-after", type=int, default=None,
@@ -201,6 +202,10 @@ def check_values(p, args):
         device = parse_device(args.device)
     except ValueError as error:
         p.error(str(error))
+    try:
+        check_model_name(args.arch)
+    except ValueError as error:
+        p.error(f"--arch: {error}")
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out and --overwrite starts it again: give one of them")
     if device.type == "cpu" and args.amp == "fp16":
@@ -634,9 +639,11 @@ def main(argv=None):
                 raise SystemExit(f"--out {args.out} holds a run ({held[0]}): --resume continues it, --overwrite "
                                  "trains again from scratch, or choose another --out")
         if args.resume:  # a damaged checkpoint is an error now, not after the teacher has been trained
-            for path in (args.out / "teacher" / "checkpoint.pt", args.out / "checkpoint.pt"):
-                if path.exists():
-                    check_checkpoint(path)
+            held = [p for p in (args.out / "teacher" / "checkpoint.pt", args.out / "checkpoint.pt") if p.exists()]
+            for path in held:
+                check_checkpoint(path)
+            if not held and is_main_process():  # a preempted job's first start, or a mistyped --out
+                print(f"--resume: {args.out} holds no checkpoint yet; training from the start", flush=True)
         path = None
         budget = args.stop_after  # the epochs of this invocation, the teacher's included
         if args.strategy in ("ldl", "kd"):
