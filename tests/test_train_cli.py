@@ -411,13 +411,14 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
     for row, line in zip(rows, printed):
         assert row["ece"] == line["ece"] and (tmp_path / "cmp" / row["run"] / "report.md").exists()
     table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
-    assert table[0] == "# Calibration of 3 models" and table[5].startswith("| a-ls | resnet20, ls, after epoch 1 |")
+    assert table[:3] == ["# Calibration of 3 models", "", "ECE and MCE over 15 equal-width confidence bins."]
+    assert table[7].startswith("| a-ls | resnet20, ls, after epoch 1 |")
     # Evaluated on the same rows: each against the first with the paired interval.
-    assert "| ECE − a-ce's, paired |" in table[2] and "| reference |" in table[4]
+    assert "| ECE − a-ce's, paired |" in table[4] and "| reference |" in table[6]
     for row in rows[1:]:
         assert row["ece_minus_first"] == pytest.approx(row["ece"] - rows[0]["ece"], abs=1e-6)
         assert row["ece_minus_first_ci95_low"] <= row["ece_minus_first"] <= row["ece_minus_first_ci95_high"]
-    assert f"| {rows[2]['accuracy']:.4f} |" in table[6]
+    assert f"| {rows[2]['accuracy']:.4f} |" in table[8]
     if (tmp_path / "a" / "ce" / "reliability.png").exists():  # matplotlib installed
         assert (tmp_path / "cmp" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -462,6 +463,29 @@ def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data,
     assert "--data, --image-size: the data options apply to checkpoints" in capsys.readouterr().err
 
 
+def test_evaluate_takes_the_number_of_bins(tmp_path, capsys):
+    import evaluate
+    import pysoftlabel as psl
+    from pysoftlabel.metrics import ece_difference_interval, heldout_temperature_ece
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(400, 5, generator=g) * 2
+    labels = torch.where(torch.rand(400, generator=g) < 0.7, logits.argmax(1), torch.randint(0, 5, (400,), generator=g))
+    torch.save({"logits": logits, "labels": labels}, tmp_path / "a.pt")
+    torch.save({"logits": logits * 1.5, "labels": labels}, tmp_path / "b.pt")
+    evaluate.main([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--n-bins", "10", "--out", str(tmp_path / "cmp")])
+    report = json.loads((tmp_path / "cmp" / "a" / "report.json").read_text())
+    assert report["n_bins"] == 10 and len(report["bins"]) == 10
+    assert report["ece"] == pytest.approx(psl.calibration_stats(logits, labels, 10).ece, abs=1e-9)
+    assert report["ece"] != pytest.approx(psl.calibration_stats(logits, labels, 15).ece, abs=1e-6)
+    assert report["ece_after_temperature_heldout"] == pytest.approx(heldout_temperature_ece(logits, labels, n_bins=10))
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert rows[1]["ece_minus_first"] == pytest.approx(ece_difference_interval(logits, logits * 1.5, labels, 10)[0])
+    assert "over 10 equal-width confidence bins" in (tmp_path / "cmp" / "comparison.md").read_text()
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path / "a.pt"), "--n-bins", "0"])
+    assert "--n-bins must be at least 1, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("save, match", [
     (lambda p: torch.save({"logits": torch.randn(5, 3)}, p), r"saved outputs are labels and one of logits, "
                                                              r"probabilities; it holds logits$"),
@@ -495,7 +519,7 @@ def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
     evaluate.write_comparison(tmp_path, ["ce", "ls"], jobs, [summary, summary])
     assert "were not all evaluated on the same data" in capsys.readouterr().err
     lines = (tmp_path / "comparison.md").read_text().splitlines()
-    assert lines[2] == "Not all evaluated on the same data: compare with care (the data column)."
+    assert lines[4] == "Not all evaluated on the same data: compare with care (the data column)."
     assert lines[-1] == ("| ls | resnet20, ls, after epoch 1 | d/test at 32 px | 0.5000 | 1.0000 | "
                          "0.2000 (95% CI 0.1500–0.3000) | 0.2000 | 1.0000 | 0.6000 | 0.1000 |")
 

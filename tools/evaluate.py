@@ -67,8 +67,11 @@ def main(argv=None):
                         "file: evaluate.py takes it back, alone or beside other models, without the model or data)")
     p.add_argument("--boxes", default=None,
                    help="PASCAL-VOC boxes root (default: the run's --boxes on the run's data, else DATA/boxes if present)")
+    p.add_argument("--n-bins", type=int, default=15,
+                   help="bins of the ECE, MCE, their intervals and the reliability diagram (default: 15, equal "
+                        "width, as Guo et al. 2017; adaptive ECE: as many equal-mass bins)")
     args = p.parse_args(argv)
-    for name in ("image_size", "batch_size"):
+    for name in ("image_size", "batch_size", "n_bins"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     try:
@@ -87,12 +90,12 @@ def main(argv=None):
         summaries, outputs = [], []
         for job, label in zip(jobs, labels):
             evaluate_one = evaluate_outputs if "logits" in job else evaluate_checkpoint
-            summary, logits, targets = evaluate_one(job, device, out / label if several else out)
+            summary, logits, targets = evaluate_one(job, device, out / label if several else out, args.n_bins)
             print(json.dumps({"checkpoint": job["checkpoint"]} | {k: v for k, v in summary.items() if k != "bins"}))
             summaries.append(summary)
             outputs.append((logits, targets))
         if several:
-            write_comparison(out, labels, jobs, summaries, outputs)
+            write_comparison(out, labels, jobs, summaries, outputs, args.n_bins)
     except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
         raise SystemExit(str(error))
 
@@ -135,7 +138,7 @@ def plan(p, args, checkpoint, device) -> dict:
             "save_logits": args.save_logits}
 
 
-def evaluate_checkpoint(job, device, out) -> tuple:
+def evaluate_checkpoint(job, device, out, n_bins=15) -> tuple:
     """Writes the report of one planned checkpoint into ``out``; returns (its summary, logits, labels), the
     two on the CPU."""
     state, data, split, image_size, batch_size = (job[k] for k in ("state", "data", "split", "image_size",
@@ -156,7 +159,7 @@ def evaluate_checkpoint(job, device, out) -> tuple:
         extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
                      context_crops=len(context.files))
     logits, labels = model_logits(model, val, device, job["amp"])
-    summary = write_logits_report(logits, labels, out, extra=extra,
+    summary = write_logits_report(logits, labels, out, extra=extra, n_bins=n_bins,
                                   title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")
     logits, labels = logits.cpu(), labels.cpu()
     if job["save_logits"]:
@@ -209,10 +212,10 @@ def outputs_job(path, values) -> dict:
             "trained": f"saved {kinds[0]}", "evaluated_on": f"{rows} rows of {classes} classes"}
 
 
-def evaluate_outputs(job, device, out) -> tuple:
+def evaluate_outputs(job, device, out, n_bins=15) -> tuple:
     """Writes the report of one file of saved outputs into ``out``; returns (its summary, logits, labels)."""
     logits, labels = job["logits"], job["labels"]
-    summary = write_logits_report(logits.to(device), labels.to(device), output_folder(out),
+    summary = write_logits_report(logits.to(device), labels.to(device), output_folder(out), n_bins=n_bins,
                                   title=f"{job['checkpoint']}: {job['trained']}, {job['evaluated_on']}")
     return summary, logits, labels
 
@@ -235,7 +238,7 @@ def run_labels(names) -> list:
     return [f"{i}-{label}" for i, label in enumerate(labels)]  # the same input given twice
 
 
-def write_comparison(out, labels, jobs, summaries, outputs=()):
+def write_comparison(out, labels, jobs, summaries, outputs=(), n_bins=15):
     """OUT/comparison.md and .json (one row per input) and OUT/reliability.png (their diagrams side by side,
     as the papers' figures). With ``outputs`` (each input's (logits, labels)), every input evaluated on the
     first one's rows (the same labels, in the same order) gets its ECE minus the first's, with the paired
@@ -246,7 +249,7 @@ def write_comparison(out, labels, jobs, summaries, outputs=()):
     first_logits, first_labels = outputs[0] if outputs else (None, None)
     for row, (logits, row_labels) in list(zip(rows, outputs))[1:]:
         if logits.shape == first_logits.shape and torch.equal(row_labels, first_labels):
-            difference = ece_difference_interval(first_logits, logits, row_labels)
+            difference = ece_difference_interval(first_logits, logits, row_labels, n_bins)
             row.update(zip(("ece_minus_first", "ece_minus_first_ci95_low", "ece_minus_first_ci95_high"), difference))
     write_text_atomically(out / "comparison.json", json.dumps(rows, indent=1))
     for row in rows:  # the ECE with its 95% bootstrap interval: overlapping intervals do not tell models apart
@@ -259,7 +262,7 @@ def write_comparison(out, labels, jobs, summaries, outputs=()):
     if any("ece_minus_first" in row for row in rows):  # rows on other data keep "–"
         rows[0]["ece_difference"] = "reference"
         columns.insert(3, (f"ECE − {rows[0]['run']}'s, paired", "ece_difference"))
-    lines = [f"# Calibration of {len(rows)} models", ""]
+    lines = [f"# Calibration of {len(rows)} models", "", f"ECE and MCE over {n_bins} equal-width confidence bins.", ""]
     if len({row["data"] for row in rows}) > 1:
         lines += ["Not all evaluated on the same data: compare with care (the data column).", ""]
         print("note: the inputs were not all evaluated on the same data (comparison.md says which)",

@@ -41,32 +41,34 @@ def model_logits(model, loader, device, amp_dtype=None):
 
 
 def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None,
-                             title=None) -> dict:
+                             title=None, n_bins=15) -> dict:
     """:func:`write_logits_report` of ``model`` over ``loader`` (:func:`model_logits`)."""
-    return write_logits_report(*model_logits(model, loader, device, amp_dtype), out, name, extra, title)
+    return write_logits_report(*model_logits(model, loader, device, amp_dtype), out, name, extra, title, n_bins)
 
 
 @torch.no_grad()
-def write_logits_report(logits, labels, out, name="report", extra=None, title=None) -> dict:
+def write_logits_report(logits, labels, out, name="report", extra=None, title=None, n_bins=15) -> dict:
     """Writes ``out/<name>.md``, ``out/<name>.json`` (ECE with its 95% bootstrap interval, MCE, NLL, Brier,
     top-1/top-5, adaptive and classwise ECE, the ECE after temperature scaling fitted on these logits,
     optimistic, and held out (two folds, each scaled by the temperature of the other), and any ``extra``
     figures) and ``out/reliability.png``, headed by ``title``, for ``logits`` [N, C] and ``labels`` [N] from
-    any model; returns the summary."""
+    any model; returns the summary. Every binned figure takes ``n_bins`` bins (15: Guo et al. 2017), which
+    the summary records."""
     out, device = Path(out), logits.device
-    cal = calibration_stats(logits, labels)
+    cal = calibration_stats(logits, labels, n_bins)
     t = fit_temperature(logits, labels)
-    adaptive = AdaptiveCalibrationStats(device=device)
-    classwise = ClasswiseCalibrationStats(logits.shape[1], device=device)
+    adaptive = AdaptiveCalibrationStats(n_bins, device=device)
+    classwise = ClasswiseCalibrationStats(logits.shape[1], n_bins, device=device)
     for chunk, chunk_labels in zip(logits.split(4096), labels.split(4096)):  # classwise builds [rows, C] indices
         adaptive.update(chunk, chunk_labels)
         classwise.update(chunk, chunk_labels)
-    low, high = ece_interval(logits, labels)
-    extra = {"ece_ci95_low": low, "ece_ci95_high": high,
+    low, high = ece_interval(logits, labels, n_bins)
+    extra = {"n_bins": n_bins, "ece_ci95_low": low, "ece_ci95_high": high,
              "acc5": AccuracyStats((1, 5), device).update(logits, labels).accuracy(5), "adaptive_ece": adaptive.ece,
              "classwise_ece": classwise.ece, "temperature": t,
-             "ece_after_temperature": calibration_stats(logits / t, labels).ece,
-             "ece_after_temperature_heldout": heldout_temperature_ece(logits, labels), **(extra or {})}
+             "ece_after_temperature": calibration_stats(logits / t, labels, n_bins).ece,
+             "ece_after_temperature_heldout": heldout_temperature_ece(logits, labels, n_bins=n_bins),
+             **(extra or {})}
     summary = calibration_report(cal, out, name, extra=extra, title=title)
     try:
         reliability_diagram(cal, out / "reliability.png",
