@@ -633,13 +633,11 @@ def main(argv=None):
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     try:
-        if not args.resume and not args.overwrite:  # a finished run is not lost to a command run again
-            held = [p for p in (args.out / "checkpoint.pt", args.out / "teacher" / "checkpoint.pt") if p.exists()]
-            if held:
-                raise SystemExit(f"--out {args.out} holds a run ({held[0]}): --resume continues it, --overwrite "
-                                 "trains again from scratch, or choose another --out")
+        held = [p for p in (args.out / "checkpoint.pt", args.out / "teacher" / "checkpoint.pt") if p.exists()]
+        if held and not args.resume and not args.overwrite:  # a finished run is not lost to a command run again
+            raise SystemExit(f"--out {args.out} holds a run ({held[0]}): --resume continues it, --overwrite "
+                             "trains again from scratch, or choose another --out")
         if args.resume:  # a damaged checkpoint is an error now, not after the teacher has been trained
-            held = [p for p in (args.out / "teacher" / "checkpoint.pt", args.out / "checkpoint.pt") if p.exists()]
             for path in held:
                 check_checkpoint(path)
             if not held and is_main_process():  # a preempted job's first start, or a mistyped --out
