@@ -15,6 +15,6 @@ mkdir -p .data && cp "$shared/data/cifar10.tar.gz" .data/
 for part in .dali0 .dali1 .dali2 .dali3 .dali4; do [ -n "$(ls -A "$part" 2>/dev/null)" ] || { echo "prepare_lease: $part is empty"; exit 1; }; done
 ls .whl/liger_kernel-*.whl >/dev/null
 du -sh .dali? .whl .data/cifar10.tar.gz
-changes=$(git status --porcelain --untracked-files=no -- ':/' ':!/docs')
+commit=$(cd tools && python3 -c "import reproduce; print(reproduce.source_commit())")
 echo "ready: make the calls of docs/benchmarks.md, 'A 15-minute lease'; the reproduce stage's records name"
-echo "their commit with PYSOFTLABEL_COMMIT=$(git rev-parse --short HEAD)${changes:++changes} (the lease's copy has no .git)"
+echo "their commit with PYSOFTLABEL_COMMIT=$commit (the lease's copy has no .git)"

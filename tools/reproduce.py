@@ -139,8 +139,8 @@ def source_commit():
     try:
         git = ["git", "-C", str(HERE)]
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/docs"], capture_output=True,
-                                 text=True, check=True)
+        changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/docs"],
+                                 capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("PYSOFTLABEL_COMMIT") or None
     return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")
