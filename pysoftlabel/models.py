@@ -5,10 +5,11 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["create_model", "check_model_name", "load_model", "torchvision_weights", "pretrained_weights", "load_pretrained",
-           "CIFAR_RESNETS"]
+__all__ = ["create_model", "check_model_name", "load_model", "torchvision_weights", "pretrained_weights",
+           "load_pretrained", "CIFAR_RESNETS"]
 
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+CIFAR_STEM = ("cifar_resnet18", "cifar_resnet34")  # torchvision's ResNet-18/34 with a 3x3 stem, no max-pool
 
 
 class _Block(nn.Module):
@@ -61,7 +62,7 @@ def _builder_options(arch, image_size):
 def check_model_name(arch: str) -> None:
     """A ValueError naming ``arch`` unless :func:`create_model` builds it (a check that builds nothing)."""
     import torchvision
-    names = sorted(CIFAR_RESNETS) + ["cifar_resnet18", "cifar_resnet34"]
+    names = sorted(CIFAR_RESNETS) + list(CIFAR_STEM)
     if arch not in names and arch not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown model {arch!r}; use one of {names} or a torchvision classification model "
                          "name (torchvision.models.list_models(module=torchvision.models))")
@@ -80,7 +81,7 @@ def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Modu
 
     if arch in CIFAR_RESNETS:
         model = CifarResNet(CIFAR_RESNETS[arch], num_classes)
-    elif arch in ("cifar_resnet18", "cifar_resnet34"):
+    elif arch in CIFAR_STEM:
         model = getattr(torchvision.models, arch.removeprefix("cifar_"))(num_classes=num_classes)
         model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()

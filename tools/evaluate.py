@@ -138,7 +138,7 @@ def plan(p, args, checkpoint, device) -> dict:
             "save_logits": args.save_logits}
 
 
-def evaluate_checkpoint(job, device, out, n_bins=15) -> tuple:
+def evaluate_checkpoint(job, device, out, n_bins) -> tuple:
     """Writes the report of one planned checkpoint into ``out``; returns (its summary, logits, labels), the
     two on the CPU."""
     state, data, split, image_size, batch_size = (job[k] for k in ("state", "data", "split", "image_size",
@@ -212,7 +212,7 @@ def outputs_job(path, values) -> dict:
             "trained": f"saved {kinds[0]}", "evaluated_on": f"{rows} rows of {classes} classes"}
 
 
-def evaluate_outputs(job, device, out, n_bins=15) -> tuple:
+def evaluate_outputs(job, device, out, n_bins) -> tuple:
     """Writes the report of one file of saved outputs into ``out``; returns (its summary, logits, labels)."""
     logits, labels = job["logits"], job["labels"]
     summary = write_logits_report(logits.to(device), labels.to(device), output_folder(out), n_bins=n_bins,
