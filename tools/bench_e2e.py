@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end training speed: tools/train_imagenet.py with each strategy against the model-only training step
+r"""End-to-end training speed: tools/train_imagenet.py with each strategy against the model-only training step
 (synthetic tensors already on the device; same model, batch, AMP dtype and channels-last), in one run.
 
     # GPU (tools/gpu_check.sh stage e2e): ResNet-50 on ImageNet-sized JPEGs written here
