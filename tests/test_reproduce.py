@@ -55,6 +55,32 @@ def test_reproduce_trains_records_resumes_and_tabulates(tmp_path, capsys):
     assert (tmp_path / "records" / "ce" / "seed0" / "report.json").read_text() == ce_record
 
 
+def test_records_of_another_recipe_are_refused_in_one_line(tmp_path, capsys):
+    # A table names one recipe: records trained with other options after -- (or an older preset) are not
+    # counted in it silently, and are not taken as finished runs of this one.
+    def record(run, seed, info):
+        folder = tmp_path / "records" / run / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text("{}")
+        (folder / "run.json").write_text(json.dumps(info))
+    preset = reproduce.PRESETS["cifar10-cpu"]["args"]
+    record("ce", 0, {"recipe": preset + ["--epochs", "2"]})
+    # an older record holds the command only; where the data were and how fast it went do not count
+    record("ldl", 1, {"command": " ".join(["tools/train_imagenet.py", "--data", "/elsewhere", "--strategy", "ldl",
+                                           "--seed", "1", *preset, "--threads", "4", "--teacher", "/t.pt"])})
+    common = ["--preset", "cifar10-cpu", "--records", str(tmp_path / "records"), "--out", str(tmp_path / "out")]
+    assert reproduce.parse_args(common + ["--seeds", "0", "--", "--epochs=2"]).seeds == [0]
+    assert reproduce.parse_args(common + ["--seeds", "1"]).seeds == [1]
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(common + ["--seeds", "0", "1", "--only", "ls"])  # ce seed 0 would be ls's teacher
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'records' / 'ce' / 'seed0'} was trained with --epochs 2; this table's recipe has " \
+           "--epochs 15" in err
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(common + ["--seeds", "1", "--table-only", "--", "--cutout", "8"])
+    assert "ldl/seed1 was trained with no --cutout; this table's recipe has --cutout 8" in capsys.readouterr().err
+
+
 def test_a_record_is_written_whole_or_not_at_all(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

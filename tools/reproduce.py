@@ -15,6 +15,9 @@ share nothing but the repository (a GPU lease adds a seed, the next session anot
 resumed from OUT. ldl and kd take the same seed's ce run as their teacher (the same recipe); where only the ce
 record is left (a fresh checkout), the teacher is trained again from the same seed and the ce record is kept.
 The data come from --data-dir, unpacked there from ../shared/data archives when missing.
+
+A table is one recipe: arguments after -- that change the preset's recipe (--epochs 30, say) need their own
+--records and --out, and a record trained with other options is refused, naming them.
 """
 import argparse
 import json
@@ -88,6 +91,10 @@ def parse_args(argv=None):
         p.error(str(error))
     args.records = Path(args.records or HERE.parent / "docs" / "runs" / args.preset)
     args.extra = [a for a in args.extra if a != "--"]
+    try:
+        check_records_recipe(args)
+    except ValueError as error:
+        p.error(str(error))
     return args
 
 
@@ -124,6 +131,54 @@ def finished(args, run, seed):
     return (record_dir(args, run, seed) / "report.json").exists()
 
 
+# train_imagenet.py options that are not the recipe: what reproduce.py sets per run (keyed by the record's
+# folder) and what says only where the data are or how fast to go.
+NOT_RECIPE = {"--data", "--strategy", "--aug", "--seed", "--out", "--resume", "--teacher", "--device", "--threads",
+              "--data-cache"}
+
+
+def recipe(args):
+    """The train_imagenet.py arguments that every run of this table shares."""
+    return PRESETS[args.preset]["args"] + args.extra
+
+
+def recipe_options(arguments):
+    """{option: [values]} of train_imagenet.py ``arguments``, the options in NOT_RECIPE left out."""
+    options, option = {}, None
+    for token in arguments:
+        if token.startswith("--"):
+            option, _, value = token.partition("=")
+            options[option] = [value] if value else []
+        elif option is not None:
+            options[option].append(token)
+    return {k: v for k, v in options.items() if k not in NOT_RECIPE}
+
+
+def check_records_recipe(args):
+    """ValueError when a record of this preset's runs and seeds was trained with another recipe (other
+    arguments after --, or an older preset): its figures would sit in a table that names this one."""
+    current = recipe_options(recipe(args))
+    for run in PRESETS[args.preset]["runs"]:  # ldl's and kd's teacher is the ce run, asked for or not
+        for seed in args.seeds:
+            run_info = record_dir(args, run, seed) / "run.json"
+            if not finished(args, run, seed) or not run_info.exists():
+                continue
+            info = json.loads(run_info.read_text())
+            # records written before 2026-12-04 hold the command only: its arguments after the program name
+            recorded = recipe_options(info["recipe"] if "recipe" in info else info["command"].split()[1:])
+            if recorded != current:
+                differ = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+                raise ValueError(
+                    f"{run_info.parent} was trained with {_spelled(recorded, differ)}; this table's recipe has "
+                    f"{_spelled(current, differ)}. One table is one recipe: give --records and --out folders of "
+                    f"their own to this one, or the recorded options")
+
+
+def _spelled(options, keys):
+    """'--epochs 2, no --resident': the options ``keys`` of ``options`` as a command line gives them."""
+    return ", ".join(" ".join([k, *options[k]]) if k in options else f"no {k}" for k in keys)
+
+
 def device_name(preset):
     if "cuda" not in PRESETS[preset]["args"]:
         return "CPU"
@@ -153,7 +208,7 @@ def train_run(args, run, seed, data):
     folder = run_dir(args, run, seed)
     cmd = [sys.executable, str(HERE / "train_imagenet.py"), "--data", str(data), "--strategy", strategy,
            "--aug", aug or "none", "--seed", str(seed), "--out", str(folder), "--resume",
-           *PRESETS[args.preset]["args"], *args.extra]
+           *recipe(args)]
     if strategy in ("ldl", "kd"):
         teacher = run_dir(args, "ce", seed) / "checkpoint.pt"
         if not ((run_dir(args, "ce", seed) / "report.json").exists() and teacher.exists()):  # finished, and here
@@ -171,7 +226,7 @@ def train_run(args, run, seed, data):
     if not finished(args, run, seed):
         write_record(record_dir(args, run, seed), folder, {
             "seconds": round(seconds, 1), "device": device_name(args.preset), "date": time.strftime("%Y-%m-%d"),
-            "commit": commit, "command": " ".join(["tools/train_imagenet.py", *cmd[2:]])})
+            "commit": commit, "command": " ".join(["tools/train_imagenet.py", *cmd[2:]]), "recipe": recipe(args)})
 
 
 def write_record(record, folder, run_info):
@@ -245,7 +300,7 @@ def write_table(args):
                       "Final epoch (mean ± std over seeds; with one seed, the ECE's 95% bootstrap interval beside",
                       "it); conf − acc > 0 is over-confidence; ⚑ the best epoch by validation top-1 is what the",
                       "papers' code reports (picked on the test set: optimistic).", "",
-                      "Recipe: `" + " ".join(preset["args"] + args.extra) + "`", "",
+                      "Recipe: `" + " ".join(recipe(args)) + "`", "",
                       "Trained: " + "; ".join(f"{when} ({', '.join(runs)})" for when, runs in sorted(trained.items())),
                       "", *lines, ""])
     write_text_atomically(args.out / "results.md", text)
