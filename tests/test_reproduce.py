@@ -1,9 +1,14 @@
 """tools/reproduce.py on a tiny synthetic stand-in for CIFAR-10: runs, records, teacher reuse, resume, table."""
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +84,50 @@ def test_records_of_another_recipe_are_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reproduce.parse_args(common + ["--seeds", "1", "--table-only", "--", "--cutout", "8"])
     assert "ldl/seed1 was trained with no --cutout; this table's recipe has --cutout 8" in capsys.readouterr().err
+
+
+def test_ctrl_c_reaches_the_run_once_and_is_waited_for(tmp_path):
+    # train_imagenet.py answers Ctrl-C by finishing its step and checkpointing (a second one stops it at
+    # once); subprocess.run used to kill it 0.25 s after the Ctrl-C, mid-checkpoint.
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import pathlib, signal, sys, time
+        out, got = pathlib.Path(sys.argv[1]), []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: got.append(signum))
+        (out / "ready").write_text("")
+        while not got:
+            time.sleep(0.01)
+        time.sleep(1.0)  # the running step and the checkpoint
+        (out / "signals").write_text(str(len(got)))
+        sys.exit(130)
+    """))
+
+    def press_ctrl_c():
+        while not (tmp_path / "ready").exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+    handler = signal.getsignal(signal.SIGINT)
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    assert reproduce.run_to_its_end([sys.executable, str(script), str(tmp_path)]) == 130
+    assert (tmp_path / "signals").read_text() == "1"
+    assert signal.getsignal(signal.SIGINT) is handler  # put back
+
+
+def test_a_run_that_stops_ends_the_table_in_one_line(tmp_path, monkeypatch):
+    make_synthetic_dataset(tmp_path / "data" / "cifar10", num_classes=2, train_per_class=2, val_per_class=1,
+                           image_size=32, seed=1)
+    argv = ["--preset", "cifar10-cpu", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "table"),
+            "--records", str(tmp_path / "records"), "--only", "ls,ce"]
+    monkeypatch.setattr(reproduce, "run_to_its_end", lambda cmd: 130)  # interrupted
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.main(argv)
+    assert str(stopped.value) == ("ls seed 0: train_imagenet.py stopped with exit status 130 (its message is "
+                                  "above); the same command continues the table, resuming this run")
+    monkeypatch.setattr(reproduce, "run_to_its_end", lambda cmd: 0)  # --stop-after: no report yet
+    with pytest.raises(SystemExit, match="ls seed 0: stopped before its last epoch"):
+        reproduce.main(argv + ["--", "--stop-after", "1"])
+    assert not (tmp_path / "records").exists()
 
 
 def test_a_record_is_written_whole_or_not_at_all(tmp_path):

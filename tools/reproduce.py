@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -132,9 +133,9 @@ def finished(args, run, seed):
 
 
 # train_imagenet.py options that are not the recipe: what reproduce.py sets per run (keyed by the record's
-# folder) and what says only where the data are or how fast to go.
+# folder) and what says only where the data are, how fast to go or how much of it to train in one call.
 NOT_RECIPE = {"--data", "--strategy", "--aug", "--seed", "--out", "--resume", "--teacher", "--device", "--threads",
-              "--data-cache"}
+              "--data-cache", "--stop-after"}
 
 
 def recipe(args):
@@ -220,13 +221,34 @@ def train_run(args, run, seed, data):
     print(" ".join(cmd), flush=True)
     commit = source_commit()
     start = time.time()
-    subprocess.run(cmd, check=True)
+    status = run_to_its_end(cmd)
     seconds = time.time() - start
+    if status != 0:
+        raise SystemExit(f"{run} seed {seed}: train_imagenet.py stopped with exit status {status} (its message is "
+                         "above); the same command continues the table, resuming this run")
+    if not (folder / "report.json").exists():
+        raise SystemExit(f"{run} seed {seed}: stopped before its last epoch (--stop-after); the same command "
+                         "continues it")
     print(f"{run} seed {seed}: {seconds:.0f} s", flush=True)
     if not finished(args, run, seed):
         write_record(record_dir(args, run, seed), folder, {
             "seconds": round(seconds, 1), "device": device_name(args.preset), "date": time.strftime("%Y-%m-%d"),
             "commit": commit, "command": " ".join(["tools/train_imagenet.py", *cmd[2:]]), "recipe": recipe(args)})
+
+
+def run_to_its_end(cmd) -> int:
+    """Runs ``cmd`` and returns its exit status. Ctrl-C and SIGTERM are passed on to it, once each, and
+    waited for: train_imagenet.py answers the first by checkpointing after its running step and the second
+    by stopping at once (subprocess.run would kill it 0.25 s after a Ctrl-C, and the terminal's Ctrl-C,
+    sent to the whole foreground group, would reach it twice); hence its own process group."""
+    child = subprocess.Popen(cmd, process_group=0)
+    previous = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def write_record(record, folder, run_info):
