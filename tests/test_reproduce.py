@@ -129,6 +129,26 @@ def test_a_run_that_stops_ends_the_table_in_one_line(tmp_path, monkeypatch):
         reproduce.main(argv + ["--", "--stop-after", "1"])
     assert not (tmp_path / "records").exists()
 
+    # The record's time is the run's over all the calls that trained it, not the last call's.
+    folder = tmp_path / "table" / "ls" / "seed0"
+
+    def call(finish):
+        def run_to_its_end(cmd):
+            folder.mkdir(parents=True, exist_ok=True)
+            time.sleep(0.5)
+            if finish:
+                (folder / "metrics.jsonl").write_text('{"epoch": 0}\n')
+                (folder / "report.json").write_text("{}")
+            return 0 if finish else 130
+        return run_to_its_end
+    args = reproduce.parse_args(argv)
+    monkeypatch.setattr(reproduce, "run_to_its_end", call(finish=False))
+    with pytest.raises(SystemExit):
+        reproduce.train_run(args, "ls", 0, tmp_path / "data" / "cifar10")
+    monkeypatch.setattr(reproduce, "run_to_its_end", call(finish=True))
+    reproduce.train_run(args, "ls", 0, tmp_path / "data" / "cifar10")
+    assert json.loads((tmp_path / "records" / "ls" / "seed0" / "run.json").read_text())["seconds"] >= 1.0
+
 
 def test_a_record_is_written_whole_or_not_at_all(tmp_path):
     run = tmp_path / "run"

@@ -220,9 +220,12 @@ def train_run(args, run, seed, data):
         cmd += ["--teacher", str(teacher)]
     print(" ".join(cmd), flush=True)
     commit = source_commit()
-    start = time.time()
+    spent = folder / "wall_seconds"  # the calls before this one that trained this run (interrupted, resumed)
+    start = time.time() - (float(spent.read_text()) if spent.exists() else 0.0)
     status = run_to_its_end(cmd)
     seconds = time.time() - start
+    if folder.is_dir():
+        write_text_atomically(spent, f"{seconds:.1f}\n")
     if status != 0:
         raise SystemExit(f"{run} seed {seed}: train_imagenet.py stopped with exit status {status} (its message is "
                          "above); the same command continues the table, resuming this run")
