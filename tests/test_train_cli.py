@@ -184,7 +184,7 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(data, tmp_
 
 def test_a_batch_larger_than_the_training_set_gives_one_line(data, tmp_path):
     # 48 training images: the resident path trained zero steps and reported a loss of 0, DALI stopped in its reader
-    for path in ((), ("--resident",)):
+    for path in ((), ("--resident", "--image-size", "32")):
         with pytest.raises(SystemExit, match="has 48 training images, fewer than one batch of 64"):
             run(data, tmp_path / "big", "--strategy", "ce", "--batch-size", "64", *path)
 
@@ -211,10 +211,11 @@ def test_resume_with_other_options_names_them(data, tmp_path):
     with pytest.raises(SystemExit, match=r"written by a run with --arch resnet20, --strategy ce, --aug none; "
                                          r"this run has --arch resnet32, --strategy ols, --aug mixup"):
         run(data, out, "--resume", "--arch", "resnet32", "--strategy", "ols", "--aug", "mixup")
-    with pytest.raises(SystemExit, match=r"written by a run with no --resident, --als-eps 0.0 1.0, --epochs 2, --lr 0.1; "
-                                         r"this run has --resident, --als-eps 0.1 0.5, --epochs 4, --lr 0.2\."):
-        run(data, out, "--resume", "--strategy", "ce", "--epochs", "4", "--lr", "0.2", "--resident",
-            "--als-eps", "0.1", "0.5")
+    with pytest.raises(SystemExit, match=r"written by a run with --image-size 16, no --resident, --als-eps 0.0 1.0, "
+                                         r"--epochs 2, --lr 0.1; this run has --image-size 32, --resident, --als-eps "
+                                         r"0.1 0.5, --epochs 4, --lr 0.2\."):
+        run(data, out, "--resume", "--strategy", "ce", "--epochs", "4", "--lr", "0.2", "--resident", "--image-size",
+            "32", "--als-eps", "0.1", "0.5")
     assert json.loads((out / "args.json").read_text())["epochs"] == 2  # a refused resume leaves the run's record
     run(data, out, "--resume", "--strategy", "ce")  # the same options go on
 
@@ -525,10 +526,10 @@ def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
 
 
 def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
-    # A --resident run validates on the images at their own size (32 px here, not --image-size 16) under bf16:
-    # the checkpoint alone must give the same report, with no --data, --resident or --amp repeated.
+    # A --resident run (images at their own size, 32 px) under bf16: the checkpoint alone must give the same
+    # report, with no --data, --resident, --image-size or --amp repeated.
     import evaluate
-    run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--amp", "bf16")
+    run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--image-size", "32", "--amp", "bf16")
     evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     trained = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -555,12 +556,25 @@ def test_evaluate_without_the_runs_options_asks_for_data(tmp_path, capsys):
 
 
 def test_resident_small_dataset_path_resumes_exactly(data, tmp_path):
-    common = ("--strategy", "ls", "--resident", "--cutout", "8", "--aug", "cutmix")
+    common = ("--strategy", "ls", "--resident", "--image-size", "32", "--cutout", "8", "--aug", "cutmix")
     whole = run(data, tmp_path / "whole", *common)
     run(data, tmp_path / "parts", *common, "--stop-after", "1")
     parts = run(data, tmp_path / "parts", *common, "--resume")
     assert KEYS <= set(whole[-1])
     assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
+
+
+def test_a_resident_run_is_for_the_images_own_size(data, tmp_path):
+    # The resident path takes the images as they are: a run "at 16 px" used to train and report on 32-px images
+    # (and a benchmark built its model-only reference at the --image-size it was given, not at the images').
+    with pytest.raises(SystemExit, match=r"the images of .*train are 32x32, and the resident path takes them at "
+                                         r"their own size, not at image size 16"):
+        run(data, tmp_path / "r16", "--strategy", "ce", "--resident")
+    import evaluate
+    run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--image-size", "32")
+    with pytest.raises(SystemExit, match="are 32x32, and the resident path takes them at their own size, not at "
+                                         "image size 16"):
+        evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--image-size", "16"])
 
 
 def test_fp16_scales_the_loss_and_resumes_the_scaler(data, tmp_path, capsys):

@@ -5,10 +5,11 @@ r"""End-to-end training speed: tools/train_imagenet.py with each strategy agains
     # GPU (tools/gpu_check.sh stage e2e): ResNet-50 on ImageNet-sized JPEGs written here
     python tools/bench_e2e.py --device cuda --arch resnet50 --image-size 224 --batch-size 256 --jpeg-side 400
     # CIFAR-10 resident path
-    python tools/bench_e2e.py --device cuda --data /tmp/cifar10 --resident --val-split test --arch cifar_resnet18 --batch-size 512
+    python tools/bench_e2e.py --device cuda --data /tmp/cifar10 --resident --val-split test --arch cifar_resnet18 \
+        --image-size 32 --batch-size 512
     # this CPU
     python tools/bench_e2e.py --device cpu --data .data/cifar10 --resident --val-split test --arch resnet20 \
-        --batch-size 128 --train-per-class 500 --epochs 1 --repeats 3
+        --image-size 32 --batch-size 128 --train-per-class 500 --repeats 3
 
 Reports images per second of the training loop (data, augmentation, forward, fused loss, backward, step; not
 evaluation), the median over the epochs of each run after the first (which holds the warm-up), its ratio to

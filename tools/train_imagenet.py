@@ -57,7 +57,8 @@ def parse_args(argv=None):
     g.add_argument("--data-cache", default=os.path.expanduser("~/.cache/pysoftlabel/synthetic-v3"),
                    help="where the synthetic dataset is written (default: %(default)s)")
     g.add_argument("--boxes", default=None, help="PASCAL-VOC boxes root for als (default: DATA/boxes if present)")
-    g.add_argument("--image-size", type=int, default=32, help="training crop side (default: 32)")
+    g.add_argument("--image-size", type=int, default=32,
+                   help="training crop side; with --resident, the images' own side (default: 32)")
     g.add_argument("--batch-size", type=int, default=32, help="batch size per process (default: 32)")
     g.add_argument("--min-scale", type=float, default=None,
                    help="smallest random-resized-crop area (default: 0.08; 0.35 on the synthetic data, whose "
@@ -250,7 +251,7 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     resumed run sees the same batches. For als the training batches carry the crops' object fractions and the
     facts include the context-only crops of the validation images."""
     if args.resident:
-        train_data = ResidentImages(root, "train", device, per_class=args.train_per_class)
+        train_data = ResidentImages(root, "train", device, per_class=args.train_per_class, image_size=args.image_size)
         val = make_val_loader(args, root, device, train_data.classes, rank, world)
         train = ResidentLoader(train_data, args.batch_size, True, cutout=args.cutout, seed=args.seed, shard_id=rank,
                                num_shards=world)

@@ -18,11 +18,11 @@ def loader_dtype(device) -> torch.dtype:
 def validation_loader(root, split, batch_size, image_size, device, classes, resident=False, seed=0, num_threads=2,
                       shard_id=0, num_shards=1):
     """The evaluation batches of ``root/split`` (every image once, in order, the last partial batch kept),
-    in the order of ``classes``: the resident images at their own size (``resident``, the small-dataset
-    path), else the DALI pipeline (resize to image_size / 0.875 and centre crop; class folders or
+    in the order of ``classes``: the resident images (``resident``, the small-dataset path), which must be
+    ``image_size`` square, else the DALI pipeline (resize to image_size / 0.875 and centre crop; class folders or
     webdataset shards)."""
     if resident:
-        return ResidentLoader(ResidentImages(root, split, device, classes), batch_size, False, shard_id=shard_id,
-                              num_shards=num_shards)
+        return ResidentLoader(ResidentImages(root, split, device, classes, image_size=image_size), batch_size, False,
+                              shard_id=shard_id, num_shards=num_shards)
     return ImageNetLoader(root, split, batch_size, image_size, device, shard_id=shard_id, num_shards=num_shards,
                           classes=classes, seed=seed, num_threads=num_threads, dtype=loader_dtype(device))

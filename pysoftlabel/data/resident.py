@@ -27,10 +27,11 @@ class ResidentImages:
     """All images of ``root/split`` as one uint8 tensor [N, 3, H, W] on ``device`` plus labels [N].
 
     Images must share one size; unreadable files raise ValueError naming the file. ``per_class``: keep the
-    first N images of each class (see :func:`scan_image_folder`).
+    first N images of each class (see :func:`scan_image_folder`). ``image_size``: the side the caller's run
+    is for (its model, its reports); ValueError when the images have another, since they are taken as they are.
     """
 
-    def __init__(self, root, split, device="cpu", classes=None, per_class=None):
+    def __init__(self, root, split, device="cpu", classes=None, per_class=None, image_size=None):
         self.folder = Path(root) / split
         files, labels, self.classes = scan_image_folder(root, split, classes, per_class)
         # Pillow releases the GIL while it decodes: threads make the 60,000 CIFAR-10 files a few seconds.
@@ -40,6 +41,11 @@ class ResidentImages:
         if len(sizes) != 1:
             raise ValueError(f"data: images of {Path(root) / split} differ in size ({sorted(sizes)[:3]}); the resident "
                              "path needs one size (use the DALI pipeline for such data)")
+        height, width = arrays[0].shape[:2]
+        if image_size is not None and (height, width) != (image_size, image_size):
+            raise ValueError(f"data: the images of {self.folder} are {height}x{width}, and the resident path takes "
+                             f"them at their own size, not at image size {image_size}: give that size, or resize "
+                             "them with the DALI pipeline (not resident)")
         self.images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.tensor(labels, dtype=torch.long, device=device)
 
