@@ -86,32 +86,59 @@ def test_records_of_another_recipe_are_refused_in_one_line(tmp_path, capsys):
     assert "ldl/seed1 was trained with no --cutout; this table's recipe has --cutout 8" in capsys.readouterr().err
 
 
-def test_ctrl_c_reaches_the_run_once_and_is_waited_for(tmp_path):
-    # train_imagenet.py answers Ctrl-C by finishing its step and checkpointing (a second one stops it at
-    # once); subprocess.run used to kill it 0.25 s after the Ctrl-C, mid-checkpoint.
-    script = tmp_path / "run.py"
+def run_like_train_imagenet(folder):
+    """A command that answers SIGINT / SIGTERM as train_imagenet.py does (finish the step, checkpoint, exit
+    130), writing folder/ready when it runs and folder/signals (how many it got) when it stops."""
+    script = folder / "run.py"
     script.write_text(textwrap.dedent("""
         import pathlib, signal, sys, time
         out, got = pathlib.Path(sys.argv[1]), []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: got.append(signum))
         (out / "ready").write_text("")
-        while not got:
+        for _ in range(3000):
+            if got:
+                break
             time.sleep(0.01)
         time.sleep(1.0)  # the running step and the checkpoint
         (out / "signals").write_text(str(len(got)))
         sys.exit(130)
     """))
+    return [sys.executable, str(script), str(folder)]
 
+
+def wait_for(path, seconds=30):
+    for _ in range(seconds * 100):
+        if path.exists():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_ctrl_c_reaches_the_run_once_and_is_waited_for(tmp_path):
+    # train_imagenet.py answers Ctrl-C by finishing its step and checkpointing (a second one stops it at
+    # once); subprocess.run used to kill it 0.25 s after the Ctrl-C, mid-checkpoint.
     def press_ctrl_c():
-        while not (tmp_path / "ready").exists():
-            time.sleep(0.01)
+        wait_for(tmp_path / "ready")
         os.kill(os.getpid(), signal.SIGINT)
     handler = signal.getsignal(signal.SIGINT)
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    assert reproduce.run_to_its_end([sys.executable, str(script), str(tmp_path)]) == 130
+    assert reproduce.run_to_its_end(run_like_train_imagenet(tmp_path)) == 130
     assert (tmp_path / "signals").read_text() == "1"
     assert signal.getsignal(signal.SIGINT) is handler  # put back
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_run_does_not_outlive_a_killed_reproduce(tmp_path):
+    # In its own process group the run no longer dies with a group kill of reproduce.py; killed itself
+    # (SIGKILL), reproduce.py cannot pass anything on, so the kernel sends the run SIGTERM.
+    code = (f"import sys; sys.path.insert(0, {str(Path(reproduce.__file__).parent)!r}); import reproduce; "
+            f"reproduce.run_to_its_end({run_like_train_imagenet(tmp_path)!r})")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    assert wait_for(tmp_path / "ready")
+    parent.kill()
+    parent.wait()
+    assert wait_for(tmp_path / "signals", seconds=10) and (tmp_path / "signals").read_text() == "1"
 
 
 def test_a_run_that_stops_ends_the_table_in_one_line(tmp_path, monkeypatch):

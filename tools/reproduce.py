@@ -20,6 +20,7 @@ A table is one recipe: arguments after -- that change the preset's recipe (--epo
 --records and --out, and a record trained with other options is refused, naming them.
 """
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -243,8 +244,10 @@ def run_to_its_end(cmd) -> int:
     """Runs ``cmd`` and returns its exit status. Ctrl-C and SIGTERM are passed on to it, once each, and
     waited for: train_imagenet.py answers the first by checkpointing after its running step and the second
     by stopping at once (subprocess.run would kill it 0.25 s after a Ctrl-C, and the terminal's Ctrl-C,
-    sent to the whole foreground group, would reach it twice); hence its own process group."""
-    child = subprocess.Popen(cmd, process_group=0)
+    sent to the whole foreground group, would reach it twice); hence its own process group. Should this
+    process die at once (SIGKILL), the run gets SIGTERM (Linux), so that it is never left training alone."""
+    child = subprocess.Popen(cmd, process_group=0,
+                             preexec_fn=_terminate_with_parent if sys.platform == "linux" else None)
     previous = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -252,6 +255,11 @@ def run_to_its_end(cmd) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _terminate_with_parent():
+    """In the child, before exec: SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def write_record(record, folder, run_info):
