@@ -472,6 +472,8 @@ def test_zero_dim_weights_equal_floats(backend):
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), dense=torch.rand(4, 6), dense_weight=0.1)), "dense"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.randn(4, 5, 2)), "logits"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), reduction="avg"), "reduction"),
+    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), stats=psl.ClassStats(3)),
+     r"^stats is a ClassStats of 3 classes, but logits has 5$"),  # the same words from both backends
 ])
 def test_bad_input_raises_value_error(backend, case, match):
     kwargs = dict(logits=torch.randn(4, 5), reduction="mean")

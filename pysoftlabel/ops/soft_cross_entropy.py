@@ -85,6 +85,8 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     for name, state in (("stats", stats), ("calib", calib)):
         if state is not None and state.device != logits.device:
             raise ValueError(f"{name} lives on {state.device} but logits is on {logits.device}")
+    if stats is not None and stats.num_classes != logits.shape[1]:
+        raise ValueError(f"stats is a ClassStats of {stats.num_classes} classes, but logits has {logits.shape[1]}")
 
     native = choose_backend(backend, logits.device)
     # Native kernels check values themselves (ValueError on CPU, device-side assert on CUDA).
