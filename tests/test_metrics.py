@@ -378,6 +378,26 @@ def test_temperature_scaling_recovers_temperature_and_lowers_ece():
     assert after < before / 3
 
 
+def test_temperature_fitting_refuses_what_it_cannot_fit_in_one_line():
+    g = torch.Generator().manual_seed(3)
+    logits, labels = torch.randn(40, 4, generator=g) * 2, torch.randint(0, 3, (40,), generator=g)
+    labels[5] = 3
+    masked = logits.clone()
+    masked[:, 3] = float("-inf")  # a masked class: rows not labelled with it fit as if it were not there
+    keep = labels != 3
+    assert psl.metrics.fit_temperature(masked[keep], labels[keep]) == pytest.approx(
+        psl.metrics.fit_temperature(logits[keep, :3], labels[keep]), rel=1e-6)  # it was NaN
+    with pytest.raises(ValueError, match=r"logits: 1 row\(s\)"):
+        psl.metrics.fit_temperature(masked, labels)  # row 5, labelled with the masked class: probability 0
+    for bad in (float("nan"), float("inf")):
+        x = logits.clone()
+        x[2, 1] = bad
+        with pytest.raises(ValueError, match=r"^logits: 1 row\(s\) have a non-finite NLL"):
+            psl.metrics.fit_temperature(x, labels)  # it returned NaN, or a temperature fitted to nothing
+    with pytest.raises(ValueError, match=r"^labels must have shape \[N\] = \[40\], got \(4,\)$"):
+        psl.metrics.fit_temperature(logits, labels[:4])  # it was an IndexError about a mask
+
+
 def test_heldout_temperature_ece_scales_each_fold_by_the_other_folds_temperature():
     g = torch.Generator().manual_seed(8)
     z = torch.randn(3001, 6, generator=g) * 1.5

@@ -13,17 +13,29 @@ def fit_temperature(logits: Tensor, labels: Tensor, ignore_index: int = -100, ma
     Optimises log T with L-BFGS in float64 (a convex problem in 1 / T). Apply it as ``logits / T``; compare
     calibration before and after with :func:`pysoftlabel.calibration_stats`.
     """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got {tuple(labels.shape)}")
     valid = labels != ignore_index
     x = logits.detach()[valid].double()
     y = labels[valid]
     if x.shape[0] == 0:
         raise ValueError("logits: no rows to fit a temperature on")
+    # One such row makes the NLL NaN or inf at every T: the fit would return nonsense without a word.
+    bad = int((~torch.nn.functional.cross_entropy(x, y, reduction="none").isfinite()).sum())
+    if bad:
+        raise ValueError(f"logits: {bad} row(s) have a non-finite NLL (NaN or +inf logits, or -inf on the label); "
+                         "a temperature cannot be fitted on them")
+    # Masked classes (logit -inf) stay out at every T; divided as they are, their gradient is NaN (-inf / T²).
+    masked = x.isneginf()
+    x = x.masked_fill(masked, 0.0)
     log_t = torch.zeros((), dtype=torch.float64, device=x.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss = torch.nn.functional.cross_entropy((x / log_t.exp()).masked_fill(masked, float("-inf")), y)
         loss.backward()
         return loss
 
