@@ -1,6 +1,8 @@
 """The built-in synthetic dataset: layout, boxes, determinism, bad arguments."""
 import hashlib
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -45,10 +47,24 @@ def test_layout_boxes_and_determinism(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [(dict(num_classes=0), "num_classes"), (dict(num_classes=99), "num_classes"),
                                            (dict(image_size=8), "image_size"), (dict(box_fraction=1.5), "box_fraction"),
-                                           (dict(val_per_class=0), "val_per_class"), (dict(workers=0), "workers")])
+                                           (dict(val_per_class=0), "val_per_class"), (dict(workers=0), "workers"),
+                                           (dict(seed=-1), r"seed must be in \[0, 2\*\*32\)")])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_dataset(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("argv, line", [(["--classes", "0"], "--classes must be in [1, 12], got 0"),
+                                        (["--size", "8"], "--size must be at least 16, got 8"),
+                                        (["--val-per-class", "0"], "--val-per-class must be at least 1, got 0"),
+                                        (["--seed", "-1"], "--seed must be in [0, 2**32) (numpy's seeds), got -1")])
+def test_the_tool_names_its_own_options(tmp_path, capsys, argv, line):
+    # The library's messages name its parameters (num_classes, image_size); the tool's user typed --classes, --size.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import make_synthetic_dataset as tool
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "out"), *argv])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f": error: {line}")
 
 
 SMALL = dict(num_classes=2, train_per_class=3, val_per_class=1, image_size=32)

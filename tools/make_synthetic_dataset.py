@@ -8,6 +8,11 @@ import argparse
 from pysoftlabel.data import make_synthetic_dataset
 
 
+# make_synthetic_dataset's parameters as this tool's options
+FLAGS = {"num_classes": "--classes", "train_per_class": "--train-per-class", "val_per_class": "--val-per-class",
+         "image_size": "--size", "box_fraction": "--box-fraction", "seed": "--seed", "workers": "--workers"}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="output folder")
@@ -22,8 +27,9 @@ def main(argv=None):
     try:
         summary = make_synthetic_dataset(args.out, args.classes, args.train_per_class, args.val_per_class, args.size,
                                          args.box_fraction, args.seed, workers=args.workers)
-    except ValueError as error:  # bad arguments, or a folder that holds something else
-        parser.error(str(error))
+    except ValueError as error:  # bad arguments (by the library's names), or a folder that holds something else
+        name, _, rest = str(error).partition(" ")
+        parser.error(f"{FLAGS[name]} {rest}" if name in FLAGS else str(error))
     except OSError as error:
         parser.error(f"cannot write to {args.out}: {error.strerror}")
     print(summary)

@@ -144,10 +144,11 @@ def make_synthetic_dataset(root, num_classes: int = 10, train_per_class: int = 1
         raise ValueError(f"image_size must be at least 16, got {image_size}")
     if not 0 <= box_fraction <= 1:
         raise ValueError(f"box_fraction must be in [0, 1], got {box_fraction}")
-    if train_per_class < 1 or val_per_class < 1:
-        raise ValueError(f"train_per_class and val_per_class must be at least 1, got {train_per_class}, {val_per_class}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("workers", workers)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32) (numpy's seeds), got {seed}")
     root = Path(root)
     parameters = dict(num_classes=num_classes, train_per_class=train_per_class, val_per_class=val_per_class,
                       image_size=image_size, box_fraction=box_fraction, seed=seed, quality=quality)
