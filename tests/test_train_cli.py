@@ -487,6 +487,22 @@ def test_evaluate_takes_the_number_of_bins(tmp_path, capsys):
     assert "--n-bins must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_evaluate_takes_saved_probabilities_that_underflowed_to_zero(tmp_path):
+    # fp16 softmax outputs hold zeros: their log is -inf, a class ruled out, which made the fitted temperature
+    # NaN and the whole report fail ("447 row(s) had non-finite values").
+    import evaluate
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 10, generator=g) * 6
+    labels = logits.argmax(1)
+    probabilities = logits.softmax(1).half().float()
+    assert (probabilities == 0).any()
+    torch.save({"probabilities": probabilities, "labels": labels}, tmp_path / "fp16.pt")
+    evaluate.main([str(tmp_path / "fp16.pt")])
+    report = json.loads((tmp_path / "fp16-eval" / "report.json").read_text())
+    assert report["count"] == 300 and 0 < report["temperature"] < float("inf")
+    assert report["ece_after_temperature"] == report["ece_after_temperature"]  # not NaN
+
+
 @pytest.mark.parametrize("save, match", [
     (lambda p: torch.save({"logits": torch.randn(5, 3)}, p), r"saved outputs are labels and one of logits, "
                                                              r"probabilities; it holds logits$"),
