@@ -1,0 +1,67 @@
+"""The benchmark tools run end to end on the CPU at a toy size. Their figures are taken on a GPU lease, rare and
+short: a tool that fails there costs the lease, so each one's whole path (arguments, every baseline, the
+JSON it writes) is run here first. No timings are asserted, only that each figure is there and positive."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pysoftlabel.data import make_synthetic_dataset
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def run_tool(name, *argv):
+    done = subprocess.run([sys.executable, str(TOOLS / name), *argv], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def positive(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_bench_kernels(tmp_path):
+    pytest.importorskip("torchmetrics", reason="the calibration baseline is torchmetrics' (pip install torchmetrics)")
+    out = tmp_path / "kernels.json"
+    run_tool("bench_kernels.py", "--device", "cpu", "--shapes", "64x100", "--no-compile", "--reps", "2",
+             "--out", str(out))
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    for key in ("ours_ls", "eager_ls", "ours_ols", "ours_calib", "torchmetrics_calib", "ours_class_stats",
+                "eager_class_stats", "ours_ls_fused_stats", "read_once_ms"):
+        assert positive(row[key]), (key, row[key])
+    assert out.with_suffix(".md").read_text().count("| float32 | 64x100 |") >= 2
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    pytest.importorskip("nvidia.dali", reason="the data tools need NVIDIA DALI (pip install nvidia-dali-cuda130)")
+    root = tmp_path_factory.mktemp("small")
+    make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=6, image_size=32, seed=3)
+    return root
+
+
+def test_bench_loader(small, tmp_path):
+    out = tmp_path / "loader.json"
+    run_tool("bench_loader.py", "--device", "cpu", "--data", str(tmp_path / "jpegs"), "--images", "64",
+             "--image-side", "64", "--batch-size", "8", "--crop", "32", "--batches", "16", "--workers", "2",
+             "--threads", "2", "--small", str(small), "--out", str(out))
+    result = json.loads(out.read_text())
+    for key in ("dali_img_per_s", "torchvision_img_per_s", "resnet50_model_only_img_per_s", "resident_img_per_s",
+                "torchvision_small_img_per_s", "cifar_resnet18_model_only_img_per_s"):
+        assert positive(result[key]), (key, result[key])
+
+
+def test_bench_e2e(small, tmp_path):
+    out = tmp_path / "e2e.json"
+    stdout = run_tool("bench_e2e.py", "--device", "cpu", "--data", str(small), "--resident", "--image-size", "32",
+                      "--arch", "resnet20", "--batch-size", "8", "--epochs", "2", "--steps", "3",
+                      "--strategies", "ce", "ldl", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert sorted(result["median"]) == ["ce", "ldl"] and all(map(positive, result["median"].values()))
+    assert all(map(positive, result["model_only"]))
+    assert "| train_imagenet.py --strategy ldl |" in stdout
