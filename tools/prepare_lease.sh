@@ -16,5 +16,6 @@ for part in .dali0 .dali1 .dali2 .dali3 .dali4; do [ -n "$(ls -A "$part" 2>/dev/
 ls .whl/liger_kernel-*.whl >/dev/null
 du -sh .dali? .whl .data/cifar10.tar.gz
 commit=$(cd tools && python3 -c "import reproduce; print(reproduce.source_commit())")
-echo "ready: make the calls of docs/benchmarks.md, 'A 15-minute lease'; the reproduce stage's records name"
+echo "ready: make the calls of docs/benchmarks.md, 'A 15-minute lease' (carry .data/cifar10.tar.gz, not .data:"
+echo "reproduce.py unpacks datasets there); the reproduce stage's records name"
 echo "their commit with PYSOFTLABEL_COMMIT=$commit (the lease's copy has no .git)"
