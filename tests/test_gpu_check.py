@@ -38,3 +38,21 @@ def test_racecheck_and_synccheck_select_the_masked_class_and_fused_statistics_te
     tool = "\\$tool"  # one call for both tools
     tests = selected(*stage_filter(tool))
     assert any("masked" in test for test in tests) and any("fused_statistics" in test for test in tests), tests
+
+
+def test_test_dali_runs_the_cuda_tests_of_every_file_that_needs_dali():
+    match = re.search(r"test-dali\) run_stage .*? -m cuda -rs \\\s*\n\s*((?:tests/\S+\.py\s*)+);;", SCRIPT)
+    assert match, "gpu_check.sh has no test-dali stage listing its test files"
+    listed = sorted(match.group(1).split())
+    needing = sorted(f"tests/{path.name}" for path in (ROOT / "tests").glob("test_*.py")
+                     if 'importorskip("nvidia.dali"' in path.read_text())
+    with_cuda_tests = [path for path in needing if selected("", path)]
+    assert with_cuda_tests and listed == with_cuda_tests
+
+
+def test_a_misspelt_stage_stops_before_any_stage_runs(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "build", "tset"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": sys.executable},
+                          timeout=60)
+    assert done.returncode == 2 and "unknown stage 'tset'" in done.stdout
+    assert not list(tmp_path.iterdir())  # not even the build's log

@@ -3,11 +3,12 @@
 # "test-cuda": the CUDA ones, what a short lease needs since CI runs the rest), benchmark the kernels,
 # profile the row kernel where it is furthest from its targets (Nsight Compute: which limit each launch hits),
 # run the CUDA tests again under compute-sanitizer memcheck (and the loss's under racecheck and synccheck: stage
-# "sanitize-sync"), benchmark the data loader (stage "loader":
-# needs NVIDIA DALI importable, on the device tool's machine from the parts of ../shared/device/dali-chunks.sh,
-# PYTHONPATH=/tmp/site), measure end-to-end training speed against the model-only step (stage "e2e", DALI too:
-# ResNet-50 on ImageNet-sized JPEGs written there; stage "e2e-cifar": CIFAR-10 ResNet-18 when
-# .data/cifar10.tar.gz is carried), and print a one-screen summary. The long stages have time limits, so that a
+# "sanitize-sync"), run the CUDA tests of the data layer (stage "test-dali") and benchmark the data loader (stage
+# "loader"), measure end-to-end training speed against the model-only step (stage "e2e": ResNet-50 on
+# ImageNet-sized JPEGs written there; stage "e2e-cifar": CIFAR-10 ResNet-18), and print a one-screen summary.
+# The last four need NVIDIA DALI, which the device tool's machine lacks: stage "receive", in each call of a
+# lease, keeps the part of DALI and CIFAR-10 that the call carried (.lease0 ... .lease2, from
+# tools/prepare_lease.sh) and unpacks them into /tmp/site and /tmp/cifar10 once all are in. The long stages have time limits, so that a
 # call ends inside the device tool's 10 minutes; docs/benchmarks.md ("A 15-minute lease") orders the calls of
 # a lease, and tools/prepare_lease.sh stages what they carry. Stage "reproduce" (not a default: 546 s per seed
 # on an H100) trains the cifar10-gpu table of tools/reproduce.py for the seeds in $SEEDS (default 0; needs
@@ -21,21 +22,24 @@
 #   bash tools/gpu_check.sh build reproduce # the CIFAR-10 GPU table (carry .data/cifar10.tar.gz)
 #
 # Python packages missing on the machine (Liger Kernel for the baseline) can be carried as wheels in
-# .whl/ (see docs/benchmarks.md); they are installed into /tmp/site first.
+# .whl/ (see docs/benchmarks.md); they are installed into /tmp/site first, beside DALI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
+export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for tools/*.py; carried packages
 if $PY -c "import nvidia.dali" 2>/dev/null; then DEFAULT_STAGES="build test bench profile loader e2e e2e-cifar sanitize sanitize-sync"; else DEFAULT_STAGES="build test bench profile sanitize sanitize-sync"; fi
 STAGES=${*:-$DEFAULT_STAGES}
+KNOWN="receive build test test-cuda test-dali bench profile loader e2e e2e-cifar reproduce sanitize sanitize-sync"
+for stage in $STAGES; do  # before any stage runs: a misspelt last stage would otherwise show minutes later
+  [[ " $KNOWN " == *" $stage "* ]] || { echo "gpu_check: unknown stage '$stage' (the stages: $KNOWN)"; exit 2; }
+done
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the in-place build, for tools/*.py
 declare -A STATUS
 
 if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
 
 run_stage() {  # name, log file, command...
@@ -62,6 +66,10 @@ for stage in $STAGES; do
            [ "${STATUS[build]%%,*}" = "rc=0" ] || { echo "=== build failed: the remaining stages are not run"; break; } ;;
     test) run_stage test test.log $PY -m pytest -q -p no:cacheprovider tests ;;
     test-cuda) run_stage test-cuda test_cuda.log $PY -m pytest -q -p no:cacheprovider -m cuda -rs tests ;;
+    # The CUDA tests that need DALI (test-cuda skips them before "receive"), not the kernels' again.
+    test-dali) run_stage test-dali test_dali.log $PY -m pytest -q -p no:cacheprovider -m cuda -rs \
+                 tests/test_imagenet_loader.py tests/test_train_cli.py ;;
+    receive) run_stage receive receive.log $PY tools/lease_bundle.py receive ;;
     bench) run_stage bench bench.log $PY tools/bench_kernels.py --device cuda --out "$OUT/bench_kernels.json" ;;
     profile) run_stage profile profile.log timeout 150 ncu --profile-from-start off --nvtx --kernel-name regex:row_kernel \
                --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
@@ -88,7 +96,6 @@ for stage in $STAGES; do
                        --error-exitcode 99 $PY -m pytest -q -p no:cacheprovider -m cuda \
                        -k "masked or fused_statistics" tests/test_soft_cross_entropy.py
                    done ;;
-    *) echo "unknown stage $stage (build, test, test-cuda, bench, profile, loader, e2e, e2e-cifar, reproduce, sanitize, sanitize-sync)"; exit 2 ;;
   esac
 done
 
@@ -99,7 +106,7 @@ for stage in $STAGES; do
   [ "$stage" = sanitize-sync ] && names="sanitize-racecheck sanitize-synccheck" || names=$stage
   for name in $names; do echo "$name: ${STATUS[$name]:-not run}"; done
 done
-for log in test.log test_cuda.log; do [ -f "$OUT/$log" ] && grep -E "passed|failed|skipped" "$OUT/$log" | tail -1; done
+for log in test.log test_cuda.log test_dali.log; do [ -f "$OUT/$log" ] && grep -E "passed|failed|skipped" "$OUT/$log" | tail -1; done
 for log in sanitize.log sanitize_racecheck.log sanitize_synccheck.log; do
   [ -f "$OUT/$log" ] && echo "$log: $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$OUT/$log" | tail -2 | tr '\n' ' ')"
 done

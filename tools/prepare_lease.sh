@@ -1,21 +1,39 @@
 #!/usr/bin/env bash
 # Stages, on this machine, what the calls of a GPU lease carry (docs/benchmarks.md, "A 15-minute lease"), so
-# that the lease's minutes go to measuring: NVIDIA DALI in five parts (.dali0 ... .dali4, through
-# ../shared/device/dali-chunks.sh), Liger Kernel's wheel for the baseline of tools/bench_kernels.py (.whl),
-# and CIFAR-10 (.data/cifar10.tar.gz). The three folders are git-ignored. Costs no device time (about 1-2 minutes).
+# that the lease's minutes go to measuring: Liger Kernel's wheel for the baseline of tools/bench_kernels.py
+# (.whl), and NVIDIA DALI with CIFAR-10 as three parts (.lease0 ... .lease2, tools/lease_bundle.py) that
+# `gpu_check.sh receive` puts back together there. All are git-ignored. Costs no device time (about 4 minutes:
+# mostly xz).
 #
 #   bash tools/prepare_lease.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=$(cd .. && pwd)/shared
 [ -d "$shared/device" ] || { echo "prepare_lease: $shared/device not found (the project's shared folder)"; exit 2; }
-bash "$shared/device/dali-chunks.sh" >/dev/null
 rm -rf .whl && python3 -m pip download -q --no-deps --only-binary=:all: -d .whl liger-kernel==0.8.5 2>&1 | grep -v "is ignored" || true
-mkdir -p .data && cp "$shared/data/cifar10.tar.gz" .data/
-for part in .dali0 .dali1 .dali2 .dali3 .dali4; do [ -n "$(ls -A "$part" 2>/dev/null)" ] || { echo "prepare_lease: $part is empty"; exit 1; }; done
 ls .whl/liger_kernel-*.whl >/dev/null
-du -sh .dali? .whl .data/cifar10.tar.gz
+mkdir -p .data && cp "$shared/data/cifar10.tar.gz" .data/  # for the reproduction lease, which needs no DALI
+
+# DALI for the lease's Python 3.12: the wheels that ../shared/device/dali-chunks.sh fetches, unpacked (pip install
+# --target does no more with them), less what a lease never loads (binaries for other Python versions, headers,
+# nvcomp's command-line tools, the TIFF and JPEG 2000 decoders, the libraries' local symbol tables: the data
+# layer's tests pass so), and xz over the whole tree: about 155 MB against 264 MB of wheels, so that DALI and
+# CIFAR-10 travel in three calls rather than six.
+bash "$shared/device/dali-chunks.sh" >/dev/null
+work=$(mktemp -d)
+trap 'rm -rf "$work" .dali?' EXIT
+cat .dali?/part* | tar -xf - -C "$work"
+mkdir "$work/site"
+for wheel in "$work"/*.whl; do python3 -m zipfile -e "$wheel" "$work/site"; done
+(cd "$work/site" && rm -rf ./*.data nvidia/dali/include nvidia/libnvcomp/include nvidia/libnvcomp/bin nvidia/nvtiff \
+   nvidia/nvjpeg2k nvidia/nvimgcodec/extensions/lib*tiff_ext* nvidia/nvimgcodec/extensions/libnvjpeg2k_ext* \
+   && find . -name "*.cpython-3*" ! -name "*.cpython-312-*" -delete \
+   && find . -name "*.so*" -type f -exec strip --strip-unneeded {} +)
+[ -f "$work/site/nvidia/dali/backend_impl.cpython-312-x86_64-linux-gnu.so" ] || { echo "prepare_lease: no DALI for Python 3.12"; exit 1; }
+tar -C "$work/site" -cf - . | xz -9 -T0 > "$work/dali-site.tar.xz"
+python3 tools/lease_bundle.py pack "$work/dali-site.tar.xz=/tmp/site" "$shared/data/cifar10.tar.gz=/tmp"
+
+du -sh .lease? .whl .data/cifar10.tar.gz
 commit=$(cd tools && python3 -c "import reproduce; print(reproduce.source_commit())")
-echo "ready: make the calls of docs/benchmarks.md, 'A 15-minute lease' (carry .data/cifar10.tar.gz, not .data:"
-echo "reproduce.py unpacks datasets there); the reproduce stage's records name"
+echo "ready: make the calls of docs/benchmarks.md, 'A 15-minute lease'; the reproduce stage's records name"
 echo "their commit with PYSOFTLABEL_COMMIT=$commit (the lease's copy has no .git)"
