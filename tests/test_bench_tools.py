@@ -12,6 +12,7 @@ import pytest
 from pysoftlabel.data import make_synthetic_dataset
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
 
 
 def run_tool(name, *argv):
@@ -63,5 +64,40 @@ def test_bench_e2e(small, tmp_path):
                       "--strategies", "ce", "ldl", "--out", str(out))
     result = json.loads(out.read_text())
     assert sorted(result["median"]) == ["ce", "ldl"] and all(map(positive, result["median"].values()))
-    assert all(map(positive, result["model_only"]))
+    assert all(map(positive, result["model_only"])) and result["complete"]
     assert "| train_imagenet.py --strategy ldl |" in stdout
+
+
+def cut_short(monkeypatch, module, name, when):
+    """Makes ``module.name`` fail the way a lease's time limit stops a stage, at the call where ``when(args)``."""
+    real = getattr(module, name)
+
+    def stopped(*args, **kwargs):
+        if when(args):
+            raise KeyboardInterrupt("the stage's time limit")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, stopped)
+
+
+def test_bench_loader_keeps_the_figures_of_a_run_cut_short(small, tmp_path, monkeypatch):
+    import bench_loader
+    cut_short(monkeypatch, bench_loader, "torchvision_loader", lambda args: True)
+    out = tmp_path / "loader.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench_loader.main(["--device", "cpu", "--data", str(small), "--batch-size", "8", "--crop", "32",
+                           "--batches", "16", "--workers", "2", "--threads", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert positive(result["dali_img_per_s"]) and "torchvision_img_per_s" not in result
+
+
+def test_bench_e2e_keeps_the_figures_of_a_run_cut_short(small, tmp_path, monkeypatch):
+    import bench_e2e
+    cut_short(monkeypatch, bench_e2e.train_imagenet, "main", lambda args: "ldl" in args[0])
+    out = tmp_path / "e2e.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench_e2e.main(["--device", "cpu", "--data", str(small), "--resident", "--image-size", "32", "--arch",
+                        "resnet20", "--batch-size", "8", "--epochs", "2", "--steps", "3", "--strategies", "ce", "ldl",
+                        "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert not result["complete"] and list(result["median"]) == ["ce"] and positive(result["median"]["ce"])
+    assert len(result["model_only"]) == 1 and positive(result["model_only"][0])

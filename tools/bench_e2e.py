@@ -92,7 +92,17 @@ def main(argv=None):
     common = ["--data", str(data), "--arch", args.arch, "--image-size", str(args.image_size), "--batch-size",
               str(args.batch_size), "--epochs", str(args.epochs), "--warmup-epochs", "0", "--device", args.device,
               "--amp", args.amp, *train_args]
+    header = (f"{args.arch}, batch {args.batch_size}, {args.image_size}px, {device}, amp {args.amp}, "
+              f"extra {' '.join(train_args)}, median of {args.repeats}")
     rows, reference = {}, []
+
+    def write(complete):
+        """Written after every run: a benchmark cut short by a lease's time limit keeps what it measured."""
+        if args.out:
+            write_text_atomically(args.out, json.dumps(
+                {"setup": header, "complete": complete, "model_only": reference, "train_imagenet": rows,
+                 "median": {s: statistics.median(v) for s, v in rows.items()}}, indent=1))
+
     for repeat in range(args.repeats):
         for strategy in ["ce"] + [s for s in args.strategies if s != "ce"]:
             out = work / f"{strategy}-{repeat}"
@@ -100,10 +110,14 @@ def main(argv=None):
             train_imagenet.main(common + ["--strategy", strategy, "--out", str(out), *extra])
             epochs = [json.loads(line)["img_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
             rows.setdefault(strategy, []).append(statistics.median(epochs[1:] or epochs))
-        if repeat == 0:
-            num_classes = len(torch.load(work / "ce-0" / "checkpoint.pt", weights_only=True)["classes"])
-        reference.append(model_only(args.arch, num_classes, args.batch_size, args.image_size, device, args.steps,
-                                    args.amp))
+            print(f"bench_e2e: {strategy}, repeat {repeat + 1}: {rows[strategy][-1]:.0f} img/s", flush=True)
+            if strategy == "ce":  # the model-only step beside each repeat's ce: the ratio survives a cut-short run
+                num_classes = len(torch.load(out / "checkpoint.pt", weights_only=True)["classes"])
+                reference.append(model_only(args.arch, num_classes, args.batch_size, args.image_size, device,
+                                            args.steps, args.amp))
+                print(f"bench_e2e: model only, repeat {repeat + 1}: {reference[-1]:.0f} img/s", flush=True)
+            write(complete=False)
+    write(complete=True)
     median = {s: statistics.median(v) for s, v in rows.items()}
     ref = statistics.median(reference)
 
@@ -114,13 +128,7 @@ def main(argv=None):
              f"| model only (synthetic tensors) | {ref:.0f}{spread(reference)} | 1.00 | |"]
     lines += [f"| train_imagenet.py --strategy {s} | {median[s]:.0f}{spread(v)} | {median[s] / ref:.2f} | "
               f"{median[s] / median['ce']:.3f} |" for s, v in rows.items()]
-    header = (f"{args.arch}, batch {args.batch_size}, {args.image_size}px, {device}, amp {args.amp}, "
-              f"extra {' '.join(train_args)}, median of {args.repeats}")
     print("\n" + header + "\n" + "\n".join(lines))
-    if args.out:
-        write_text_atomically(args.out, json.dumps({"setup": header, "model_only": reference,
-                                                    "train_imagenet": rows, "median": median}, indent=1))
-
 
 if __name__ == "__main__":
     main()

@@ -86,27 +86,34 @@ def main(argv=None):
         make_synthetic_dataset(root, 10, per_class, 1, args.image_side, seed=0, workers=os.cpu_count())
     rows = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "batch_size": args.batch_size,
             "crop": args.crop}
+
+    def record(key, value):
+        """Each figure is printed and written as soon as it is measured: a run cut short by a lease's time
+        limit still gives the figures it had."""
+        rows[key] = value
+        print(f"{key}: {value:.4g}", flush=True)
+        if args.out:
+            write_text_atomically(args.out, json.dumps(rows, indent=1))
+
     dali = ImageNetLoader(root, "train", args.batch_size, args.crop, device, num_threads=args.threads)
-    rows["dali_img_per_s"] = images_per_second(dali, device, args.batches)
-    rows["torchvision_img_per_s"] = images_per_second(torchvision_loader(root, args.batch_size, args.crop, args.workers),
-                                                      device, args.batches)
+    record("dali_img_per_s", images_per_second(dali, device, args.batches))
+    record("torchvision_img_per_s", images_per_second(
+        torchvision_loader(root, args.batch_size, args.crop, args.workers), device, args.batches))
+    record("dali_vs_torchvision", rows["dali_img_per_s"] / rows["torchvision_img_per_s"])
     steps = 20 if device.type == "cuda" else 2
-    rows["resnet50_model_only_img_per_s"] = model_only("resnet50", 1000, args.batch_size if device.type == "cuda" else 8,
-                                                       args.crop, device, steps)
-    rows["dali_vs_torchvision"] = rows["dali_img_per_s"] / rows["torchvision_img_per_s"]
-    rows["dali_vs_resnet50"] = rows["dali_img_per_s"] / rows["resnet50_model_only_img_per_s"]
+    record("resnet50_model_only_img_per_s", model_only("resnet50", 1000, args.batch_size if device.type == "cuda" else 8,
+                                                       args.crop, device, steps))
+    record("dali_vs_resnet50", rows["dali_img_per_s"] / rows["resnet50_model_only_img_per_s"])
     if args.small:
         small = ResidentLoader(ResidentImages(args.small, "train", device), args.batch_size, True)
-        rows["resident_img_per_s"] = images_per_second(small, device, args.batches)
-        rows["torchvision_small_img_per_s"] = images_per_second(
-            torchvision_loader(args.small, args.batch_size, 32, args.workers, small=True), device, args.batches)
-        rows["cifar_resnet18_model_only_img_per_s"] = model_only("cifar_resnet18", 10, args.batch_size, 32, device, steps)
-        rows["resident_vs_torchvision"] = rows["resident_img_per_s"] / rows["torchvision_small_img_per_s"]
-        rows["resident_vs_cifar_resnet18"] = rows["resident_img_per_s"] / rows["cifar_resnet18_model_only_img_per_s"]
+        record("resident_img_per_s", images_per_second(small, device, args.batches))
+        record("torchvision_small_img_per_s", images_per_second(
+            torchvision_loader(args.small, args.batch_size, 32, args.workers, small=True), device, args.batches))
+        record("resident_vs_torchvision", rows["resident_img_per_s"] / rows["torchvision_small_img_per_s"])
+        record("cifar_resnet18_model_only_img_per_s",
+               model_only("cifar_resnet18", 10, args.batch_size, 32, device, steps))
+        record("resident_vs_cifar_resnet18", rows["resident_img_per_s"] / rows["cifar_resnet18_model_only_img_per_s"])
     print(json.dumps(rows, indent=1))
-    if args.out:
-        write_text_atomically(args.out, json.dumps(rows, indent=1))
-
 
 if __name__ == "__main__":
     main()
