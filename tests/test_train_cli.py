@@ -133,7 +133,8 @@ def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path,
         m.setattr(train_imagenet.EpochLog, "progress", progress)
         with pytest.raises(SystemExit) as stopped:
             run(data, tmp_path / "parts", *common)
-    assert stopped.value.code == 130 and "continue with --resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130 and "continue with --resume" in err and "teacher" not in err  # ols has none
     state = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)
     assert (state["epoch"], state["step"]) == (0, 2)  # the signal came after step 2: no further step ran
     parts = run(data, tmp_path / "parts", *common, "--resume")
@@ -141,6 +142,20 @@ def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path,
     for key in ("train_loss", "val_acc1", "val_nll", "val_ece"):
         assert parts[2][key] == pytest.approx(whole[2][key], rel=1e-6, abs=1e-7), key
     assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
+
+
+def test_a_run_stopped_in_its_teachers_epochs_names_the_teachers_checkpoint_alone(data, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import signal
+
+    def progress(self, epoch):  # SIGTERM in the teacher's second epoch
+        return lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == (1, 1) else None
+    monkeypatch.setattr(train_imagenet.EpochLog, "progress", progress)
+    with pytest.raises(SystemExit):
+        run(data, tmp_path / "ldl", "--strategy", "ldl")
+    teacher = tmp_path / "ldl" / "teacher" / "checkpoint.pt"
+    assert teacher.exists() and not (tmp_path / "ldl" / "checkpoint.pt").exists()
+    assert f"interrupted: the state is in {teacher}; continue with --resume" in capsys.readouterr().err
 
 
 def test_ldl_trains_its_teacher_first(data, tmp_path):

@@ -662,8 +662,7 @@ def main(argv=None):
                     return
         train(args, args.strategy, args.out, device, rank, world, path, stop_after=budget)
     except (Interrupted, KeyboardInterrupt):
-        print(f"interrupted: the state is in {args.out}/checkpoint.pt (the teacher's in {args.out}/teacher); "
-              "continue with --resume", file=sys.stderr)
+        print(interrupted_line(args), file=sys.stderr)
         raise SystemExit(130)
     except ValueError as error:
         raise SystemExit(str(error))
@@ -675,6 +674,18 @@ def main(argv=None):
             signal.signal(sig, handler)
         if world > 1:
             shutdown_distributed()
+
+
+def interrupted_line(args):
+    """Where a stopped run's state is: the checkpoints that exist, the teacher's only where this command
+    trains it (a ce run has none; a run stopped in its teacher's epochs has no student's checkpoint yet)."""
+    paths = [args.out / "checkpoint.pt"]
+    if args.strategy in ("ldl", "kd") and args.teacher is None:
+        paths.insert(0, args.out / "teacher" / "checkpoint.pt")
+    saved = [str(path) for path in paths if path.exists()]
+    if not saved:
+        return "interrupted before the first checkpoint: nothing to resume, the same command starts again"
+    return f"interrupted: the state is in {' and '.join(saved)}; continue with --resume"
 
 
 if __name__ == "__main__":
