@@ -12,8 +12,8 @@
 # call ends inside the device tool's 10 minutes; docs/benchmarks.md ("A 15-minute lease") orders the calls of
 # a lease, and tools/prepare_lease.sh stages what they carry. Stage "reproduce" (not a default: 546 s per seed
 # on an H100) trains the cifar10-gpu table of tools/reproduce.py for the seeds in $SEEDS (default 0; needs
-# .data/cifar10.tar.gz carried); its runs stay in runs/ on the machine while it is warm, so the same command
-# again resumes an unfinished run. The finished runs' records come back in $OUT as records-cifar10-gpu.tar.gz:
+# .data/cifar10.tar.gz carried), stopping cleanly after $REPRODUCE_SECONDS (default 480); its runs stay in runs/
+# on the machine while it is warm, so the same command again resumes an unfinished run. The finished runs' records come back in $OUT as records-cifar10-gpu.tar.gz:
 # unpacked into docs/runs/ here and committed, they travel with the checkout and are not trained again.
 # Logs and the benchmark table go to $OUT (the device tool's output folder) or ./gpu-results.
 #
@@ -82,8 +82,11 @@ for stage in $STAGES; do
     e2e-cifar) cifar10 && run_stage e2e-cifar e2e_cifar.log timeout 300 $PY tools/bench_e2e.py --device cuda \
            --data /tmp/cifar10 --resident --val-split test --arch cifar_resnet18 --batch-size 512 --image-size 32 \
            --epochs 5 --repeats 2 --out "$OUT/bench_e2e_cifar.json" ;;
-    reproduce) cifar10 && run_stage reproduce reproduce.log $PY tools/reproduce.py --preset cifar10-gpu --data-dir /tmp \
-                 --seeds ${SEEDS:-0} --out runs/reproduce/cifar10-gpu
+    # Stopped (Ctrl-C's signal: the run checkpoints) after $REPRODUCE_SECONDS, inside the device tool's 10 minutes a
+    # call, so that the records of the runs finished so far still come back; the same stage again resumes.
+    reproduce) cifar10 && run_stage reproduce reproduce.log timeout -s INT -k 30 "${REPRODUCE_SECONDS:-480}" \
+                 $PY tools/reproduce.py --preset cifar10-gpu --data-dir /tmp --seeds "${SEEDS:-0}" \
+                 --out runs/reproduce/cifar10-gpu
                [ ! -d docs/runs/cifar10-gpu ] || tar -czf "$OUT/records-cifar10-gpu.tar.gz" -C docs/runs cifar10-gpu ;;
     # Not under memcheck: the compile tests (Triton's kernels and compile time, not ours) and the test whose
     # kernel fails an assert on purpose.
