@@ -56,3 +56,12 @@ def test_a_misspelt_stage_stops_before_any_stage_runs(tmp_path):
                           timeout=60)
     assert done.returncode == 2 and "unknown stage 'tset'" in done.stdout
     assert not list(tmp_path.iterdir())  # not even the build's log
+
+
+def test_the_reproduce_stage_trains_the_preset_named_by_PRESET(tmp_path):
+    # A preset that does not exist: reproduce.py refuses it at once, which shows that PRESET reached it.
+    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "reproduce"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": sys.executable,
+                               "PRESET": "nosuch-gpu", "REPRODUCE_SECONDS": "60"}, timeout=120)
+    log = (tmp_path / "reproduce.log").read_text()
+    assert "--preset: invalid choice: 'nosuch-gpu'" in log and "reproduce: rc=2" in done.stdout

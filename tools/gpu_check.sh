@@ -6,15 +6,19 @@
 # "sanitize-sync"), run the CUDA tests of the data layer (stage "test-dali") and benchmark the data loader (stage
 # "loader"), measure end-to-end training speed against the model-only step (stage "e2e": ResNet-50 on
 # ImageNet-sized JPEGs written there; stage "e2e-cifar": CIFAR-10 ResNet-18), and print a one-screen summary.
-# The last four need NVIDIA DALI, which the device tool's machine lacks: stage "receive", in each call of a
-# lease, keeps the part of DALI and CIFAR-10 that the call carried (.lease0 ... .lease2, from
-# tools/prepare_lease.sh) and unpacks them into /tmp/site and /tmp/cifar10 once all are in. The long stages have time limits, so that a
-# call ends inside the device tool's 10 minutes; docs/benchmarks.md ("A 15-minute lease") orders the calls of
-# a lease, and tools/prepare_lease.sh stages what they carry. Stage "reproduce" (not a default: 546 s per seed
-# on an H100) trains the cifar10-gpu table of tools/reproduce.py for the seeds in $SEEDS (default 0; needs
-# .data/cifar10.tar.gz carried), stopping cleanly after $REPRODUCE_SECONDS (default 480); its runs stay in runs/
-# on the machine while it is warm, so the same command again resumes an unfinished run. The finished runs' records come back in $OUT as records-cifar10-gpu.tar.gz:
-# unpacked into docs/runs/ here and committed, they travel with the checkout and are not trained again.
+# The long stages have time limits, so that a call ends inside the device tool's 10 minutes; docs/benchmarks.md
+# ("A 15-minute lease") orders the calls of a lease.
+#
+# The device tool's machine lacks NVIDIA DALI and the datasets: tools/prepare_lease.sh packs them here into
+# parts (.lease0, .lease1, ...) that the calls carry one each, and stage "receive", in every call, keeps that
+# call's part and, once all are in, unpacks DALI into /tmp/site and the dataset into /tmp.
+#
+# Stage "reproduce" (not a default) trains the table of tools/reproduce.py's preset $PRESET (default cifar10-gpu,
+# which needs .data/cifar10.tar.gz carried; imagenette-gpu needs the parts of `prepare_lease.sh imagenette`
+# received) for the seeds in $SEEDS (default 0), and stops it cleanly after $REPRODUCE_SECONDS (default 480: one
+# cifar10-gpu seed took 546 s on an H100). Its runs stay in runs/ while the machine is warm, so the same command
+# again resumes. The finished runs' records come back in $OUT as records-$PRESET.tar.gz: unpacked into docs/runs/
+# here and committed, they travel with the checkout and are not trained again.
 # Logs and the benchmark table go to $OUT (the device tool's output folder) or ./gpu-results.
 #
 #   bash tools/gpu_check.sh                 # the default stages (loader, e2e only where DALI imports)
@@ -84,10 +88,12 @@ for stage in $STAGES; do
            --epochs 5 --repeats 2 --out "$OUT/bench_e2e_cifar.json" ;;
     # Stopped (Ctrl-C's signal: the run checkpoints) after $REPRODUCE_SECONDS, inside the device tool's 10 minutes a
     # call, so that the records of the runs finished so far still come back; the same stage again resumes.
-    reproduce) cifar10 && run_stage reproduce reproduce.log timeout -s INT -k 30 "${REPRODUCE_SECONDS:-480}" \
-                 $PY tools/reproduce.py --preset cifar10-gpu --data-dir /tmp --seeds "${SEEDS:-0}" \
-                 --out runs/reproduce/cifar10-gpu
-               [ ! -d docs/runs/cifar10-gpu ] || tar -czf "$OUT/records-cifar10-gpu.tar.gz" -C docs/runs cifar10-gpu ;;
+    reproduce) preset=${PRESET:-cifar10-gpu}
+               [ "$preset" != cifar10-gpu ] || cifar10
+               run_stage reproduce reproduce.log timeout -s INT -k 30 "${REPRODUCE_SECONDS:-480}" \
+                 $PY tools/reproduce.py --preset "$preset" --data-dir /tmp --seeds "${SEEDS:-0}" \
+                 --out "runs/reproduce/$preset"
+               [ ! -d "docs/runs/$preset" ] || tar -czf "$OUT/records-$preset.tar.gz" -C docs/runs "$preset" ;;
     # Not under memcheck: the compile tests (Triton's kernels and compile time, not ours) and the test whose
     # kernel fails an assert on purpose.
     sanitize) run_stage sanitize sanitize.log timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 \
