@@ -643,23 +643,20 @@ def main(argv=None):
                 check_checkpoint(path)
             if not held and is_main_process():  # a preempted job's first start, or a mistyped --out
                 print(f"--resume: {args.out} holds no checkpoint yet; training from the start", flush=True)
-        path = None
         budget = args.stop_after  # the epochs of this invocation, the teacher's included
-        if args.strategy in ("ldl", "kd"):
-            path = args.teacher
-            if path is None:
-                path = args.out / "teacher" / "checkpoint.pt"
-            if args.teacher is None and not (args.resume and teacher_complete(path, args)):
+        own = own_teacher(args)
+        path = own or args.teacher  # None for the strategies without a teacher (parse_args refuses --teacher)
+        if own is not None and not (args.resume and teacher_complete(own, args)):
+            if is_main_process():
+                print("no --teacher: training one with ce on the same recipe first", flush=True)
+            trained, complete = train(args, "ce", own.parent, device, rank, world, stop_after=budget)
+            budget = None if budget is None else budget - trained
+            if not complete or budget == 0:  # the student learns from the finished teacher only
                 if is_main_process():
-                    print("no --teacher: training one with ce on the same recipe first", flush=True)
-                trained, complete = train(args, "ce", path.parent, device, rank, world, stop_after=budget)
-                budget = None if budget is None else budget - trained
-                if not complete or budget == 0:  # the student learns from the finished teacher only
-                    if is_main_process():
-                        print(f"--stop-after {args.stop_after}: stopped after {trained} epoch(s) of the teacher "
-                              f"({'complete' if complete else 'not complete'}); the student starts after it: "
-                              "continue with --resume", flush=True)
-                    return
+                    print(f"--stop-after {args.stop_after}: stopped after {trained} epoch(s) of the teacher "
+                          f"({'complete' if complete else 'not complete'}); the student starts after it: "
+                          "continue with --resume", flush=True)
+                return
         train(args, args.strategy, args.out, device, rank, world, path, stop_after=budget)
     except (Interrupted, KeyboardInterrupt):
         print(interrupted_line(args), file=sys.stderr)
@@ -676,12 +673,18 @@ def main(argv=None):
             shutdown_distributed()
 
 
+def own_teacher(args):
+    """The checkpoint of the teacher this command trains before its student (ldl and kd without --teacher),
+    else None."""
+    if args.strategy in ("ldl", "kd") and args.teacher is None:
+        return args.out / "teacher" / "checkpoint.pt"
+    return None
+
+
 def interrupted_line(args):
     """Where a stopped run's state is: the checkpoints that exist, the teacher's only where this command
     trains it (a ce run has none; a run stopped in its teacher's epochs has no student's checkpoint yet)."""
-    paths = [args.out / "checkpoint.pt"]
-    if args.strategy in ("ldl", "kd") and args.teacher is None:
-        paths.insert(0, args.out / "teacher" / "checkpoint.pt")
+    paths = [path for path in (own_teacher(args), args.out / "checkpoint.pt") if path is not None]
     saved = [str(path) for path in paths if path.exists()]
     if not saved:
         return "interrupted before the first checkpoint: nothing to resume, the same command starts again"
