@@ -24,12 +24,13 @@ MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+def copy_hashing(source, out, digest, limit=None):
+    """Copies ``source`` into ``out`` (``limit`` bytes at most), adding what it copies to ``digest``: the
+    payload's SHA-256 is taken in the same pass that splits or joins it, not by reading it again."""
+    while limit != 0 and (block := source.read(CHUNK if limit is None else min(CHUNK, limit))):
+        out.write(block)
+        digest.update(block)
+        limit = None if limit is None else limit - len(block)
 
 
 def pack(members, part_bytes, root=Path(".")):
@@ -44,21 +45,19 @@ def pack(members, part_bytes, root=Path(".")):
     size = staging.stat().st_size
     count = max(1, math.ceil(size / part_bytes))
     part_size = math.ceil(size / count)
-    manifest = {"parts": count, "size": size, "sha256": sha256(staging),
-                "members": {Path(path).name: str(dest) for path, dest in members.items()}}
-    folders = []
+    digest, folders = hashlib.sha256(), []
     with open(staging, "rb") as payload:
         for index in range(count):
             folder = root / f"{PREFIX}{index}"
             folder.mkdir()
             with open(folder / "part", "wb") as out:
-                left = part_size
-                while left and (block := payload.read(min(CHUNK, left))):
-                    out.write(block)
-                    left -= len(block)
-            (folder / MANIFEST).write_text(json.dumps({**manifest, "index": index}, indent=1) + "\n")
+                copy_hashing(payload, out, digest, part_size)
             folders.append(folder)
     staging.unlink()
+    manifest = {"parts": count, "size": size, "sha256": digest.hexdigest(),
+                "members": {Path(path).name: str(dest) for path, dest in members.items()}}
+    for index, folder in enumerate(folders):
+        (folder / MANIFEST).write_text(json.dumps({**manifest, "index": index}, indent=1) + "\n")
     return folders
 
 
@@ -86,13 +85,13 @@ def receive(store=Path("/tmp/lease"), root=Path(".")):
         print(f"lease: {manifest['parts'] - len(missing)} of {manifest['parts']} parts here; "
               f"next, carry {', '.join(f'.lease{index}' for index in missing)}")
         return False
-    payload = store / "payload.tar"
+    payload, digest = store / "payload.tar", hashlib.sha256()
     with open(payload, "wb") as out:
         for index in range(manifest["parts"]):
             with open(store / f"part{index}", "rb") as part:
-                shutil.copyfileobj(part, out, CHUNK)
+                copy_hashing(part, out, digest)
             (store / f"part{index}").unlink()  # /tmp holds the payload once, not twice
-    if payload.stat().st_size != manifest["size"] or sha256(payload) != manifest["sha256"]:
+    if payload.stat().st_size != manifest["size"] or digest.hexdigest() != manifest["sha256"]:
         sys.exit(f"lease: the payload in {payload} does not match its manifest (a part was cut short or mixed up)")
     with tarfile.open(payload) as outer:
         for member in outer.getmembers():
