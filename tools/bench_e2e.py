@@ -130,5 +130,6 @@ def main(argv=None):
               f"{median[s] / median['ce']:.3f} |" for s, v in rows.items()]
     print("\n" + header + "\n" + "\n".join(lines))
 
+
 if __name__ == "__main__":
     main()

@@ -115,5 +115,6 @@ def main(argv=None):
         record("resident_vs_cifar_resnet18", rows["resident_img_per_s"] / rows["cifar_resnet18_model_only_img_per_s"])
     print(json.dumps(rows, indent=1))
 
+
 if __name__ == "__main__":
     main()
