@@ -50,18 +50,20 @@ def test_test_dali_runs_the_cuda_tests_of_every_file_that_needs_dali():
     assert with_cuda_tests and listed == with_cuda_tests
 
 
+def gpu_check(out, *stages, **env):
+    """Runs gpu_check.sh here (no GPU), its logs in ``out``."""
+    return subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), *stages], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": sys.executable, **env}, timeout=120)
+
+
 def test_a_misspelt_stage_stops_before_any_stage_runs(tmp_path):
-    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "build", "tset"], capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": sys.executable},
-                          timeout=60)
+    done = gpu_check(tmp_path, "build", "tset")
     assert done.returncode == 2 and "unknown stage 'tset'" in done.stdout
     assert not list(tmp_path.iterdir())  # not even the build's log
 
 
 def test_the_reproduce_stage_trains_the_preset_named_by_PRESET(tmp_path):
     # A preset that does not exist: reproduce.py refuses it at once, which shows that PRESET reached it.
-    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "reproduce"], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": sys.executable,
-                               "PRESET": "nosuch-gpu", "REPRODUCE_SECONDS": "60"}, timeout=120)
+    done = gpu_check(tmp_path, "reproduce", PRESET="nosuch-gpu", REPRODUCE_SECONDS="60")
     log = (tmp_path / "reproduce.log").read_text()
     assert "--preset: invalid choice: 'nosuch-gpu'" in log and "reproduce: rc=2" in done.stdout
