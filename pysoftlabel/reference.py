@@ -63,18 +63,22 @@ def soft_cross_entropy(logits: Tensor, target: SoftTarget, reduction: str = "mea
 
 
 def _argmax_correct(logits, labels, ignore_index):
+    """The rows' softmax and its max, and which rows are valid (not ignore_index), finite (a finite log-sum-exp:
+    no NaN or +inf logit, not all -inf; other rows have no softmax) and correct (finite, argmax == label)."""
     x = logits.detach().double()
     valid = labels != ignore_index
+    finite = torch.isfinite(torch.logsumexp(x, dim=1))
     p = torch.softmax(x, dim=1)
     confidence, prediction = p.max(dim=1)
-    correct = (prediction == labels) & valid
-    return x, p, confidence, correct, valid
+    correct = (prediction == labels) & valid & finite
+    return x, p, confidence, correct, valid, finite
 
 
 def class_stats_update(logits: Tensor, labels: Tensor, class_sum: Tensor, class_count: Tensor,
                        ignore_index: int = -100):
-    """Returns (class_sum, class_count) after rows with argmax == label add their softmax to their class."""
-    _, p, _, correct, _ = _argmax_correct(logits, labels, ignore_index)
+    """Returns (class_sum, class_count) after rows with argmax == label add their softmax to their class (rows
+    with non-finite logits have no softmax and are left out)."""
+    _, p, _, correct, _, _ = _argmax_correct(logits, labels, ignore_index)
     y = labels[correct].long()
     new_sum = class_sum.index_add(0, y, p[correct].to(class_sum.dtype))
     new_count = class_count.index_add(0, y, torch.ones(len(y), dtype=class_count.dtype, device=y.device))
@@ -84,8 +88,7 @@ def class_stats_update(logits: Tensor, labels: Tensor, class_sum: Tensor, class_
 def calibration_update(logits: Tensor, labels: Tensor, bins: Tensor, sums: Tensor, ignore_index: int = -100):
     """Returns (bins, sums) after one batch: bins [M, 3] = count, confidence sum, correct count over
     confidence bins (b/M, (b+1)/M]; sums [3] = NLL sum, Brier sum, rows with non-finite logits."""
-    x, p, confidence, correct, valid = _argmax_correct(logits, labels, ignore_index)
-    finite = torch.isfinite(torch.logsumexp(x, dim=1))
+    x, p, confidence, correct, valid, finite = _argmax_correct(logits, labels, ignore_index)
     use = valid & finite
     m = bins.shape[0]
     b = (torch.ceil(confidence * m).long() - 1).clamp(0, m - 1)

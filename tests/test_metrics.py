@@ -176,6 +176,48 @@ def test_class_stats_follow_ols_semantics(device):
         stats.update(torch.randn(2, 4, device=device), torch.tensor([0, 1], device=device))
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_statistics_leave_out_rows_with_non_finite_logits(device, backend):
+    """Rows with NaN or +inf logits (an fp16 overflow) or all -inf have no softmax: both backends leave them
+    out of the class statistics (the reference added NaN rows to the OLS table, and the CPU kernel a +inf
+    row's softmax) and count them as non-finite in the calibration statistics (the CPU kernel counted +inf
+    rows as finite rows of confidence 1 and NLL -inf), in the fused loss's pass too."""
+    if backend == "native" and not psl.extension_info()["cpu"]:
+        pytest.skip("extension not built")
+    g = torch.Generator().manual_seed(2)
+    n, c = 40, 6
+    logits = torch.randn(n, c, generator=g) * 3
+    labels = torch.randint(0, c, (n,), generator=g)
+    logits[torch.arange(n), labels] += 4  # most rows correct
+    finite = logits.clone()
+    bad = torch.tensor([3, 10, 17, 25])
+    logits[3, int(labels[3])] = float("inf")
+    logits[10, int(labels[10])] = float("nan")
+    logits[17, :] = -float("inf")
+    logits[25, (int(labels[25]) + 1) % c] = float("inf")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[bad] = False
+    logits, labels, finite = logits.to(device), labels.to(device), finite.to(device)
+    want_stats = psl.ClassStats(c, device).update(finite[keep], labels[keep], backend="reference")
+    want_cal = psl.CalibrationStats(device=device).update(finite[keep], labels[keep], backend="reference")
+    for fused in (False, True):
+        stats, cal = psl.ClassStats(c, device), psl.CalibrationStats(device=device, skip_nonfinite=True)
+        if fused:
+            psl.soft_cross_entropy(logits, labels, stats=stats, calib=cal, backend=backend)
+        else:
+            stats.update(logits, labels, backend=backend)
+            cal.update(logits, labels, backend=backend)
+        assert stats.sum.isfinite().all()
+        torch.testing.assert_close(stats.count, want_stats.count)
+        torch.testing.assert_close(stats.sum, want_stats.sum)
+        assert cal.nonfinite == len(bad) and cal.count == n - len(bad)
+        torch.testing.assert_close(cal.bins, want_cal.bins)
+        torch.testing.assert_close(cal.sums[:2], want_cal.sums[:2])
+    with pytest.raises(ValueError, match="4 row"):
+        psl.CalibrationStats(device=device).update(logits, labels, backend=backend).ece
+
+
 @pytest.mark.skipif(not psl.extension_info()["cpu"], reason="extension not built")
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_cpu_statistics_are_the_same_bits_on_every_run(threads):

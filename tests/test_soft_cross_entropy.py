@@ -320,6 +320,39 @@ def test_masked_classes_soft_targets_parity(device, parts):
 
 @native
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("parts", [(), ("smoothing",), ("mix", "table", "dense", "per_row")])
+def test_overflowed_logits_give_nan_loss_and_gradient(device, dtype, parts):
+    """A row with a +inf logit (an fp16 forward that overflowed) has a NaN loss and a NaN gradient, as in
+    F.cross_entropy and the reference, so that GradScaler sees the overflow and skips the step. The CPU
+    kernel took such a row's exps against 0 instead of its max: the loss came out -inf or NaN beside a
+    finite gradient (softmax 1 on the +inf class), and the step was taken. Other rows are unaffected."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 12, 37
+    target = random_target(n, c, set(parts), generator=g)
+    target = dataclasses.replace(target, **{k: v.to(device) for k, v in target.tensors()})
+    logits = torch.randn(n, c, generator=g) * 3
+    overflowed = torch.tensor([1, 4, 7, 8])
+    logits[1, 5] = float("inf")                               # on another class
+    logits[4, int(target.labels[4])] = float("inf")           # on the label
+    logits[7, :3] = float("inf")                              # on several classes
+    logits[8, 0], logits[8, 1] = float("inf"), -float("inf")  # beside a masked class
+    logits = logits.to(device, dtype)
+    check_parity(logits, target, "none")
+    loss, grad = loss_and_grad(logits, target, "none", "native")
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[overflowed] = True
+    assert loss[bad].isnan().all() and grad[bad].isnan().all()
+    assert loss[~bad].isfinite().all() and grad[~bad].isfinite().all()
+    if not parts:  # a label target: exactly F.cross_entropy's NaN pattern
+        x = logits.float().detach().requires_grad_(True)
+        theirs = F.cross_entropy(x, target.labels, reduction="none")
+        theirs_grad, = torch.autograd.grad(theirs.sum(), x)
+        assert torch.equal(theirs.isnan().cpu(), bad) and torch.equal(theirs_grad.isnan().any(1).cpu(), bad)
+
+
+@native
+@pytest.mark.parametrize("device", devices())
 def test_not_last_layer_and_retain_graph(device):
     """loss * 3 scales the stored gradient; a second backward through the same graph recomputes it."""
     logits = torch.randn(16, 10, device=device, requires_grad=True)

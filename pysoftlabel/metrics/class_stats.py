@@ -33,7 +33,8 @@ class ClassStats(SummedState):
         return self.sum, self.count
 
     def update(self, logits: Tensor, labels: Tensor, ignore_index: int = -100, backend: str = "auto"):
-        """Adds the rows of ``logits`` classified correctly (argmax == label) to their class. Returns self."""
+        """Adds the rows of ``logits`` classified correctly (argmax == label) to their class; rows with non-finite
+        logits (NaN, +inf, all -inf) have no softmax and are left out. Returns self."""
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must have shape [N, {self.num_classes}], got {tuple(logits.shape)}")
         if labels.shape != (logits.shape[0],):

@@ -32,6 +32,9 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     With ``SoftTarget(labels, smoothing=s)`` this equals ``F.cross_entropy(logits, labels,
     label_smoothing=s)``, also for classes masked with ``-inf`` logits: a class of target weight 0 adds
     nothing (:math:`0 \log 0 = 0`), one with weight makes the loss ``inf``; the gradient stays finite.
+    A row with a NaN or ``+inf`` logit (an fp16 forward that overflowed) has a NaN loss and a NaN gradient, as
+    in ``F.cross_entropy``, so that a ``GradScaler`` skips the step; ``stats`` and ``calib`` leave it out
+    (``calib`` counts it in ``nonfinite``).
 
     The native kernels read each row of logits once for the loss, write the gradient in the same call
     (when ``logits`` requires grad) and accumulate ``stats`` / ``calib`` in that pass; ``loss.backward()``

@@ -164,6 +164,54 @@ void bad_label_reports_row(std::mt19937& rng) {
   (void)rng;
 }
 
+// Rows with a +inf logit (an fp16 overflow) have NaN loss and gradient, as in F.cross_entropy (GradScaler then
+// skips the step), count as non-finite in the calibration sums and stay out of the class statistics; the
+// other rows are untouched. The kernel once took such a row's exps against 0: a finite gradient, a loss of
+// -inf, and a row of confidence 1 in the statistics. +inf inside a vector of lanes (row 1) and in the tail.
+void overflowed_rows_are_nan() {
+  const int64_t N = 4, C = 37;
+  std::vector<float> x(N * C), loss(N), grad(N * C);
+  for (int64_t j = 0; j < N * C; ++j) x[j] = std::sin(0.7f * static_cast<float>(j));
+  std::vector<int64_t> y = {2, 3, 9, 11};
+  for (int64_t i = 0; i < N; ++i) x[i * C + y[i]] = 4.f;  // every row correct
+  x[1 * C + 3] = INFINITY;                                // on the label
+  x[2 * C + 35] = INFINITY;                               // on another class
+  std::vector<double> bins(15 * 3, 0.0), sums(3, 0.0);
+  std::vector<float> class_sum(C * C, 0.f), class_count(C, 0.f);
+  psl::RowJob<float> job;
+  job.rows = N;
+  job.classes = C;
+  job.logits = x.data();
+  job.labels = y.data();
+  job.smoothing.value = 0.1f;
+  job.loss = loss.data();
+  job.grad = grad.data();
+  job.calib_bins = bins.data();
+  job.calib_sums = sums.data();
+  job.n_bins = 15;
+  job.class_sum = class_sum.data();
+  job.class_count = class_count.data();
+  psl::run_rows_cpu(job);
+  for (int64_t i = 0; i < N; ++i) {
+    const bool overflowed = i == 1 || i == 2;
+    int64_t nan_grad = 0;
+    for (int64_t c = 0; c < C; ++c) nan_grad += std::isnan(grad[i * C + c]);
+    if (std::isnan(loss[i]) != overflowed || nan_grad != (overflowed ? C : 0)) {
+      std::printf("FAIL overflowed row %lld: loss %g, %lld NaN gradient element(s)\n", static_cast<long long>(i),
+                  loss[i], static_cast<long long>(nan_grad));
+      ++failures;
+    }
+  }
+  double counted = 0, class_total = 0;
+  for (int64_t b = 0; b < 15; ++b) counted += bins[b * 3];
+  for (float v : class_count) class_total += v;
+  expect_close(sums[2], 2, 0, "non-finite rows", 0);
+  expect_close(counted, 2, 0, "rows in the bins", 0);
+  expect_close(class_total, 2, 0, "rows in the class statistics", 0);
+  expect_close(class_count[3] + class_count[9], 0, 0, "overflowed rows' classes", 0);
+  expect_close(std::isfinite(sums[0]) && std::isfinite(sums[1]), 1, 0, "NLL and Brier sums finite", 0);
+}
+
 }  // namespace
 
 int main() {
@@ -179,6 +227,7 @@ int main() {
   };
   for (const Case& k : cases) run_case(k, rng);
   bad_label_reports_row(rng);
+  overflowed_rows_are_nan();
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;

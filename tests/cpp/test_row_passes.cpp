@@ -31,7 +31,8 @@ struct Case {
   bool mix, table, dense, dense_logits;
   double s, a, d, lam, temperature;
   int values;  // 0 normal, 1 whole numbers (ties of the max), 2 with -inf, 3 with a NaN, 4 all -inf, 5 0/1,
-              // 6 with -inf at the label too, 7 with -inf at the mixup partner label, 8 far from 0 (+3e4)
+              // 6 with -inf at the label too, 7 with -inf at the mixup partner label, 8 far from 0 (+3e4),
+              // 9 with +inf (an fp16 overflow)
 };
 
 using State = psl::RowState<float>;
@@ -77,6 +78,7 @@ void run_row(const Case& k, std::mt19937& rng) {
   const bool masked = k.values == 2 || k.values == 6 || k.values == 7;  // every third class masked with -inf
   if (masked) for (int c = 0; c < C; c += 3) x[c] = -INFINITY;
   if (k.values == 3) x[C / 2] = NAN;
+  if (k.values == 9) x[C / 3] = INFINITY;
   if (k.values == 4) for (auto& v : x) v = -INFINITY;
   int64_t y = label(rng), y2 = k.mix ? label(rng) : y;
   if ((k.values == 2 || k.values == 7) && y % 3 == 0) y = (y + 1) % C;  // a finite label logit
@@ -238,7 +240,7 @@ void run_row(const Case& k, std::mt19937& rng) {
     z += e;
     z2 += e * e;
   }
-  if (any_nan) z = z2 = NAN;
+  if (any_nan || m == INFINITY) z = z2 = NAN;  // no softmax: NaN, as in F.cross_entropy
   const double lse = (std::isfinite(m) ? m : 0.0) + std::log(z);
   std::vector<double> D(C, 0.0);
   if (kDense) {
@@ -264,14 +266,17 @@ void run_row(const Case& k, std::mt19937& rng) {
     expect_close(st.max_vector, psl::kNoVector, 0, 0, "no max vector", 0);
     return;
   }
-  if (!finite) return;  // the NaN row: its lse is NaN, and nothing else of it is used
-  expect_close(st.max, m, 0, 0, "max", 0);
-  expect_close(argmax, want_argmax, 0, 0, "argmax", 0);
-  expect_close(st.sum, z, 0, 2e-6, "sum exp", 0);
-  expect_close(st.sum_sq, z2, 0, 2e-6, "sum exp^2", 0);
-  expect_close(r.lse, lse, 2e-6, 1e-6, "lse", 0);
-  expect_close(1.0 / st.sum, std::exp(m - lse), 0, 2e-6, "confidence", 0);
-  expect_close(loss, want_loss, 2e-5, 2e-5, "loss", 0);  // +inf where a masked class has target weight
+  if (finite) {
+    expect_close(st.max, m, 0, 0, "max", 0);
+    expect_close(argmax, want_argmax, 0, 0, "argmax", 0);
+    expect_close(st.sum, z, 0, 2e-6, "sum exp", 0);
+    expect_close(st.sum_sq, z2, 0, 2e-6, "sum exp^2", 0);
+    expect_close(r.lse, lse, 2e-6, 1e-6, "lse", 0);
+    expect_close(1.0 / st.sum, std::exp(m - lse), 0, 2e-6, "confidence", 0);
+    expect_close(loss, want_loss, 2e-5, 2e-5, "loss", 0);  // +inf where a masked class has target weight
+  } else {  // a NaN or +inf logit: the loss and (below) every gradient element NaN, so that GradScaler skips
+    expect_close(loss, NAN, 0, 0, "loss", 0);
+  }
 
   // Pass 2 of every vector, as pass2() (gradient) in row_device.cuh.
   for (int v = 0; v < n_vec; ++v) {
@@ -283,7 +288,7 @@ void run_row(const Case& k, std::mt19937& rng) {
     psl::grad_vector<VEC, kTable, kDense>(g_row, p, w, dv, k.dense_logits, job.inv_temperature, v * VEC, g);
     for (int j = 0; j < VEC; ++j) {
       const int c = v * VEC + j;
-      const double want_p = std::exp(double(x[c]) - lse);
+      const double want_p = finite ? std::exp(double(x[c]) - lse) : NAN;
       expect_close(p[j], want_p, 1e-7, 2e-6, "softmax", c);
       expect_close(g[j], (want_p * mass - target[c]) * f, 1e-6, 1e-5, "grad", c);
     }
@@ -322,6 +327,8 @@ int main() {
       {"-inf at the label: loss +inf", 960, 64, 8, false, false, false, false, 0.0, 0, 0, 1, 1, 6},
       {"-inf at the label, no weight on it", 1002, 32, 1, false, true, true, true, 0.0, 0.5, 0.5, 1, 1, 6},
       {"a NaN logit", 512, 64, 8, false, false, false, false, 0.1, 0, 0, 1, 1, 3},
+      {"a +inf logit", 512, 64, 8, false, false, false, false, 0.1, 0, 0, 1, 1, 9},
+      {"a +inf logit, every part", 1000, 32, 4, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.0, 9},
       {"logits far from 0", 1000, 32, 8, false, false, false, false, 0.0, 0, 0, 1, 1, 8},
       {"logits far from 0, mixup", 1024, 64, 4, true, false, false, false, 0.0, 0, 0, 0.3, 1, 8},
       {"all -inf", 64, 32, 4, false, false, false, false, 0.0, 0, 0, 1, 1, 4},

@@ -280,28 +280,31 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     const int64_t argmax = job.class_sum != nullptr || job.calib_bins != nullptr ? first_index_of(x, C, m) : 0;
     // Class statistics alone need nothing more of a misclassified row.
     if (!job.loss && !job.grad && !job.calib_bins && argmax != t.y) continue;
-    const acc_t m_safe = std::isfinite(m) ? m : acc_t(0);
+    // The exps' base, as the CUDA kernel's (exp_base): 0 only where the max is -inf. A +inf max stays, so that
+    // the row's sums, loss and gradient are NaN as in F.cross_entropy (a base of 0 gave an fp16 overflow a
+    // finite gradient, a loss of -inf and a place in the statistics).
+    const acc_t base = exp_base(m);
     // exp(x - max) straight into the row's gradient when it has the accumulation type: the gradient's
     // cache misses then fall in this compute-bound sweep, and the gradient sweep below runs in cache.
     acc_t* er = e.data;
     if constexpr (same) {
       if (job.grad) er = job.grad + row * C;
     }
-    const ExpSums<acc_t> row_sums = exp_and_sums(x, m_safe, er, C);
+    const ExpSums<acc_t> row_sums = exp_and_sums(x, base, er, C);
     const acc_t s = row_sums.sum, s2 = row_sums.sum_sq;
     const acc_t log_s = std::log(s);
-    const acc_t lse = m_safe + log_s;
+    const acc_t lse = base + log_s;
     const acc_t x_y = x[t.y];
 
     RowSums<acc_t> sums;
     sums.shift = row_shift(x_y, m);
-    sums.lse_shifted = lse_minus(m_safe, log_s, sums.shift);
-    sums.shifted_sum = row_sums.sum_x_minus_m + acc_t(C) * (m_safe - sums.shift);
+    sums.lse_shifted = lse_minus(base, log_s, sums.shift);
+    sums.shifted_sum = row_sums.sum_x_minus_m + acc_t(C) * (base - sums.shift);
     if (t.table_y) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) table_mix[c] = t.table_at(c);
       const acc_t mass = lane_sum(table_mix.data, C);
-      sums.table_dot = lane_weighted_dot(table_mix.data, x, m_safe, C) + mass * (m_safe - sums.shift);
+      sums.table_dot = lane_weighted_dot(table_mix.data, x, base, C) + mass * (base - sums.shift);
       sums.table_mass = mass;
     }
     if (job.dense) {
@@ -316,7 +319,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
         for (int64_t c = 0; c < C; ++c) dense[c] *= inv;
       }
       const acc_t mass = lane_sum(dense.data, C);
-      sums.dense_dot = lane_weighted_dot(dense.data, x, m_safe, C) + mass * (m_safe - sums.shift);
+      sums.dense_dot = lane_weighted_dot(dense.data, x, base, C) + mass * (base - sums.shift);
       sums.dense_mass = mass;
     }
     if (job.loss) job.loss[row] = row_loss(t, sums, C, x_y, x[t.y2]);
@@ -333,7 +336,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
         stats->bins[b * 3 + 0] += 1;
         stats->bins[b * 3 + 1] += confidence;
         stats->bins[b * 3 + 2] += argmax == t.y ? 1 : 0;
-        stats->calib_sums[0] += lse_minus(m_safe, log_s, x_y);  // NLL = lse - x_y
+        stats->calib_sums[0] += lse_minus(base, log_s, x_y);  // NLL = lse - x_y
         stats->calib_sums[1] += brier_score(s2 * inv_s * inv_s, p_y);
       }
     }
