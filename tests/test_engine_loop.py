@@ -45,17 +45,23 @@ def test_teacher_forward_runs_under_the_students_autocast():
 
 
 class Overflowing(torch.nn.Module):
-    """A linear model whose logits are infinite in the given calls (an fp16 overflow, a diverged step)."""
+    """A linear model whose first logit is +inf in the given calls (an fp16 overflow, a diverged step). The
+    addition passes the loss's gradient on to the weights as it is: the step is skipped only if that is not
+    finite."""
 
     def __init__(self, bad_calls):
         super().__init__()
         self.linear = torch.nn.Linear(3 * 8 * 8, 4)
         self.calls, self.bad_calls = 0, set(bad_calls)
+        self.weights = []  # the weight each call saw
 
     def forward(self, x):
         self.calls += 1
+        self.weights.append(self.linear.weight.detach().clone())
         out = self.linear(x.flatten(1))
-        return out * float("inf") if self.calls in self.bad_calls else out
+        if self.calls in self.bad_calls:
+            out = out + torch.tensor([float("inf"), 0.0, 0.0, 0.0], dtype=out.dtype)
+        return out
 
 
 def _loader(steps=4):
@@ -67,9 +73,14 @@ def _loader(steps=4):
 def test_loss_scaler_skips_an_overflowing_step_and_it_is_counted():
     model = Overflowing({2})
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
     metrics = train_one_epoch(model, _loader(), S.CrossEntropy(), optimizer, torch.device("cpu"),
-                              scaler=torch.amp.GradScaler("cpu"), amp_dtype=torch.float16)
+                              scaler=scaler, amp_dtype=torch.float16)
     assert metrics["steps"] == 4 and metrics["train_nonfinite_steps"] == 1
+    # Skipped: the overflowing step left the weights as they were and halved the scale. (The CPU kernel once gave
+    # a +inf row a finite gradient, and the scaler took the step.)
+    assert not torch.equal(model.weights[1], model.weights[0]) and torch.equal(model.weights[2], model.weights[1])
+    assert scaler.get_scale() == 2.0 ** 15
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.isfinite(torch.tensor([metrics["train_loss"], metrics["train_ece"], metrics["train_acc1"]])).all()
 
