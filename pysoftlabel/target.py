@@ -37,7 +37,7 @@ class SoftTarget:
         dense_weight (float or Tensor[N]): weight ``d`` of ``dense``. Default: 0.
         dense_logits (bool): ``dense`` holds logits; the target uses ``softmax(dense / temperature)``.
             Default: False.
-        temperature (float): temperature of ``dense`` logits. Default: 1.
+        temperature (float): temperature of ``dense`` logits (only with ``dense_logits``). Default: 1.
         ignore_index (int): label value of rows to ignore. Default: -100.
 
     A weight given as a 0-d tensor applies to every row (as a float does, but without reading it on the host).
@@ -106,8 +106,13 @@ class SoftTarget:
                 raise ValueError(f"dense must be floating point, got dtype {self.dense.dtype}")
         elif _nonzero(self.dense_weight):
             raise ValueError("dense_weight is nonzero but no dense target is given")
+        elif self.dense_logits:
+            raise ValueError("dense_logits is True but no dense target is given")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.temperature != 1.0 and not self.dense_logits:  # it would be ignored
+            raise ValueError(f"temperature={self.temperature} applies to dense logits only (dense_logits=True); "
+                             "dense probabilities are used as they are")
 
     def check_against(self, logits):
         """Shape, dtype and device checks against ``logits`` (no data access, no synchronisation)."""

@@ -525,6 +525,10 @@ def test_bad_input_raises_value_error(backend, case, match):
     (dict(table=torch.rand(5, 4), table_weight=0.1), "square"),
     (dict(table_weight=0.2), "no table"),
     (dict(temperature=0.0), "temperature"),
+    # A temperature with dense probabilities, or with no dense target, was silently not applied.
+    (dict(dense=torch.rand(4, 5).softmax(1), dense_weight=1.0, temperature=3.0), "temperature=3.0 applies to dense logits"),
+    (dict(temperature=2.0), "temperature=2.0 applies to dense logits"),
+    (dict(dense_logits=True), "dense_logits is True but no dense"),
     (dict(smoothing=torch.zeros(3)), "smoothing"),
 ])
 def test_soft_target_rejects(kwargs, match):
