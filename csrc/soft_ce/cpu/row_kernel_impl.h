@@ -282,7 +282,7 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     if (!job.loss && !job.grad && !job.calib_bins && argmax != t.y) continue;
     // The exps' base, as the CUDA kernel's (exp_base): 0 only where the max is -inf. A +inf max stays, so that
     // the row's sums, loss and gradient are NaN as in F.cross_entropy (a base of 0 gave an fp16 overflow a
-    // finite gradient, a loss of -inf and a place in the statistics).
+    // finite gradient, a finite or -inf loss and a place in the statistics).
     const acc_t base = exp_base(m);
     // exp(x - max) straight into the row's gradient when it has the accumulation type: the gradient's
     // cache misses then fall in this compute-bound sweep, and the gradient sweep below runs in cache.
