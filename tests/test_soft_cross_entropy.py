@@ -325,8 +325,9 @@ def test_masked_classes_soft_targets_parity(device, parts):
 def test_overflowed_logits_give_nan_loss_and_gradient(device, dtype, parts):
     """A row with a +inf logit (an fp16 forward that overflowed) has a NaN loss and a NaN gradient, as in
     F.cross_entropy and the reference, so that GradScaler sees the overflow and skips the step. The CPU
-    kernel took such a row's exps against 0 instead of its max: the loss came out -inf or NaN beside a
-    finite gradient (softmax 1 on the +inf class), and the step was taken. Other rows are unaffected."""
+    kernel took such a row's exps against 0 instead of its max: the loss came out finite (hard labels), -inf
+    or NaN beside a finite gradient (softmax 1 on the +inf class), and the step was taken. Other rows are
+    unaffected."""
     g = torch.Generator().manual_seed(5)
     n, c = 12, 37
     target = random_target(n, c, set(parts), generator=g)
