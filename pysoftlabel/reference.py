@@ -13,12 +13,13 @@ __all__ = ["target_distribution", "soft_cross_entropy", "class_stats_update", "c
 def _rows(weight, n, like):
     """A weight (float or Tensor[N]) as a column [N, 1] in the dtype and device of ``like``."""
     if torch.is_tensor(weight):
-        return weight.detach().to(like).reshape(n, 1)
+        return weight.to(like).reshape(n, 1)
     return torch.full((n, 1), float(weight), dtype=like.dtype, device=like.device)
 
 
 def target_distribution(target: SoftTarget, num_classes: int, dtype=torch.float32) -> Tensor:
-    """The N x C target of ``target`` (rows of ignored samples are zero)."""
+    """The N x C target of ``target`` (rows of ignored samples are zero), differentiable in the target's
+    floating-point tensors."""
     labels = target.labels
     n, c = labels.shape[0], num_classes
     like = torch.empty((), dtype=dtype, device=labels.device)
@@ -36,10 +37,10 @@ def target_distribution(target: SoftTarget, num_classes: int, dtype=torch.float3
     h = lam * (classes == y[:, None]).to(dtype) + (1 - lam) * (classes == y2[:, None]).to(dtype)
     t = (1 - s - a - d) * h + s / c
     if target.table is not None:
-        table = target.table.detach().to(dtype)
+        table = target.table.to(dtype)
         t = t + a * (lam * table[y] + (1 - lam) * table[y2])
     if target.dense is not None:
-        dense = target.dense.detach().to(dtype)
+        dense = target.dense.to(dtype)
         D = torch.softmax(dense / target.temperature, dim=1) if target.dense_logits else dense
         t = t + d * D
     return torch.where(valid[:, None], t, torch.zeros((), dtype=dtype, device=t.device))
@@ -51,9 +52,11 @@ def soft_cross_entropy(logits: Tensor, target: SoftTarget, reduction: str = "mea
     t = target_distribution(target, x.shape[1], x.dtype)
     valid = target.labels != target.ignore_index
     x = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))  # ignored rows: no NaN
-    # A class of target weight 0 adds 0 even where its logit is -inf (a masked class): 0 log 0 = 0.
-    terms = t * torch.log_softmax(x, dim=1)
-    loss = -torch.where(t != 0, terms, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1)
+    log_p = torch.log_softmax(x, dim=1)
+    # A class of target weight 0 adds 0 even where its logit is -inf (a masked class): 0 log 0 = 0. Only
+    # there is log p replaced: elsewhere a zero weight keeps its gradient, -log p, for a target that needs it.
+    log_p = torch.where((t == 0) & log_p.isneginf(), torch.zeros((), dtype=x.dtype, device=x.device), log_p)
+    loss = -(t * log_p).sum(dim=1)
     loss = torch.where(valid, loss, torch.zeros((), dtype=x.dtype, device=x.device))
     if reduction == "none":
         return loss

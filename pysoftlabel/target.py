@@ -41,7 +41,8 @@ class SoftTarget:
         ignore_index (int): label value of rows to ignore. Default: -100.
 
     A weight given as a 0-d tensor applies to every row (as a float does, but without reading it on the host).
-    Targets are constants: no gradient flows into ``table``, ``dense`` or the weights.
+    A floating-point part that requires grad (``table``, ``dense``, a per-row weight) gets its gradient, as
+    in ``F.cross_entropy``; the loss then takes the reference formula (see :func:`soft_cross_entropy`).
     Per-row value checks (labels in range, weights in range) happen when the loss is computed,
     because they need ``C`` and, on CUDA, would otherwise cost a host-device synchronisation.
     """

@@ -140,6 +140,73 @@ def test_gradcheck_float64(reduction, parts):
                                         (logits,))
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("dense_part", ["dense", "dense_logits"])
+def test_gradient_flows_into_target_tensors_that_require_it(backend, reduction, dense_part):
+    """Every floating-point tensor of the target that requires grad gets its gradient, as the target of
+    F.cross_entropy does: a learned class table, a teacher trained beside its student (mutual learning),
+    learned per-sample smoothing or mixing weights. gradcheck in float64, logits and target together."""
+    g = torch.Generator().manual_seed(3)
+    target = random_target(7, 5, {"smoothing", "mix", "table", dense_part, "ignore", "per_row"}, generator=g,
+                           logits_dtype=torch.float64)
+    names = [name for name, value in target.tensors() if value.is_floating_point()]
+    assert set(names) == {"smoothing", "lam", "table", "table_weight", "dense", "dense_weight"}
+    inputs = [torch.randn(7, 5, generator=g, dtype=torch.float64)] + [getattr(target, k).double() for k in names]
+
+    def loss(logits, *values):
+        parts = dataclasses.replace(target, **dict(zip(names, values)))
+        return psl.soft_cross_entropy(logits, parts, reduction=reduction, backend=backend)
+    assert torch.autograd.gradcheck(loss, [t.requires_grad_() for t in inputs])
+
+
+@pytest.mark.parametrize("module", [False, True])
+def test_probability_targets_that_require_grad_match_torch(module):
+    """F.cross_entropy's probability targets with their gradient, zero probabilities included (their
+    gradient is -log p / N, not 0); as nn.CrossEntropyLoss's drop-in too."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 4, generator=g)
+    probs = torch.softmax(torch.randn(6, 4, generator=g), 1)
+    probs[:, 0] = 0.0
+    probs = probs / probs.sum(1, keepdim=True)
+    grads = []
+    for loss_fn in (psl.SoftCrossEntropyLoss(smoothing=0.1) if module else psl.soft_cross_entropy,
+                    lambda x, p: F.cross_entropy(x, p, label_smoothing=0.1 if module else 0.0)):
+        x, p = logits.clone().requires_grad_(), probs.clone().requires_grad_()
+        grads.append(torch.autograd.grad(loss_fn(x, p), (x, p)))
+    for ours, torch_grad in zip(*grads):
+        torch.testing.assert_close(ours, torch_grad)
+
+
+def test_torch_func_grad_with_respect_to_the_target():
+    """torch.func.grad of the loss with respect to a dense target: the same as autograd's."""
+    g = torch.Generator().manual_seed(5)
+    logits, teacher = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    labels = torch.randint(0, 3, (5,), generator=g)
+
+    def loss(dense):
+        return psl.soft_cross_entropy(logits, psl.SoftTarget(labels, dense=dense, dense_logits=True, dense_weight=0.5,
+                                                             temperature=2.0))
+    want = teacher.clone().requires_grad_()
+    (want_grad,) = torch.autograd.grad(loss(want), want)
+    assert want_grad.abs().sum() > 0
+    torch.testing.assert_close(torch.func.grad(loss)(teacher), want_grad)
+
+
+@native
+def test_native_backend_refuses_a_target_that_requires_grad():
+    """The kernels differentiate the logits only: forced to them, a target's gradient is an error, not a
+    silent zero."""
+    labels = torch.tensor([0, 1])
+    dense = torch.rand(2, 3, requires_grad=True)
+    target = psl.SoftTarget(labels, dense=dense, dense_weight=0.5)
+    with pytest.raises(ValueError, match=r"dense requires grad.*backend='native'"):
+        psl.soft_cross_entropy(torch.randn(2, 3), target, backend="native")
+    with torch.no_grad():  # no gradient wanted: the kernels serve
+        psl.soft_cross_entropy(torch.randn(2, 3), target, backend="native")
+    psl.soft_cross_entropy(torch.randn(2, 3), dataclasses.replace(target, dense=dense.detach()), backend="native")
+
+
 @native
 @pytest.mark.parametrize("device", devices())
 def test_gradient_penalty_matches_torch(device):

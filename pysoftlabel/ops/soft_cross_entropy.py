@@ -44,6 +44,12 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     ``torch.vmap`` (per-sample gradients: vmap over grad) the loss is the reference formula, vmapped;
     ``stats`` and ``calib`` cannot be accumulated there.
 
+    The target's floating-point tensors (``dense``, ``table``, per-row weights) that require grad get their
+    gradient, as the probability targets of ``F.cross_entropy`` do (a learned table, a teacher trained with
+    its student). The kernels differentiate the logits only, so such a call takes the reference formula,
+    which builds the N x C target: keep targets constant where they are (a frozen teacher's logits computed
+    under ``torch.no_grad()``) to keep the fused pass.
+
     Args:
         logits (Tensor[N, C]): float32, float16, bfloat16 or float64 scores; any strides.
         target (SoftTarget, Tensor[N] or Tensor[N, C]): the target; a label tensor means hard labels, a
@@ -92,6 +98,13 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
         raise ValueError(f"stats is a ClassStats of {stats.num_classes} classes, but logits has {logits.shape[1]}")
 
     native = choose_backend(backend, logits.device)
+    needs_grad = _target_needing_grad(target)
+    if native and needs_grad is not None:  # the kernels differentiate the logits only
+        if backend == "native":
+            raise ValueError(f"{needs_grad} requires grad, but backend='native' differentiates the logits only: "
+                             "detach it (a frozen teacher under torch.no_grad()), or use backend='auto', where the "
+                             "reference formula gives the target its gradient")
+        native = False
     # Native kernels check values themselves (ValueError on CPU, device-side assert on CUDA).
     if not native or (validate and not torch.compiler.is_compiling()):
         target.check_values(logits.shape[1])
@@ -114,6 +127,13 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     loss, _ = _NativeSoftCrossEntropy.apply(logits, _REDUCTIONS.index(reduction), _spec(target, logits), want_grad,
                                             *state)
     return loss
+
+
+def _target_needing_grad(target: SoftTarget):
+    """The name of the first floating-point tensor of ``target`` that autograd must differentiate, else None."""
+    if not torch.is_grad_enabled():
+        return None
+    return next((name for name, value in target.tensors() if value.requires_grad), None)
 
 
 def _is_probabilities(target) -> bool:
