@@ -160,15 +160,16 @@ def test_gradient_flows_into_target_tensors_that_require_it(backend, reduction, 
     assert torch.autograd.gradcheck(loss, [t.requires_grad_() for t in inputs])
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("module", [False, True])
-def test_probability_targets_that_require_grad_match_torch(module):
+def test_probability_targets_that_require_grad_match_torch(device, module):
     """F.cross_entropy's probability targets with their gradient, zero probabilities included (their
     gradient is -log p / N, not 0); as nn.CrossEntropyLoss's drop-in too."""
     g = torch.Generator().manual_seed(4)
-    logits = torch.randn(6, 4, generator=g)
+    logits = torch.randn(6, 4, generator=g).to(device)
     probs = torch.softmax(torch.randn(6, 4, generator=g), 1)
     probs[:, 0] = 0.0
-    probs = probs / probs.sum(1, keepdim=True)
+    probs = (probs / probs.sum(1, keepdim=True)).to(device)
     grads = []
     for loss_fn in (psl.SoftCrossEntropyLoss(smoothing=0.1) if module else psl.soft_cross_entropy,
                     lambda x, p: F.cross_entropy(x, p, label_smoothing=0.1 if module else 0.0)):
