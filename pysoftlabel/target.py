@@ -62,15 +62,13 @@ class SoftTarget:
     def __post_init__(self):
         if not torch.is_tensor(self.labels) or self.labels.dim() != 1:
             raise ValueError(f"labels must be a 1-D tensor of class indices, got {_describe(self.labels)}")
-        if self.labels.is_floating_point() or self.labels.is_complex() or self.labels.dtype == torch.bool:
-            raise ValueError(f"labels must hold integer class indices, got dtype {self.labels.dtype}")
+        check_label_dtype(self.labels)
         n = self.labels.shape[0]
         if self.labels2 is not None:
             if not torch.is_tensor(self.labels2) or self.labels2.shape != self.labels.shape:
                 raise ValueError(f"labels2 must have the shape of labels {tuple(self.labels.shape)}, "
                                  f"got {_describe(self.labels2)}")
-            if self.labels2.is_floating_point() or self.labels2.dtype == torch.bool:
-                raise ValueError(f"labels2 must hold integer class indices, got dtype {self.labels2.dtype}")
+            check_label_dtype(self.labels2, "labels2")
             if self.lam is None:
                 raise ValueError("lam is required with labels2: the weight of labels against labels2")
         elif self.lam is not None:
@@ -158,6 +156,13 @@ class SoftTarget:
                  ("table", self.table), ("table_weight", self.table_weight), ("dense", self.dense),
                  ("dense_weight", self.dense_weight))
         return [(k, v) for k, v in parts if isinstance(v, Tensor)]
+
+
+def check_label_dtype(labels, name="labels"):
+    """ValueError naming ``name`` unless ``labels`` holds integer class indices (any integer dtype; not
+    floating point, complex or bool, which are soft targets or masks passed by mistake)."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
 
 
 def check_label_range(labels, num_classes, ignore_index):

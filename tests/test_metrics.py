@@ -481,6 +481,43 @@ def test_python_accumulators_name_bad_batches(update, match):
     psl.metrics.AdaptiveCalibrationStats().update(masked, torch.tensor([0, 1, 2, 3, -100, 0]))
 
 
+# Every entry point of the metrics that takes logits and labels, as a function of them.
+LABELLED_METRICS = {
+    "CalibrationStats": lambda x, y: psl.calibration_stats(x, y).ece,
+    "ClassStats": lambda x, y: psl.ClassStats(5).update(x, y).table(),
+    "AdaptiveCalibrationStats": lambda x, y: psl.metrics.AdaptiveCalibrationStats().update(x, y).ece,
+    "ClasswiseCalibrationStats": lambda x, y: psl.metrics.ClasswiseCalibrationStats(5).update(x, y).ece,
+    "AccuracyStats": lambda x, y: psl.metrics.AccuracyStats((1, 2)).update(x, y).correct,
+    "fit_temperature": lambda x, y: psl.metrics.fit_temperature(x, y),
+    "heldout_temperature_ece": lambda x, y: psl.metrics.heldout_temperature_ece(x, y),
+    "ece_interval": lambda x, y: psl.metrics.ece_interval(x, y, resamples=20),
+    "ece_difference_interval": lambda x, y: psl.metrics.ece_difference_interval(x, 2 * x, y, resamples=20),
+}
+
+
+@pytest.mark.parametrize("name", LABELLED_METRICS)
+def test_every_metric_takes_any_integer_labels_and_refuses_others_in_one_line(name):
+    """int32 or uint8 labels give the figures of int64 ones (ClasswiseCalibrationStats and the temperature
+    fit raised RuntimeErrors from one_hot and cross_entropy); float or bool labels (soft targets or a mask
+    passed by mistake) are refused with the same line everywhere, where some metrics compared them with the
+    predictions; a label out of range and a NaN row are ValueErrors (the intervals took both silently)."""
+    metric = LABELLED_METRICS[name]
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(12, 5, generator=g) * 2, torch.randint(0, 5, (12,), generator=g)
+    want = metric(x, y)
+    for dtype in (torch.int32, torch.uint8):
+        got = metric(x, y.to(dtype))
+        assert torch.equal(torch.as_tensor(got), torch.as_tensor(want)), dtype
+    for dtype in (torch.float32, torch.bool):
+        with pytest.raises(ValueError, match=rf"^labels must hold integer class indices, got dtype {dtype}$"):
+            metric(x, y.to(dtype))
+    with pytest.raises(ValueError, match="out of range"):
+        metric(x, y.index_fill(0, torch.tensor([3]), 5))
+    if name != "ClassStats":  # which leaves such rows out by design (OLS's statistics)
+        with pytest.raises(ValueError, match=r"^logits: 1 row\(s\)"):
+            metric(x.index_fill(0, torch.tensor([4]), float("nan")), y)
+
+
 def test_context_confidence():
     ctx = psl.metrics.ContextConfidence().update(torch.zeros(3, 4)).update(torch.tensor([[10.0, 0, 0, 0]]))
     p = torch.softmax(torch.tensor([10.0, 0, 0, 0]), 0).max().item()

@@ -81,7 +81,7 @@ class ClasswiseCalibrationStats(SummedState):
         y = labels[valid]
         b = (torch.ceil(p * self.n_bins).long() - 1).clamp(0, self.n_bins - 1)  # [n, C]
         flat = (torch.arange(self.num_classes, device=p.device) * self.n_bins + b).reshape(-1)
-        onehot = torch.nn.functional.one_hot(y, self.num_classes).double().reshape(-1)
+        onehot = torch.nn.functional.one_hot(y.long(), self.num_classes).double().reshape(-1)
         view = self.bins.view(-1, 3)
         view[:, 0].index_add_(0, flat, torch.ones_like(onehot))
         view[:, 1].index_add_(0, flat, p.reshape(-1))

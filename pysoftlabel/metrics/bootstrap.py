@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .calibration import calibration_stats
+from .state import check_batch
 
 __all__ = ["ece_interval", "ece_difference_interval"]
 
@@ -22,7 +23,7 @@ def ece_interval(logits: Tensor, labels: Tensor, n_bins: int = 15, level: float 
     overlap widely are not told apart by it (:func:`ece_difference_interval` compares two models on the same
     draws). (ECE is biased upwards on small sets, and so is the interval.) (nan, nan) without valid rows.
     """
-    _check(level, resamples)
+    _check(level, resamples, labels, ignore_index, logits)
     valid = labels != ignore_index
     figures = _resampled_eces([_row_parts(logits[valid], labels[valid], n_bins)], n_bins, resamples, seed)
     return _percentiles(figures[0], level) if figures is not None else (float("nan"), float("nan"))
@@ -38,10 +39,10 @@ def ece_difference_interval(logits_a: Tensor, logits_b: Tensor, labels: Tensor, 
     0 does not tell the two apart; one that does not is a difference the data support, where the two
     models' own intervals may still overlap. (nan, nan, nan) without valid rows.
     """
-    _check(level, resamples)
     if logits_a.shape != logits_b.shape:
         raise ValueError(f"logits_a and logits_b must have the same shape, got {tuple(logits_a.shape)} and "
                          f"{tuple(logits_b.shape)}")
+    _check(level, resamples, labels, ignore_index, logits_a, logits_b)
     valid = labels != ignore_index
     parts = [_row_parts(logits[valid], labels[valid], n_bins) for logits in (logits_a, logits_b)]
     figures = _resampled_eces(parts, n_bins, resamples, seed)
@@ -51,11 +52,15 @@ def ece_difference_interval(logits_a: Tensor, logits_b: Tensor, labels: Tensor, 
     return (whole[1] - whole[0], *_percentiles(figures[1] - figures[0], level))
 
 
-def _check(level, resamples):
+def _check(level, resamples, labels, ignore_index, *logits):
+    """ValueErrors for the arguments, and for a batch that CalibrationStats refuses (read on every device:
+    an interval is computed once, and a NaN row or a label out of range would make it silently wrong)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
+    for x in logits:
+        check_batch(x, labels, ignore_index, read_values=True)
 
 
 def _row_parts(logits, labels, n_bins):

@@ -3,6 +3,7 @@ import torch
 from torch import Tensor
 
 from ..ops.calibration import calibration_update
+from ..target import check_label_dtype
 from .state import SummedState, count_argument
 
 __all__ = ["CalibrationStats", "calibration_stats"]
@@ -58,6 +59,7 @@ class CalibrationStats(SummedState):
             raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
         if labels.shape != (logits.shape[0],):
             raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got {tuple(labels.shape)}")
+        check_label_dtype(labels)
         if logits.device != self.device or labels.device != self.device:
             raise ValueError(f"logits and labels must be on {self.device}, got {logits.device} and {labels.device}")
         calibration_update(logits.detach(), labels, self.bins, self.sums, ignore_index, backend)

@@ -3,6 +3,7 @@ import torch
 from torch import Tensor
 
 from ..ops.class_stats import class_stats_update
+from ..target import check_label_dtype
 from .state import SummedState, count_argument
 
 __all__ = ["ClassStats"]
@@ -39,6 +40,7 @@ class ClassStats(SummedState):
             raise ValueError(f"logits must have shape [N, {self.num_classes}], got {tuple(logits.shape)}")
         if labels.shape != (logits.shape[0],):
             raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got {tuple(labels.shape)}")
+        check_label_dtype(labels)
         if logits.device != self.device or labels.device != self.device:
             raise ValueError(f"logits and labels must be on {self.device}, got {logits.device} and {labels.device}")
         class_stats_update(logits.detach(), labels, self.sum, self.count, ignore_index, backend)

@@ -4,9 +4,9 @@ import operator
 
 import torch
 
-from ..target import check_label_range
+from ..target import check_label_dtype, check_label_range
 
-__all__ = ["SummedState", "count_argument", "check_batch"]
+__all__ = ["SummedState", "count_argument", "check_labels", "check_batch"]
 
 
 def count_argument(name, value):
@@ -22,22 +22,36 @@ def count_argument(name, value):
     return count
 
 
-def check_batch(logits, labels=None, ignore_index=-100, num_classes=None):
+def check_labels(logits, labels, ignore_index=-100, read_values=None):
+    """ValueErrors naming what is wrong with ``labels`` for ``logits`` [N, C]: not a tensor of shape [N], not
+    integer class indices (any integer dtype), and, where the values are read, a label outside [0, C) that
+    is not ``ignore_index``. ``read_values``: default (None) on CPU tensors only, since on CUDA reading them
+    is a host synchronisation per batch. Returns the rows that are not ``ignore_index``, or None when the
+    values were not read."""
+    if not torch.is_tensor(labels) or labels.shape != (logits.shape[0],):
+        shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+        raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got {shape}")
+    check_label_dtype(labels)
+    if read_values is None:
+        read_values = logits.device.type == "cpu"
+    return check_label_range(labels, logits.shape[1], ignore_index) if read_values else None
+
+
+def check_batch(logits, labels=None, ignore_index=-100, num_classes=None, read_values=None):
     """ValueErrors naming what is wrong with a batch of ``logits`` [N, C] (of ``num_classes`` classes when
-    given) and ``labels`` [N]: shapes always; on CPU tensors also labels outside [0, C) that are not
-    ``ignore_index``, and rows whose logits are not finite (NaN, +inf, or all -inf), as CalibrationStats
-    reports them. On CUDA the values are left unread (no host synchronisation per batch)."""
+    given) and ``labels`` [N] (:func:`check_labels`); where the values are read (``read_values``, as there),
+    also rows whose logits are not finite (NaN, +inf, or all -inf), as CalibrationStats reports them."""
     if not torch.is_tensor(logits) or logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {getattr(logits, 'shape', type(logits).__name__)}")
     if num_classes is not None and logits.shape[1] != num_classes:
         raise ValueError(f"logits must have shape [N, {num_classes}], got {tuple(logits.shape)}")
-    if labels is not None and (not torch.is_tensor(labels) or labels.shape != (logits.shape[0],)):
-        raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got "
-                         f"{getattr(labels, 'shape', type(labels).__name__)}")
-    if logits.device.type != "cpu":
+    if read_values is None:
+        read_values = logits.device.type == "cpu"
+    valid = None if labels is None else check_labels(logits, labels, ignore_index, read_values)
+    if not read_values:
         return
-    valid = (torch.ones(logits.shape[0], dtype=torch.bool) if labels is None
-             else check_label_range(labels, logits.shape[1], ignore_index))
+    if valid is None:
+        valid = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
     if logits.shape[1]:
         nonfinite = valid & ~torch.isfinite(torch.logsumexp(logits.detach().double(), dim=1))
         if bool(nonfinite.any()):

@@ -3,6 +3,7 @@ import torch
 from torch import Tensor
 
 from .calibration import CalibrationStats
+from .state import check_labels
 
 __all__ = ["fit_temperature", "heldout_temperature_ece"]
 
@@ -15,11 +16,9 @@ def fit_temperature(logits: Tensor, labels: Tensor, ignore_index: int = -100, ma
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels must have shape [N] = [{logits.shape[0]}], got {tuple(labels.shape)}")
-    valid = labels != ignore_index
+    valid = check_labels(logits, labels, ignore_index, read_values=True)
     x = logits.detach()[valid].double()
-    y = labels[valid]
+    y = labels[valid].long()
     if x.shape[0] == 0:
         raise ValueError("logits: no rows to fit a temperature on")
     # One such row makes the NLL NaN or inf at every T: the fit would return nonsense without a word.
