@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pysoftlabel import strategies as S
-from pysoftlabel.engine import Diverged, train_one_epoch
+from pysoftlabel.engine import Diverged, evaluate, train_one_epoch
 
 
 class Recorder(torch.nn.Module):
@@ -91,3 +91,23 @@ def test_a_non_finite_loss_without_a_scaler_stops_the_epoch():
     with pytest.raises(Diverged, match="diverged.*by step 2 of the epoch"):
         train_one_epoch(model, _loader(), S.CrossEntropy(), optimizer, torch.device("cpu"))
     assert model.calls == 2  # stopped at once on the CPU
+
+
+def test_batches_of_a_torchvision_data_loader_train_and_evaluate_as_dicts():
+    """(images, labels) pairs, as torchvision's datasets give through a DataLoader, train and evaluate exactly as
+    the same batches given as dicts; anything else is one line naming what the loader gave."""
+    results = []
+    for as_pairs in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        loader = [(b["image"], b["label"]) if as_pairs else b for b in _loader()]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        trained = train_one_epoch(model, loader, S.LabelSmoothing(), optimizer, torch.device("cpu"))
+        evaluated, _ = evaluate(model, loader, torch.device("cpu"))
+        results.append(({k: trained[k] for k in ("train_loss", "train_acc1", "train_ece")}, evaluated,
+                         model[1].weight.detach().clone()))
+    assert results[0][:2] == results[1][:2] and torch.equal(results[0][2], results[1][2])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with pytest.raises(ValueError, match=r"^loader: a batch must be a dict .* got a list of 3$"):
+        evaluate(model, [[torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2)]],
+                 torch.device("cpu"))

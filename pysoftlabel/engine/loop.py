@@ -34,6 +34,14 @@ def parse_device(name: str) -> torch.device:
 
 
 def _to(batch, device):
+    """``batch`` on ``device`` as a dict: this project's loaders give dicts (``image``, ``label``, ...); an
+    (images, labels) pair, as torchvision's datasets give through a DataLoader, becomes one."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(torch.is_tensor(v) for v in batch):
+        batch = {"image": batch[0], "label": batch[1]}
+    if not isinstance(batch, dict):
+        raise ValueError(f"loader: a batch must be a dict with 'image' and 'label' or an (images, labels) pair of "
+                         f"tensors, got a {type(batch).__name__}"
+                         + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
@@ -65,7 +73,8 @@ def _any_nonfinite(nonfinite, step, device, final=False):
 
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
                     amp_dtype=None, progress=None, start_step=0, stop=None):
-    """Trains one epoch; returns ``{"train_loss", "train_acc1", "train_ece", "train_nonfinite_steps", "lr",
+    """Trains one epoch over ``loader``'s batches (dicts with ``image`` and ``label``, or (images, labels)
+    pairs as a torchvision DataLoader gives them); returns ``{"train_loss", "train_acc1", "train_ece", "train_nonfinite_steps", "lr",
     "img_per_s", "train_seconds", "steps", "epoch_steps"}`` over all ranks (the speed and the wall time are
     this rank's; ``lr`` is the learning rate of the epoch's last step).
 
@@ -145,7 +154,8 @@ def _diverged(step):
 
 @torch.no_grad()
 def evaluate(model, loader, device, amp_dtype=None):
-    """Evaluates; returns ({val_acc1, val_acc5, val_ece, val_mce, val_nll, val_brier}, the CalibrationStats)."""
+    """Evaluates over ``loader``'s batches (as :func:`train_one_epoch` takes them); returns ({val_acc1, val_acc5,
+    val_ece, val_mce, val_nll, val_brier}, the CalibrationStats)."""
     model.eval()
     calib = CalibrationStats(device=device)
     acc = AccuracyStats((1, 5), device=device)
