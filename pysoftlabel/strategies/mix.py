@@ -15,7 +15,8 @@ __all__ = ["Mixup", "CutMix", "RICAP", "mixed_loss"]
 def mixed_loss(strategy, logits, batch, model=None, calib=None):
     """``strategy.loss`` of a batch, mixed or not. A RICAP batch has four labels; the target of every strategy
     is linear in the hard labels, so its loss is the weighted sum of the losses of two two-label batches
-    (two fused passes; training calibration and class statistics count the second pair's first label too).
+    (two fused passes: training calibration is gathered against the first label, in the first pass; class
+    statistics in both, against each pair's first label).
     A strategy whose target ignores the labels (``label_free``, LDL) needs one pass."""
     if "ricap" not in batch:
         return strategy.loss(logits, batch, model, calib=calib)
