@@ -169,6 +169,22 @@ def test_ricap_patches_weights_and_loss():
     torch.testing.assert_close(S.mixed_loss(ldl, logits, r), ldl.loss(logits, r))  # labels unused: one pass
 
 
+def test_ricap_gathers_calibration_once_and_class_statistics_per_pair():
+    """Under RICAP's two passes, training calibration counts each row once, against its first label; OLS's
+    class statistics count the rows classified as the first label of either pair."""
+    n, c = 64, 3
+    g = torch.Generator().manual_seed(4)
+    r = S.RICAP(seed=1)({"image": torch.randn(n, 3, 8, 8, generator=g), "label": torch.randint(0, c, (n,), generator=g)})
+    logits = torch.randn(n, c, generator=g)
+    ols, calib = S.OnlineLabelSmoothing(c), psl.CalibrationStats()
+    S.mixed_loss(ols, logits, r, calib=calib)
+    assert calib.count == n
+    torch.testing.assert_close(calib.bins, psl.calibration_stats(logits, r["label"]).bins)
+    want = psl.ClassStats(c).update(logits, r["label"]).update(logits, r["ricap"][1]["label"])
+    torch.testing.assert_close(ols.stats.count, want.count)
+    torch.testing.assert_close(ols.stats.sum, want.sum)
+
+
 def test_kd_matches_hinton():
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     b = batch()
