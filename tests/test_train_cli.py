@@ -518,6 +518,22 @@ def test_evaluate_takes_saved_probabilities_that_underflowed_to_zero(tmp_path):
     assert report["ece_after_temperature"] == report["ece_after_temperature"]  # not NaN
 
 
+def test_evaluate_takes_saved_bfloat16_probabilities(tmp_path):
+    # bf16 softmax rows sum to 1 within about 3e-3 only: they were refused as "not summing to 1".
+    import evaluate
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(400, 100, generator=g) * 4
+    labels = torch.randint(0, 100, (400,), generator=g)
+    probabilities = logits.bfloat16().softmax(1)
+    assert (probabilities.float().sum(1) - 1).abs().max() > 1e-3
+    torch.save({"probabilities": probabilities, "labels": labels}, tmp_path / "bf16.pt")
+    evaluate.main([str(tmp_path / "bf16.pt")])
+    report = json.loads((tmp_path / "bf16-eval" / "report.json").read_text())
+    assert report["count"] == 400
+    from pysoftlabel import calibration_stats
+    assert report["ece"] == pytest.approx(calibration_stats(probabilities.float().log(), labels).ece)
+
+
 @pytest.mark.parametrize("save, match", [
     (lambda p: torch.save({"logits": torch.randn(5, 3)}, p), r"saved outputs are labels and one of logits, "
                                                              r"probabilities; it holds logits$"),

@@ -202,7 +202,9 @@ def outputs_job(path, values) -> dict:
     scores = scores.float()
     if kinds[0] == "probabilities":
         sums = scores.sum(1)
-        if (scores < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+        # Within 1%: bf16 softmax outputs sum to 1 only within about 3e-3 (fp16 4e-4), and the softmax of their
+        # log renormalises each row anyway; logits or sigmoid outputs are far from it.
+        if (scores < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-2):
             raise ValueError(f"{path}: probabilities must be non-negative rows summing to 1 (softmax outputs); "
                              "save logits otherwise")
         scores = scores.log()  # a class of probability 0 gets -inf: no mass, as in the softmax
