@@ -323,6 +323,8 @@ def test_topk_accuracy():
     assert acc.accuracy(1) == pytest.approx(1 / 3) and acc.accuracy(2) == pytest.approx(1.0)
     acc.update(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0]))
     assert acc.accuracy(2) == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match=r"^AccuracyStats counts the top-k accuracy for ks=\(1, 2\), not for k=5$"):
+        acc.accuracy(5)  # it was "tuple.index(x): x not in tuple"
 
 
 def test_adaptive_ece_matches_sorting():

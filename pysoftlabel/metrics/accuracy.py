@@ -37,6 +37,8 @@ class AccuracyStats(SummedState):
         return self
 
     def accuracy(self, k: int) -> float:
-        """Fraction of rows with the label in the top k (NaN before any row)."""
+        """Fraction of rows with the label in the top k (NaN before any row); k one of ``ks``."""
+        if k not in self.ks:
+            raise ValueError(f"AccuracyStats counts the top-k accuracy for ks={self.ks}, not for k={k}")
         total = float(self.total)
         return float(self.correct[self.ks.index(k)]) / total if total else float("nan")
