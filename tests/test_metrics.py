@@ -1,5 +1,6 @@
 """ClassStats and CalibrationStats: native against reference, ECE against independent implementations,
 merging, state, DDP all_reduce, edge cases."""
+import json
 import math
 import os
 import tempfile
@@ -518,6 +519,20 @@ def test_every_metric_takes_any_integer_labels_and_refuses_others_in_one_line(na
     if name != "ClassStats":  # which leaves such rows out by design (OLS's statistics)
         with pytest.raises(ValueError, match=r"^logits: 1 row\(s\)"):
             metric(x.index_fill(0, torch.tensor([4]), float("nan")), y)
+
+
+def test_report_of_an_empty_set_is_strict_json_with_null_for_figures_it_cannot_measure(tmp_path):
+    """Python's json writes NaN as the token NaN, which jq and JSON.parse refuse: a report on no rows (an empty
+    validation shard) must still be standard JSON, its unmeasurable figures null."""
+    cal = psl.calibration_stats(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+    psl.metrics.calibration_report(cal, tmp_path, extra={"ece_after_temperature": float("inf")})
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    report = json.loads((tmp_path / "calibration.json").read_text(), parse_constant=refuse)
+    assert report["count"] == 0 and report["ece"] is None and report["ece_after_temperature"] is None
+    assert all(b["count"] == 0 for b in report["bins"])
 
 
 def test_context_confidence():

@@ -33,6 +33,7 @@ import train_imagenet  # noqa: E402
 from pysoftlabel.atomic import write_text_atomically  # noqa: E402
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
 from pysoftlabel.engine import AMP_CHOICES, autocast_dtype  # noqa: E402
+from pysoftlabel.jsontext import json_text  # noqa: E402
 from pysoftlabel.models import create_model  # noqa: E402
 
 
@@ -99,7 +100,7 @@ def main(argv=None):
     def write(complete):
         """Written after every run: a benchmark cut short by a lease's time limit keeps what it measured."""
         if args.out:
-            write_text_atomically(args.out, json.dumps(
+            write_text_atomically(args.out, json_text(
                 {"setup": header, "complete": complete, "model_only": reference, "train_imagenet": rows,
                  "median": {s: statistics.median(v) for s, v in rows.items()}}, indent=1))
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import pysoftlabel as psl
 from pysoftlabel.atomic import write_text_atomically
+from pysoftlabel.jsontext import json_text
 
 GPU_SHAPES = [(256, 1000), (4096, 1000), (8192, 32000), (4096, 128000)]
 CPU_SHAPES = [(4096, 1000)]
@@ -184,7 +185,7 @@ def bench_losses(device, dtypes, shapes, measure, bandwidth, with_compile, rows,
                         row["liger_ls"] = measure(fwd_bwd(liger, x))
             bench_statistics(device, dtype, n, c, measure, row, g, bandwidth)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json_text(row), flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -326,7 +327,7 @@ def main(argv=None):
     print("\n" + header + "\n\n" + text)
     if args.out:
         out = Path(args.out)
-        write_text_atomically(out, json.dumps({"device": name, "torch": torch.__version__, "bandwidth": bandwidth,
+        write_text_atomically(out, json_text({"device": name, "torch": torch.__version__, "bandwidth": bandwidth,
                                                "rows": rows}, indent=1))
         write_text_atomically(out.with_suffix(".md"), header + "\n\n" + text + "\n")
 

@@ -11,7 +11,6 @@ The ImageNet-sized JPEGs are written by the synthetic generator (--image-side pi
 it already holds a dataset.
 """
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.imagenet import MEAN, STD, ImageNetLoader
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
+from pysoftlabel.jsontext import json_text
 
 
 def images_per_second(loader, device, batches):
@@ -93,7 +93,7 @@ def main(argv=None):
         rows[key] = value
         print(f"{key}: {value:.4g}", flush=True)
         if args.out:
-            write_text_atomically(args.out, json.dumps(rows, indent=1))
+            write_text_atomically(args.out, json_text(rows, indent=1))
 
     dali = ImageNetLoader(root, "train", args.batch_size, args.crop, device, num_threads=args.threads)
     record("dali_img_per_s", images_per_second(dali, device, args.batches))
@@ -113,7 +113,7 @@ def main(argv=None):
         record("cifar_resnet18_model_only_img_per_s",
                model_only("cifar_resnet18", 10, args.batch_size, 32, device, steps))
         record("resident_vs_cifar_resnet18", rows["resident_img_per_s"] / rows["cifar_resnet18_model_only_img_per_s"])
-    print(json.dumps(rows, indent=1))
+    print(json_text(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
                                 model_logits, output_folder, parse_device, recipe_name, require_keys,
                                 save_checkpoint, write_logits_report)
+from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_difference_interval, ece_with_interval, reliability_diagrams
 from pysoftlabel.models import load_model
 
@@ -91,7 +92,7 @@ def main(argv=None):
         for job, label in zip(jobs, labels):
             evaluate_one = evaluate_outputs if "logits" in job else evaluate_checkpoint
             summary, logits, targets = evaluate_one(job, device, out / label if several else out, args.n_bins)
-            print(json.dumps({"checkpoint": job["checkpoint"]} | {k: v for k, v in summary.items() if k != "bins"}))
+            print(json_text({"checkpoint": job["checkpoint"]} | {k: v for k, v in summary.items() if k != "bins"}))
             summaries.append(summary)
             outputs.append((logits, targets))
         if several:
@@ -253,7 +254,7 @@ def write_comparison(out, labels, jobs, summaries, outputs=(), n_bins=15):
         if logits.shape == first_logits.shape and torch.equal(row_labels, first_labels):
             difference = ece_difference_interval(first_logits, logits, row_labels, n_bins)
             row.update(zip(("ece_minus_first", "ece_minus_first_ci95_low", "ece_minus_first_ci95_high"), difference))
-    write_text_atomically(out / "comparison.json", json.dumps(rows, indent=1))
+    write_text_atomically(out / "comparison.json", json_text(rows, indent=1))
     for row in rows:  # the ECE with its 95% bootstrap interval: overlapping intervals do not tell models apart
         row["ece_with_interval"] = ece_with_interval(row["ece"], row["ece_ci95_low"], row["ece_ci95_high"])
         row["ece_difference"] = ("–" if "ece_minus_first" not in row else

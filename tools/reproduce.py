@@ -35,6 +35,7 @@ from pathlib import Path
 
 from pysoftlabel.atomic import write_text_atomically, writing_folder
 from pysoftlabel.engine import output_folder
+from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
 
 HERE = Path(__file__).resolve().parent
@@ -269,7 +270,7 @@ def write_record(record, folder, run_info):
     with writing_folder(record) as partial:
         for name in RECORD_FILES:
             shutil.copyfile(folder / name, partial / name)
-        (partial / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
+        (partial / "run.json").write_text(json_text(run_info, indent=1) + "\n")
 
 
 def mean_std(values):

@@ -40,6 +40,7 @@ from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocas
                                 evaluate, check_checkpoint, load_checkpoint, output_folder, parse_device,
                                 recipe_name, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
+from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_with_interval
 from pysoftlabel.models import (check_model_name, create_model, load_model, load_pretrained,
                                 pretrained_weights, torchvision_weights)
@@ -399,7 +400,7 @@ class EpochLog:
 
     def write(self, record):
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record) + "\n")
         if self.tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, float):
@@ -473,7 +474,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
                 (out / name).unlink(missing_ok=True)
         # The run's options as JSON values (paths as strings): tools/evaluate.py takes its defaults from them.
         options = vars(args) | {"strategy": strategy_name, "world_size": world}
-        write_text_atomically(out / "args.json", json.dumps(options, indent=1, default=str))
+        write_text_atomically(out / "args.json", json_text(options, indent=1, default=str))
     log = EpochLog(out, strategy_name, args.epochs, start) if is_main_process() else None
 
     def checkpoint(epoch, step=0):

@@ -1,11 +1,11 @@
 """Calibration reports from accumulated statistics: reliability diagram and confidence histogram as PNG
 (matplotlib, optional), and a markdown + JSON summary."""
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import write_atomically, write_text_atomically
+from ..jsontext import json_text
 from .calibration import CalibrationStats
 
 __all__ = ["reliability_diagram", "reliability_diagrams", "calibration_report", "ece_with_interval"]
@@ -94,7 +94,7 @@ def calibration_report(cal: CalibrationStats, out_dir, name: str = "calibration"
     rows = cal.reliability().tolist()
     summary["bins"] = [dict(zip(BIN_FIELDS, (r[0], r[1], int(r[2]), r[3], r[4]))) for r in rows]
     write_text_atomically(out_dir / f"{name}.json",
-                          json.dumps(summary if title is None else {"title": title, **summary}, indent=1))
+                          json_text(summary if title is None else {"title": title, **summary}, indent=1))
     lines = ([f"# {title}", ""] if title else []) + ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in summary.items() if k != "bins"]
