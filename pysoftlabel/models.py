@@ -1,15 +1,16 @@
-"""Models by name: torchvision's, plus the CIFAR ResNets of the papers (He et al. 2016, §4.2:
-resnet20/32/44/56/110) and CIFAR-stem ResNet-18/34 (3x3 stem, no max-pool)."""
+"""Models by name: torchvision's, timm's (``timm/<name>``, where timm is installed), plus the CIFAR ResNets of
+the papers (He et al. 2016, §4.2: resnet20/32/44/56/110) and CIFAR-stem ResNet-18/34 (3x3 stem, no max-pool)."""
 import contextlib
 
 import torch
 from torch import nn
 
-__all__ = ["create_model", "check_model_name", "load_model", "torchvision_weights", "pretrained_weights",
-           "load_pretrained", "CIFAR_RESNETS"]
+__all__ = ["create_model", "check_model_name", "load_model", "default_weights", "pretrained_weights",
+           "load_pretrained", "CIFAR_RESNETS", "TIMM_PREFIX"]
 
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 CIFAR_STEM = ("cifar_resnet18", "cifar_resnet34")  # torchvision's ResNet-18/34 with a 3x3 stem, no max-pool
+TIMM_PREFIX = "timm/"  # timm's models: timm/convnext_tiny, timm/resnet50.a1_in1k (a tag names its weights)
 
 
 class _Block(nn.Module):
@@ -66,15 +67,48 @@ def _builder_options(arch, image_size):
 def check_model_name(arch: str) -> None:
     """A ValueError naming ``arch`` unless :func:`create_model` builds it (a check that builds nothing)."""
     import torchvision
+    if arch.startswith(TIMM_PREFIX):
+        _timm_config(arch)
+        return
     names = sorted(CIFAR_RESNETS) + list(CIFAR_STEM)
     if arch not in names and arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown model {arch!r}; use one of {names} or a torchvision classification model "
-                         "name (torchvision.models.list_models(module=torchvision.models))")
+        raise ValueError(f"unknown model {arch!r}; use one of {names}, a torchvision classification model "
+                         "name (torchvision.models.list_models(module=torchvision.models)) or timm/<name> "
+                         "(timm.list_models())")
+
+
+def _timm_config(arch: str):
+    """timm and the pretrained configuration of ``timm/<name>`` (its weights' source and normalisation);
+    ValueError when timm is not installed or has no such model or tag."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"{arch} is a timm model, but timm is not installed (pip install timm)") from None
+    name = arch.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {arch!r}: timm has no model {name!r} (timm.list_models())")
+    try:
+        return timm, timm.models.get_pretrained_cfg(name)
+    except RuntimeError as error:  # "Invalid pretrained tag (x) for resnet18."
+        raise ValueError(f"{arch}: {error}") from None
+
+
+def _create_timm(arch: str, image_size, **options) -> nn.Module:
+    timm, _ = _timm_config(arch)
+    name = arch.removeprefix(TIMM_PREFIX)
+    with _cannot_take(arch, image_size):
+        if image_size is not None:
+            try:  # models built for one input side (ViT, Swin) take it; the others have no such argument
+                return timm.create_model(name, img_size=image_size, **options)
+            except TypeError as error:
+                if "img_size" not in str(error):
+                    raise
+        return timm.create_model(name, **options)
 
 
 def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Module:
     """A model by name: resnet20/32/44/56/110 (CIFAR), cifar_resnet18/34 (torchvision ResNet with a CIFAR
-    stem), or any torchvision classification model (resnet50, vit_b_16, ...).
+    stem), any torchvision classification model (resnet50, vit_b_16, ...), or timm's as ``timm/<name>``.
 
     With ``image_size`` the model is built for square images of that side (ViT, MaxViT) and checked to take
     them with one forward pass of a blank image in eval mode, so that a model that cannot (ViT at a side that
@@ -83,7 +117,9 @@ def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Modu
     """
     import torchvision
 
-    if arch in CIFAR_RESNETS:
+    if arch.startswith(TIMM_PREFIX):
+        model = _create_timm(arch, image_size, num_classes=num_classes)
+    elif arch in CIFAR_RESNETS:
         model = CifarResNet(CIFAR_RESNETS[arch], num_classes)
     elif arch in CIFAR_STEM:
         model = getattr(torchvision.models, arch.removeprefix("cifar_"))(num_classes=num_classes)
@@ -115,8 +151,32 @@ def load_model(arch: str, num_classes: int, image_size: int, weights: dict, sour
     return model
 
 
-def torchvision_weights(arch: str):
-    """torchvision's default weights entry of ``arch`` (nothing is downloaded); ValueError when it has none."""
+def default_weights(arch: str) -> tuple:
+    """The default (ImageNet) weights of ``arch``, in words and where they are fetched from:
+    ("torchvision's ResNet18_Weights.IMAGENET1K_V1", "https://download.pytorch.org/..."), ("timm's
+    resnet18.a1_in1k", "https://huggingface.co/timm/resnet18.a1_in1k"). Nothing is downloaded; ValueError when
+    the model's library has none."""
+    if arch.startswith(TIMM_PREFIX):
+        _, config = _timm_config(arch)
+        where = config and (f"https://huggingface.co/{config.hf_hub_id}" if config.hf_hub_id else config.url)
+        if not where:
+            raise ValueError(f"timm has no weights for {arch}; give a file of weights instead")
+        words = f"timm's {config.architecture}" + (f".{config.tag}" if config.tag else "")
+        # The data layer normalises with ImageNet's mean and std, which many timm weights (0.5, 0.5) were not.
+        if not _imagenet_normalised(config.mean, config.std):
+            words += (f" (trained on inputs normalised with mean {tuple(config.mean)}, std {tuple(config.std)}; "
+                      "the data here is normalised with ImageNet's, to which fine-tuning adapts)")
+        return words, where
+    weights = _torchvision_weights(arch)
+    return f"torchvision's {weights}", weights.url
+
+
+def _imagenet_normalised(mean, std) -> bool:
+    from .data.imagenet import MEAN, STD
+    return all(abs(a - b / 255) < 1e-3 for a, b in zip((*mean, *std), (*MEAN, *STD)))
+
+
+def _torchvision_weights(arch: str):
     import torchvision
     try:
         return torchvision.models.get_model_weights(arch).DEFAULT
@@ -124,17 +184,21 @@ def torchvision_weights(arch: str):
         raise ValueError(f"torchvision has no weights for {arch}; give a file of weights instead") from None
 
 
-def pretrained_weights(arch: str, source: str) -> dict:
-    """The weights to start ``arch`` from: torchvision's default (ImageNet) weights when ``source`` is
-    ``"torchvision"`` (downloaded once into ``$TORCH_HOME``), else the file ``source``: a state dict, or a
-    checkpoint holding one as ``"model"`` (this project's) or ``"state_dict"``. ValueError naming the
-    problem (no such weights, a download that failed, a file that is not weights)."""
-    if source == "torchvision":
-        weights = torchvision_weights(arch)
+def pretrained_weights(arch: str, source: str, image_size: int = None) -> dict:
+    """The weights to start ``arch`` from: its library's default (ImageNet) weights when ``source`` is
+    ``"default"`` (torchvision's, downloaded once into ``$TORCH_HOME``; timm's, from the Hugging Face hub into
+    its cache, a ViT's position embedding resampled for ``image_size``), else the file ``source``: a state
+    dict, or a checkpoint holding one as ``"model"`` (this project's) or ``"state_dict"``. ValueError naming
+    the problem (no such weights, a download that failed, a file that is not weights)."""
+    if source == "default":
+        _, where = default_weights(arch)
         try:
-            return weights.get_state_dict(progress=True, check_hash=True)
+            if arch.startswith(TIMM_PREFIX):
+                return _create_timm(arch, image_size, pretrained=True).state_dict()
+            return _torchvision_weights(arch).get_state_dict(progress=True, check_hash=True)
         except (OSError, RuntimeError) as error:  # no network, a cut download (its hash is checked)
-            raise ValueError(f"cannot fetch {weights.url} ({error}); download it where there is a network and "
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"cannot fetch {where} ({reason}); download it where there is a network and "
                              "give the file instead") from None
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)

@@ -1,8 +1,8 @@
-"""Models by name: the papers' CIFAR ResNets, torchvision's classification models built for the run's images."""
+"""Models by name: the papers' CIFAR ResNets, torchvision's and timm's models built for the run's images."""
 import pytest
 import torch
 
-from pysoftlabel.models import create_model
+from pysoftlabel.models import create_model, load_model
 
 
 @pytest.mark.parametrize("arch, params", [("resnet20", 0.27), ("resnet56", 0.85), ("resnet110", 1.7)])
@@ -45,7 +45,6 @@ def test_auxiliary_classifiers_are_off_so_training_gives_one_tensor(arch):
 
 
 def test_load_model_names_weights_that_do_not_fit_and_keeps_the_random_stream():
-    from pysoftlabel.models import load_model
     weights = create_model("resnet20", 10).state_dict()
     torch.manual_seed(5)
     model = load_model("resnet20", 10, 32, weights, "ck.pt")
@@ -91,17 +90,65 @@ def test_pretrained_sources_and_their_errors(tmp_path, monkeypatch):
         assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
     (tmp_path / "notes.txt").write_text("hello")
     for source, match in ((tmp_path / "missing.pth", "does not exist"), (tmp_path / "notes.txt", "cannot be read"),
-                          ("torchvision", "torchvision has no weights for resnet20")):
+                          ("default", "torchvision has no weights for resnet20")):
         with pytest.raises(ValueError, match=match):
             pretrained_weights("resnet20", str(source))
     # torchvision's weights (offline here): fetched through its weights entry, a failed download named.
     entry = torchvision.models.get_model_weights("resnet18").DEFAULT
     monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: {"fetched": torch.zeros(1)})
-    assert pretrained_weights("resnet18", "torchvision") == {"fetched": torch.zeros(1)}
+    assert pretrained_weights("resnet18", "default") == {"fetched": torch.zeros(1)}
 
     def offline(self, **kw):
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
     monkeypatch.setattr(type(entry), "get_state_dict", offline)
     with pytest.raises(ValueError, match=r"cannot fetch https://download.pytorch.org/models/resnet18-.*\.pth "
                                          r"\(<urlopen error .*\); download it where there is a network"):
-        pretrained_weights("resnet18", "torchvision")
+        pretrained_weights("resnet18", "default")
+
+
+def test_timm_models_by_name():
+    timm = pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
+    from pysoftlabel.models import check_model_name, default_weights
+    model = create_model("timm/resnet10t", 7, 32)
+    assert isinstance(model, timm.models.ResNet) and model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    vit = create_model("timm/vit_tiny_patch16_224", 7, 32)  # built for the side it is given, as torchvision's
+    assert vit.patch_embed.img_size == (32, 32) and vit(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    with pytest.raises(ValueError, match=r"^arch: timm/vit_tiny_patch16_224 cannot take 8x8 images \(.*Kernel size"):
+        create_model("timm/vit_tiny_patch16_224", 7, 8)  # smaller than one patch
+    reloaded = load_model("timm/resnet10t", 7, 32, model.state_dict(), "run/checkpoint.pt")
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
+    for arch, match in (("timm/resnet_nonexistent", r"timm has no model 'resnet_nonexistent'"),
+                        ("timm/resnet18.bogus", r"^timm/resnet18.bogus: Invalid pretrained tag \(bogus\)")):
+        with pytest.raises(ValueError, match=match):
+            check_model_name(arch)
+    assert default_weights("timm/resnet18") == ("timm's resnet18.a1_in1k", "https://huggingface.co/timm/resnet18.a1_in1k")
+    words, _ = default_weights("timm/vit_tiny_patch16_224")  # weights for inputs in [-1, 1], not ImageNet's
+    assert "normalised with mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)" in words
+
+
+def test_timm_default_weights_are_fetched_by_timm_for_the_image_side(monkeypatch):
+    pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
+    import timm.models._builder as builder
+
+    from pysoftlabel.models import load_pretrained, pretrained_weights
+    sides = []
+
+    def fetched(model, pretrained_cfg=None, **kw):  # as a download from the hub: known values, for 1000 classes
+        sides.append(model.patch_embed.img_size)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.5)
+    monkeypatch.setattr(builder, "load_pretrained", fetched)
+    weights = pretrained_weights("timm/vit_tiny_patch16_224", "default", 32)
+    assert sides == [(32, 32)] and weights["head.weight"].shape == (1000, 192)
+    model = create_model("timm/vit_tiny_patch16_224", 7, 32)
+    assert load_pretrained(model, weights, 7, "timm/vit_tiny_patch16_224", "timm") == ["head.weight", "head.bias"]
+    assert torch.all(model.state_dict()["pos_embed"] == 0.5)
+
+    def offline(*args, **kw):
+        raise OSError("An error happened while trying to locate the file on the Hub")
+    monkeypatch.setattr(builder, "load_pretrained", offline)
+    with pytest.raises(ValueError, match=r"^cannot fetch https://huggingface.co/timm/vit_tiny_patch16_224\.augreg_"
+                                         r"in21k_ft_in1k \(An error happened .*\); download it where there is a "
+                                         r"network and give the file instead$"):
+        pretrained_weights("timm/vit_tiny_patch16_224", "default", 32)

@@ -410,6 +410,22 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     assert (tmp_path / "ce" / "report.md").read_text().startswith(f"# resnet20, ce, 1 epoch: {data}/val at 16 px\n")
 
 
+def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
+    pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
+    import evaluate
+    run(data, tmp_path / "t", "--strategy", "ls", "--arch", "timm/resnet10t", "--stop-after", "1")
+    records = run(data, tmp_path / "t", "--strategy", "ls", "--arch", "timm/resnet10t", "--resume")
+    assert [r["epoch"] for r in records] == [0, 1]
+    evaluate.main([str(tmp_path / "t" / "checkpoint.pt"), "--data", str(data), "--device", "cpu"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 18
+    for arch, line in (("timm/resnet_nonexistent", "--arch: unknown model 'timm/resnet_nonexistent': timm has no "
+                                                   "model 'resnet_nonexistent'"),
+                       ("timm/resnet18.bogus", "--arch: timm/resnet18.bogus: Invalid pretrained tag (bogus)")):
+        with pytest.raises(SystemExit):
+            run(data, tmp_path / "bad", "--arch", arch)
+        assert line in capsys.readouterr().err
+
+
 def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
     import evaluate
     for name in ("ce", "ls"):

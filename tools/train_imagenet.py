@@ -42,8 +42,8 @@ from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocas
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_with_interval
-from pysoftlabel.models import (check_model_name, create_model, load_model, load_pretrained,
-                                pretrained_weights, torchvision_weights)
+from pysoftlabel.models import (check_model_name, create_model, default_weights, load_model, load_pretrained,
+                                pretrained_weights)
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
 SYNTHETIC = dict(num_classes=10, train_per_class=200, val_per_class=50, image_size=48, seed=0)
@@ -73,11 +73,13 @@ def parse_args(argv=None):
                         "4-pixel padding + flip per batch instead of the DALI pipeline")
     g.add_argument("--cutout", type=int, default=0, help="Cutout side with --resident (default: 0, none)")
     g = p.add_argument_group("Model")
-    g.add_argument("--arch", default="resnet20", help="model name (default: resnet20)")
-    g.add_argument("--pretrained", nargs="?", const="torchvision", default=None, metavar="FILE",
-                   help="start from torchvision's ImageNet weights of --arch (downloaded once), or from a file of "
-                        "weights (a state dict, or a checkpoint); the classifier starts new for the data's "
-                        "classes (default: random initialisation)")
+    g.add_argument("--arch", default="resnet20", help="model name: resnet20/32/44/56/110, cifar_resnet18/34, a "
+                   "torchvision model (resnet50, vit_b_16, ...) or timm/<name> where timm is installed "
+                   "(default: resnet20)")
+    g.add_argument("--pretrained", nargs="?", const="default", default=None, metavar="FILE",
+                   help="start from the ImageNet weights of --arch (torchvision's or timm's, downloaded once), or "
+                        "from a file of weights (a state dict, or a checkpoint); the classifier starts new for the "
+                        "data's classes (default: random initialisation)")
     g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd (default: train one first)")
     g = p.add_argument_group("Strategy")
     g.add_argument("--strategy", default="ldl", help=f"one of {', '.join(STRATEGIES)} (default: ldl)")
@@ -145,15 +147,6 @@ def parse_args(argv=None):
         args.out = output_folder(args.out or f"runs/{args.strategy}")
     except ValueError as error:
         p.error(str(error))
-    # A typo or a model without weights is found now, not after the data is listed.
-    if args.pretrained == "torchvision":
-        try:
-            torchvision_weights(args.arch)
-        except ValueError as error:
-            p.error(f"--pretrained: {error}")
-    elif args.pretrained is not None and not Path(args.pretrained).is_file():
-        kind = "is a folder, not a file of weights" if Path(args.pretrained).is_dir() else "does not exist"
-        p.error(f"--pretrained: {args.pretrained} {kind}")
     if args.boxes is not None and not Path(args.boxes).is_dir():
         p.error(f"--boxes: {args.boxes} does not exist")
     if args.strategy == "als" and args.resident:
@@ -208,6 +201,15 @@ def check_values(p, args):
         check_model_name(args.arch)
     except ValueError as error:
         p.error(f"--arch: {error}")
+    # A typo or a model without weights is found now, not after the data is listed.
+    if args.pretrained == "default":
+        try:
+            default_weights(args.arch)
+        except ValueError as error:
+            p.error(f"--pretrained: {error}")
+    elif args.pretrained is not None and not Path(args.pretrained).is_file():
+        kind = "is a folder, not a file of weights" if Path(args.pretrained).is_dir() else "does not exist"
+        p.error(f"--pretrained: {args.pretrained} {kind}")
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out and --overwrite starts it again: give one of them")
     if device.type == "cpu" and args.amp == "fp16":
@@ -312,19 +314,18 @@ def make_loaders(args, root, device, rank, world, strategy_name):
 
 
 def start_from_pretrained(model, args, num_classes):
-    """Loads --pretrained into ``model``; the first process fetches torchvision's weights before the others,
+    """Loads --pretrained into ``model``; the first process fetches the library's weights before the others,
     which then find them in the cache."""
     try:
         for turn in (True, False):
             if is_main_process() == turn:
-                weights = pretrained_weights(args.arch, args.pretrained)
+                weights = pretrained_weights(args.arch, args.pretrained, args.image_size)
             barrier()
         new = load_pretrained(model, weights, num_classes, args.arch, args.pretrained)
     except ValueError as error:
         raise ValueError(f"--pretrained: {error}") from None
     if is_main_process():
-        source = (f"torchvision's {torchvision_weights(args.arch)}" if args.pretrained == "torchvision"
-                  else args.pretrained)
+        source = default_weights(args.arch)[0] if args.pretrained == "default" else args.pretrained
         print(f"pretrained: {args.arch} from {source}"
               + (f"; new for {num_classes} classes: {', '.join(new)}" if new else ""), flush=True)
 
