@@ -128,6 +128,29 @@ def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction
 
 
 @native
+@pytest.mark.parametrize("device", devices())
+def test_module_is_a_drop_in_for_timms_losses(device):
+    """What the README says it replaces: timm's LabelSmoothingCrossEntropy on labels, and SoftTargetCrossEntropy
+    on the dense targets of timm's mixup_target, which the compact SoftTarget (labels2, lam) describes."""
+    pytest.importorskip("timm", reason="the comparison needs timm (pip install timm)")
+    from timm.data.mixup import mixup_target
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    g = torch.Generator().manual_seed(12)
+    logits = (torch.randn(16, 9, generator=g) * 3).to(device).requires_grad_(True)
+    labels = torch.randint(0, 9, (16,), generator=g).to(device)
+    cases = [(LabelSmoothingCrossEntropy(smoothing=0.1)(logits, labels),
+              psl.SoftCrossEntropyLoss(smoothing=0.1)(logits, labels))]
+    for lam, smoothing in ((0.7, 0.0), (0.35, 0.1)):
+        dense = mixup_target(labels, 9, lam=lam, smoothing=smoothing)  # mixed with the flipped batch
+        cases.append((SoftTargetCrossEntropy()(logits, dense), psl.soft_cross_entropy(
+            logits, psl.SoftTarget(labels, smoothing=smoothing, labels2=labels.flip(0), lam=lam))))
+    for want, got in cases:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.autograd.grad(got, logits)[0], torch.autograd.grad(want, logits)[0],
+                                   atol=1e-6, rtol=1e-5)
+
+
+@native
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("parts", [(), ("smoothing", "mix"), ("table", "dense_logits", "per_row"), ("dense", "ignore")])
 def test_gradcheck_float64(reduction, parts):
