@@ -66,10 +66,10 @@ def _builder_options(arch, image_size):
 
 def check_model_name(arch: str) -> None:
     """A ValueError naming ``arch`` unless :func:`create_model` builds it (a check that builds nothing)."""
-    import torchvision
     if arch.startswith(TIMM_PREFIX):
         _timm_config(arch)
         return
+    import torchvision
     names = sorted(CIFAR_RESNETS) + list(CIFAR_STEM)
     if arch not in names and arch not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown model {arch!r}; use one of {names}, a torchvision classification model "
