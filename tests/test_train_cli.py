@@ -410,6 +410,19 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     assert (tmp_path / "ce" / "report.md").read_text().startswith(f"# resnet20, ce, 1 epoch: {data}/val at 16 px\n")
 
 
+def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp_path, capsys):
+    """--compile wraps the model for training only: the checkpoint holds the model's own names (no
+    torch.compile '_orig_mod.' prefix), so that a resume and tools/evaluate.py load it as any other."""
+    import evaluate
+    records = run(data, tmp_path / "c", "--strategy", "ols", "--compile", "--stop-after", "1")
+    records = run(data, tmp_path / "c", "--strategy", "ols", "--compile", "--resume")
+    assert [r["epoch"] for r in records] == [0, 1]
+    weights = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["model"]
+    assert "head.weight" in weights and not any(k.startswith("_orig_mod.") for k in weights)
+    evaluate.main([str(tmp_path / "c" / "checkpoint.pt"), "--data", str(data), "--device", "cpu"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 18
+
+
 def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
     pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
     import evaluate
