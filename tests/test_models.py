@@ -125,7 +125,7 @@ def test_timm_models_by_name():
                                                         "https://huggingface.co/timm/resnet18.a1_in1k")
     words, where = default_weights("timm/resnet18")  # timm's default tag (which timm releases may change)
     assert words.startswith("timm's resnet18.") and where == "https://huggingface.co/timm/" + words.split()[1]
-    words, _ = default_weights("timm/vit_tiny_patch16_224")  # weights for inputs in [-1, 1], not ImageNet's
+    words, _ = default_weights("timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")  # for inputs in [-1, 1]
     assert "normalised with mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)" in words
 
 
