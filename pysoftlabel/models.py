@@ -94,21 +94,43 @@ def _timm_config(arch: str):
 
 
 def _create_timm(arch: str, image_size, **options) -> nn.Module:
-    timm, _ = _timm_config(arch)
+    timm, config = _timm_config(arch)
     name = arch.removeprefix(TIMM_PREFIX)
     with _cannot_take(arch, image_size):
-        if image_size is not None:
-            try:  # models built for one input side (ViT, Swin) take it; the others have no such argument
-                return timm.create_model(name, img_size=image_size, **options)
-            except TypeError as error:
-                if "img_size" not in str(error):
-                    raise
-        return timm.create_model(name, **options)
+        try:  # models built for one input side (ViT, Swin) take it; the others have no such argument
+            model = timm.create_model(name, **options, **({} if image_size is None else {"img_size": image_size}))
+        except TypeError as error:
+            if image_size is None or "img_size" not in str(error):
+                raise
+            model = timm.create_model(name, **options)
+    if config is not None and not _imagenet_normalised(config.mean, config.std):
+        _renormalise_input(model, config.mean, config.std)
+    return model
+
+
+def _renormalise_input(model: nn.Module, mean, std) -> None:
+    """Makes ``model``, whose weights expect inputs normalised with ``mean`` and ``std`` (many of timm's:
+    0.5, 0.5), take the data layer's, normalised with ImageNet's: its forward first maps x to
+    x·a + b per channel. A forward pre-hook over non-persistent buffers, so that the model stays timm's own
+    class with timm's state dict, and the buffers follow it to any device (and into copies: an EMA teacher)."""
+    from .data.imagenet import MEAN, STD
+    theirs_mean, theirs_std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    ours_mean, ours_std = torch.tensor(MEAN).view(1, 3, 1, 1) / 255, torch.tensor(STD).view(1, 3, 1, 1) / 255
+    model.register_buffer("input_scale", ours_std / theirs_std, persistent=False)
+    model.register_buffer("input_shift", (ours_mean - theirs_mean) / theirs_std, persistent=False)
+    model.register_forward_pre_hook(_renormalised)
+
+
+def _renormalised(model, args):
+    x, *rest = args
+    return (x * model.input_scale.to(x.dtype) + model.input_shift.to(x.dtype), *rest)
 
 
 def create_model(arch: str, num_classes: int, image_size: int = None) -> nn.Module:
     """A model by name: resnet20/32/44/56/110 (CIFAR), cifar_resnet18/34 (torchvision ResNet with a CIFAR
-    stem), any torchvision classification model (resnet50, vit_b_16, ...), or timm's as ``timm/<name>``.
+    stem), any torchvision classification model (resnet50, vit_b_16, ...), or timm's as ``timm/<name>`` (one
+    whose weights expect other input normalisation than ImageNet's, which the data layer uses, maps its input
+    to that normalisation first).
 
     With ``image_size`` the model is built for square images of that side (ViT, MaxViT) and checked to take
     them with one forward pass of a blank image in eval mode, so that a model that cannot (ViT at a side that
@@ -162,10 +184,9 @@ def default_weights(arch: str) -> tuple:
         if not where:
             raise ValueError(f"timm has no weights for {arch}; give a file of weights instead")
         words = f"timm's {config.architecture}" + (f".{config.tag}" if config.tag else "")
-        # The data layer normalises with ImageNet's mean and std, which many timm weights (0.5, 0.5) were not.
         if not _imagenet_normalised(config.mean, config.std):
-            words += (f" (trained on inputs normalised with mean {tuple(config.mean)}, std {tuple(config.std)}; "
-                      "the data here is normalised with ImageNet's, to which fine-tuning adapts)")
+            words += (f" (for inputs normalised with mean {tuple(config.mean)}, std {tuple(config.std)}, "
+                      "to which the model maps ImageNet's)")
         return words, where
     weights = _torchvision_weights(arch)
     return f"torchvision's {weights}", weights.url

@@ -129,6 +129,25 @@ def test_timm_models_by_name():
     assert "normalised with mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)" in words
 
 
+def test_timm_models_whose_weights_expect_other_normalisation_map_imagenets_to_it():
+    """The data layer normalises with ImageNet's mean and std; ViT augreg weights expect (x - 0.5) / 0.5."""
+    timm = pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
+    import copy
+    arch = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    model = create_model(arch, 7, 32).eval()
+    plain = timm.create_model("vit_tiny_patch16_224", num_classes=7, img_size=32).eval()
+    model.load_state_dict(plain.state_dict())  # strict: the state dict is timm's, the mapping not in it
+    image = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = plain((image - 0.5) / 0.5)
+        torch.testing.assert_close(model((image - mean) / std), want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(copy.deepcopy(model)((image - mean) / std), want, atol=1e-5, rtol=1e-4)
+    resnet = create_model("timm/resnet18.a1_in1k", 7, 32)  # ImageNet's normalisation: its input as it comes
+    assert not resnet._forward_pre_hooks and not any(n.startswith("input_") for n, _ in resnet.named_buffers())
+
+
 def test_timm_default_weights_are_fetched_by_timm_for_the_image_side(monkeypatch):
     pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
     import timm.models._builder as builder
