@@ -316,16 +316,16 @@ def make_loaders(args, root, device, rank, world, strategy_name):
 def start_from_pretrained(model, args, num_classes):
     """Loads --pretrained into ``model``; the first process fetches the library's weights before the others,
     which then find them in the cache."""
+    source = default_weights(args.arch)[0] if args.pretrained == "default" else args.pretrained
     try:
         for turn in (True, False):
             if is_main_process() == turn:
                 weights = pretrained_weights(args.arch, args.pretrained, args.image_size)
             barrier()
-        new = load_pretrained(model, weights, num_classes, args.arch, args.pretrained)
+        new = load_pretrained(model, weights, num_classes, args.arch, source)
     except ValueError as error:
         raise ValueError(f"--pretrained: {error}") from None
     if is_main_process():
-        source = default_weights(args.arch)[0] if args.pretrained == "default" else args.pretrained
         print(f"pretrained: {args.arch} from {source}"
               + (f"; new for {num_classes} classes: {', '.join(new)}" if new else ""), flush=True)
 
