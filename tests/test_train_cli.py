@@ -395,6 +395,19 @@ def test_pretrained_weights_start_the_run_with_a_new_classifier(data, tmp_path, 
         run(data, tmp_path / "q", "--pretrained", str(tmp_path / "narrow.pth"))
 
 
+def test_the_librarys_weights_are_named_when_they_do_not_fit(data, tmp_path, monkeypatch):
+    """--pretrained alone: torchvision's weights (offline here: as if fetched), named by what they are."""
+    import torchvision
+
+    from pysoftlabel.models import create_model
+    entry = torchvision.models.get_model_weights("vit_b_16").DEFAULT
+    weights = create_model("vit_b_16", 1000, 224).state_dict()  # a position embedding for 224 px
+    monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: weights)
+    with pytest.raises(SystemExit, match=r"^--pretrained: torchvision's ViT_B_16_Weights.IMAGENET1K_V1 does not fit "
+                                         r"vit_b_16 here: encoder.pos_embedding is \[1, 197, 768\] in the weights"):
+        run(data, tmp_path / "v", "--arch", "vit_b_16", "--pretrained")
+
+
 def test_evaluate_writes_the_report(data, tmp_path, capsys):
     import evaluate
     run(data, tmp_path / "ce", "--strategy", "ce", "--epochs", "1", "--amp", "bf16")
