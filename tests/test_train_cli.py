@@ -269,6 +269,8 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
     (["--device", "gpu"], "is not a device"),
     (["--arch", "resnet9000"], "--arch: unknown model 'resnet9000'"),  # before ldl's teacher is trained
+    (["--optimizer", "adamw", "--momentum", "0.8"], "--momentum is SGD's; --optimizer adamw has betas"),
+    (["--momentum", "1"], "--momentum must be in [0, 1)"),
 ])
 def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     with pytest.raises(SystemExit):
@@ -421,6 +423,24 @@ def test_evaluate_writes_the_report(data, tmp_path, capsys):
     assert (tmp_path / "ce" / "eval" / "report.md").read_text().startswith(
         f"# {tmp_path / 'ce' / 'checkpoint.pt'} (resnet20, ce, after epoch 1): {data}/val at 16 px\n")
     assert (tmp_path / "ce" / "report.md").read_text().startswith(f"# resnet20, ce, 1 epoch: {data}/val at 16 px\n")
+
+
+def test_adamw_leaves_biases_and_norms_undecayed_and_resumes(data, tmp_path):
+    out = tmp_path / "a"
+    run(data, out, "--strategy", "ls", "--optimizer", "adamw", "--stop-after", "1")
+    options = json.loads((out / "args.json").read_text())
+    assert (options["lr"], options["weight_decay"], options["momentum"]) == (6.25e-5, 0.05, None)  # its defaults
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    groups, model = state["optimizer"]["param_groups"], state["model"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert all("exp_avg_sq" in s for s in state["optimizer"]["state"].values())  # AdamW's, not SGD's momentum
+    shapes = [v.shape for k, v in model.items() if k.endswith(("weight", "bias")) and "running" not in k]
+    assert len(groups[0]["params"]) == sum(len(s) > 1 for s in shapes)  # the convolutions and the classifier
+    assert len(groups[1]["params"]) == sum(len(s) == 1 for s in shapes)  # biases, batch norm's weights
+    records = run(data, out, "--strategy", "ls", "--optimizer", "adamw", "--resume")
+    assert [r["epoch"] for r in records] == [0, 1]
+    with pytest.raises(SystemExit, match=r"written by a run with --optimizer adamw.*this run has --optimizer sgd"):
+        run(data, out, "--strategy", "ls", "--resume")
 
 
 def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp_path, capsys):

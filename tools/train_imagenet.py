@@ -46,6 +46,9 @@ from pysoftlabel.models import (check_model_name, create_model, default_weights,
                                 pretrained_weights)
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
+# Each optimiser's defaults of the options left out (learning rate per 64 images).
+OPTIMIZERS = {"sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+              "adamw": {"lr": 6.25e-5, "weight_decay": 0.05}}
 SYNTHETIC = dict(num_classes=10, train_per_class=200, val_per_class=50, image_size=48, seed=0)
 
 
@@ -103,11 +106,15 @@ def parse_args(argv=None):
                    help="mixing augmentation (default: none)")
     g = p.add_argument_group("Optimiser and schedule")
     g.add_argument("--epochs", type=int, default=12, help="epochs (default: 12)")
-    g.add_argument("--lr", type=float, default=0.1,
-                   help="SGD learning rate per 64 images, scaled with the global batch (--batch-size x processes) "
-                        "(default: 0.1)")
-    g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default: 0.9)")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
+    g.add_argument("--optimizer", default="sgd", choices=tuple(OPTIMIZERS),
+                   help="SGD with Nesterov momentum (the papers' CNN recipes), or AdamW (ViT-style fine-tuning; no "
+                        "weight decay on biases and norms) (default: sgd)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate per 64 images, scaled with the global batch (--batch-size x processes) "
+                        "(default: 0.1 with sgd, 6.25e-5 with adamw: DeiT's 5e-4 per 512)")
+    g.add_argument("--momentum", type=float, default=None, help="SGD's Nesterov momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay (default: 5e-4 with sgd, 0.05 with adamw)")
     g.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up epochs, at most --epochs (default: 1)")
     g.add_argument("--schedule", default="cosine", choices=("cosine", "multistep"),
                    help="after warm-up: cosine to 0, or x0.1 at each --milestones epoch (default: cosine)")
@@ -130,6 +137,11 @@ def parse_args(argv=None):
                    help="stop cleanly after this many epochs in this invocation, a teacher's included (time-sliced "
                         "jobs; --resume goes on)")
     args = p.parse_args(argv)
+    if args.momentum is not None and args.optimizer != "sgd":
+        p.error(f"--momentum is SGD's; --optimizer {args.optimizer} has betas (0.9, 0.999)")
+    for name, value in OPTIMIZERS[args.optimizer].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     check_values(p, args)
     if args.strategy not in STRATEGIES:
         p.error(f"--strategy: unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -174,7 +186,7 @@ def check_values(p, args):
         ("min_scale", optional(args.min_scale, lambda v: 0 < v <= 1), "in (0, 1]"),
         ("seed", 0 <= args.seed < 2**32, "in [0, 2**32) (numpy's seeds)"),
         ("lr", args.lr > 0, "positive"),
-        ("momentum", 0 <= args.momentum < 1, "in [0, 1)"),
+        ("momentum", optional(args.momentum, lambda v: 0 <= v < 1), "in [0, 1)"),
         ("weight_decay", args.weight_decay >= 0, "at least 0"),
         ("warmup_epochs", 0 <= args.warmup_epochs <= args.epochs,
          f"in [0, --epochs {args.epochs}] (the run would end inside its warm-up, never at --lr)"),
@@ -348,6 +360,19 @@ def make_strategy(name, args, model, num_classes, teacher, device, steps):
     return S.KnowledgeDistillation(teacher, args.kd_alpha, args.kd_temperature)
 
 
+def make_optimizer(args, model, lr):
+    """SGD with Nesterov momentum, weight decay on every parameter (the CIFAR and ImageNet ResNet recipes); or
+    AdamW without weight decay on biases and normalisation weights (the one-dimensional parameters), as
+    DeiT and timm's recipes train ViTs."""
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
+                               weight_decay=args.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
 def rng_states(device):
     states = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -433,8 +458,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
     mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
            "ricap": S.RICAP(seed=args.seed)}[args.aug]
     lr = args.lr * args.batch_size * world / 64
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=True,
-                                weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args, model, lr)
     scheduler = make_scheduler(args, optimizer, steps_per_epoch)
     amp = autocast_dtype(args.amp, device)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
@@ -541,8 +565,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
 # (a longer --epochs, say, would follow the checkpoint's schedule, already at its end), so it is refused.
 # --pretrained is not one: it sets the first weights only, and a resumed run's are in its checkpoint.
 RECIPE = ("epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout", "val_split",
-          "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp", "eps",
-          "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
+          "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp",
+          "eps", "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
           "online_weight")
 
 
