@@ -472,6 +472,40 @@ def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
         assert line in capsys.readouterr().err
 
 
+def test_evaluate_a_librarys_pretrained_weights_by_model_name(data, tmp_path, monkeypatch, capsys):
+    """`evaluate.py resnet18 --data ROOT`: torchvision's weights (offline here: as if fetched, for the data's 3
+    classes) on the data's validation set, the figures those of the model's own logits."""
+    import evaluate
+    import torchvision
+
+    from pysoftlabel.data.loaders import validation_loader
+    from pysoftlabel.engine import model_logits
+    from pysoftlabel.models import create_model
+    torch.manual_seed(0)
+    weights = create_model("resnet18", 3, 16).state_dict()
+    entry = torchvision.models.get_model_weights("resnet18").DEFAULT
+    monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: weights)
+    evaluate.main(["resnet18", "--data", str(data), "--image-size", "16", "--out", str(tmp_path / "r18")])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = create_model("resnet18", 3, 16).eval()
+    model.load_state_dict(weights)
+    val = validation_loader(data, "val", 64, 16, torch.device("cpu"), None)
+    logits, labels = model_logits(model, val, torch.device("cpu"), None)
+    assert summary["count"] == 18 and summary["nll"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert (tmp_path / "r18" / "report.md").read_text().startswith(
+        f"# resnet18 (torchvision's ResNet18_Weights.IMAGENET1K_V1): {data}/val at 16 px\n")
+    monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: create_model("resnet18", 1000).state_dict())
+    with pytest.raises(SystemExit, match=r"^resnet18: the weights' classes must be those of .*/val \(3, in folder "
+                                         r"order\): .* size mismatch for fc.weight"):
+        evaluate.main(["resnet18", "--data", str(data), "--image-size", "16", "--out", str(tmp_path / "r18b")])
+    for argv, line in ((["resnet18"], "--data: needed to evaluate resnet18's pretrained weights"),
+                       (["resnet20", "--data", str(data)], "torchvision has no weights for resnet20")):
+        with pytest.raises(SystemExit):
+            evaluate.main(argv)
+        assert line in capsys.readouterr().err
+
+
 def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
     import evaluate
     for name in ("ce", "ls"):

@@ -8,6 +8,7 @@ its validation logits and labels.
     python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--val-split val --image-size 224 --out DIR]
     python tools/evaluate.py runs/ce/checkpoint.pt runs/ls/checkpoint.pt runs/ldl/checkpoint.pt --out compared
     python tools/evaluate.py vit_logits.pt runs/ldl/checkpoint.pt --out compared   # saved outputs beside a run
+    python tools/evaluate.py timm/convnext_tiny resnet50 --data IMAGENET --out published   # libraries' weights
 
 Several inputs are compared: each one's report in OUT/<run>/, one table (OUT/comparison.md and .json) and
 their reliability diagrams side by side (OUT/reliability.png).
@@ -15,6 +16,12 @@ their reliability diagrams side by side (OUT/reliability.png).
 Saved outputs: torch.save({"logits": Tensor[N, C], "labels": Tensor[N]}, "x.pt") or numpy.savez("x.npz",
 logits=..., labels=...); "probabilities" (softmax outputs) may stand for "logits" (their log is used: the
 same softmax). The data options below apply to checkpoints only.
+
+A model name (resnet50, timm/convnext_tiny.fb_in1k: see tools/train_imagenet.py --arch) evaluates its
+library's ImageNet weights (torchvision's or timm's, downloaded once) on --data, whose validation classes
+must be the weights' classes in folder order (ImageNet's val/ of 1000 wnid folders). The images go through
+this project's validation transform (resize to image size / 0.875, centre crop, ImageNet normalisation), so
+top-1 can differ slightly from the figure the library publishes for its own transform.
 
 By default the data and its handling are the training run's (its args.json, beside the checkpoint): the same
 folder (the built-in synthetic dataset for a run without --data), validation split, resident or DALI
@@ -41,14 +48,14 @@ from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence,
                                 save_checkpoint, write_logits_report)
 from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_difference_interval, ece_with_interval, reliability_diagrams
-from pysoftlabel.models import load_model
+from pysoftlabel.models import TIMM_PREFIX, check_model_name, default_weights, load_model, pretrained_weights
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="checkpoint",
-                   help="checkpoint.pt written by tools/train_imagenet.py, or a file of saved outputs (.pt, .npz); "
-                        "several are compared")
+                   help="checkpoint.pt written by tools/train_imagenet.py, a file of saved outputs (.pt, .npz), or "
+                        "a model name with pretrained weights (resnet50, timm/<name>); several are compared")
     p.add_argument("--data", default=None, help="ImageNet-layout root or webdataset shards (default: the run's)")
     p.add_argument("--val-split", default=None, help="validation folder name (default: the run's, else val)")
     p.add_argument("--resident", action=argparse.BooleanOptionalAction, default=None,
@@ -62,7 +69,7 @@ def main(argv=None):
                    help="autocast dtype (default: the run's, else auto: bf16 on cuda, off on cpu)")
     p.add_argument("--out", default=None,
                    help="output folder (default: beside the checkpoint, eval/, or beside a saved-outputs file X, "
-                        "X-eval/; for several, comparison/)")
+                        "X-eval/; for a model name, runs/eval/<name>; for several, comparison/)")
     p.add_argument("--save-logits", action="store_true",
                    help="also write each checkpoint's validation logits and labels (OUT/logits.pt, a saved-outputs "
                         "file: evaluate.py takes it back, alone or beside other models, without the model or data)")
@@ -108,6 +115,8 @@ def plan(p, args, checkpoint, device) -> dict:
     """What evaluating ``checkpoint`` takes: its state, and the data and options of its run (args.json) unless
     given; a bad one is a parser error naming it, before any checkpoint is evaluated. A file of saved outputs
     is read whole here."""
+    if not Path(checkpoint).exists() and is_model_name(checkpoint):
+        return pretrained_job(p, args, checkpoint, device)
     try:
         if Path(checkpoint).suffix == ".npz":
             return outputs_job(checkpoint, read_npz(checkpoint))
@@ -121,6 +130,37 @@ def plan(p, args, checkpoint, device) -> dict:
     data = args.data or run.get("data") or run.get("data_cache")
     if data is None:
         p.error(f"--data: needed, since {checkpoint} has no args.json beside it to say which data its run used")
+    return {"checkpoint": checkpoint, "name": Path(checkpoint).resolve().parent, "trained": trained(state),
+            "default_out": Path(checkpoint).parent / "eval", "state": state,
+            **data_plan(p, args, run, data, device)}
+
+
+def is_model_name(name) -> bool:
+    """Whether ``name`` (not a file) names a model: timm/<name> always, so that a missing timm is said."""
+    if name.startswith(TIMM_PREFIX):
+        return True
+    try:
+        check_model_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+def pretrained_job(p, args, arch, device) -> dict:
+    """The evaluation of ``arch``'s library weights (fetched when evaluated) on --data, which it needs."""
+    try:
+        trained_as = default_weights(arch)[0]
+    except ValueError as error:
+        p.error(str(error))
+    if args.data is None:
+        p.error(f"--data: needed to evaluate {arch}'s pretrained weights (ImageNet's validation set for ImageNet "
+                "weights)")
+    return {"checkpoint": arch, "arch": arch, "name": Path(arch.replace("/", "-")), "trained": trained_as,
+            "default_out": Path("runs", "eval", arch.replace("/", "-")), **data_plan(p, args, {}, args.data, device)}
+
+
+def data_plan(p, args, run, data, device) -> dict:
+    """The data and options of an evaluation: the options given, else the run's (``run``: its args.json)."""
     split = args.val_split or run.get("val_split", "val")
     if not Path(data, split).is_dir():
         p.error(f"--data: {data} has no {split}/ folder")
@@ -129,10 +169,8 @@ def plan(p, args, checkpoint, device) -> dict:
     if args.boxes and not boxes.is_dir():
         p.error(f"--boxes: {args.boxes} does not exist")
     image_size = args.image_size or int(run.get("image_size", 224))
-    return {"checkpoint": checkpoint, "name": Path(checkpoint).resolve().parent, "trained": trained(state),
-            "default_out": Path(checkpoint).parent / "eval",
-            "evaluated_on": f"{data}/{split} at {image_size} px", "image_size": image_size,
-            "state": state, "data": data, "split": split, "boxes": boxes,
+    return {"evaluated_on": f"{data}/{split} at {image_size} px", "image_size": image_size,
+            "data": data, "split": split, "boxes": boxes,
             "resident": args.resident if args.resident is not None else bool(run.get("resident", False)),
             "batch_size": args.batch_size or int(run.get("batch_size", 64)),
             "amp": autocast_dtype(args.amp or run.get("amp", "auto"), device), "threads": int(run.get("threads", 2)),
@@ -140,13 +178,22 @@ def plan(p, args, checkpoint, device) -> dict:
 
 
 def evaluate_checkpoint(job, device, out, n_bins) -> tuple:
-    """Writes the report of one planned checkpoint into ``out``; returns (its summary, logits, labels), the
-    two on the CPU."""
-    state, data, split, image_size, batch_size = (job[k] for k in ("state", "data", "split", "image_size",
-                                                                    "batch_size"))
-    val = validation_loader(data, split, batch_size, image_size, device, state["classes"], resident=job["resident"],
-                            num_threads=job["threads"])
-    model = load_model(state["arch"], len(state["classes"]), image_size, state["model"], job["checkpoint"])
+    """Writes the report of one planned checkpoint, or library model, into ``out``; returns (its summary,
+    logits, labels), the two on the CPU."""
+    data, split, image_size, batch_size = (job[k] for k in ("data", "split", "image_size", "batch_size"))
+    state = job.get("state")
+    val = validation_loader(data, split, batch_size, image_size, device, state and state["classes"],
+                            resident=job["resident"], num_threads=job["threads"])
+    classes = val.classes
+    if state is not None:
+        model = load_model(state["arch"], len(classes), image_size, state["model"], job["checkpoint"])
+    else:
+        weights = pretrained_weights(job["arch"], "default", image_size)
+        try:
+            model = load_model(job["arch"], len(classes), image_size, weights, job["trained"])
+        except ValueError as error:  # most often a classifier for other classes than the data's
+            raise ValueError(f"{job['arch']}: the weights' classes must be those of {data}/{split} ({len(classes)}, "
+                             f"in folder order): {error}") from None
     model = model.to(device, memory_format=torch.channels_last)
     out = output_folder(out)
     skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
@@ -154,7 +201,7 @@ def evaluate_checkpoint(job, device, out, n_bins) -> tuple:
         print(skipped_line(skipped, "validation images"), file=sys.stderr)
     extra = {"skipped_images": len(skipped)}
     boxes = job["boxes"]
-    context = context_crops(data, split, boxes, batch_size, image_size, device, state["classes"],
+    context = context_crops(data, split, boxes, batch_size, image_size, device, classes,
                             dtype=loader_dtype(device)) if boxes.is_dir() else None
     if context is not None:
         extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
@@ -164,7 +211,7 @@ def evaluate_checkpoint(job, device, out, n_bins) -> tuple:
                                   title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")
     logits, labels = logits.cpu(), labels.cpu()
     if job["save_logits"]:
-        save_checkpoint({"logits": logits, "labels": labels, "classes": state["classes"]}, out / "logits.pt")
+        save_checkpoint({"logits": logits, "labels": labels, "classes": classes}, out / "logits.pt")
     return summary, logits, labels
 
 

@@ -82,6 +82,11 @@ class ResidentLoader:
             order = torch.arange(n)
         return order[self.shard_id::self.num_shards]
 
+    @property
+    def classes(self) -> list:
+        """The class names, in label order (as :class:`~pysoftlabel.data.imagenet.ImageNetLoader`'s)."""
+        return self.data.classes
+
     def __len__(self):
         rows = len(range(self.shard_id, len(self.data), self.num_shards))  # this rank's share, not drawn
         return rows // self.batch_size if self.training else -(-rows // self.batch_size)
