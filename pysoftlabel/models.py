@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 __all__ = ["create_model", "check_model_name", "load_model", "default_weights", "pretrained_weights",
-           "load_pretrained", "CIFAR_RESNETS", "TIMM_PREFIX"]
+           "load_pretrained", "imagenet_class_indices", "CIFAR_RESNETS", "TIMM_PREFIX"]
 
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 CIFAR_STEM = ("cifar_resnet18", "cifar_resnet34")  # torchvision's ResNet-18/34 with a 3x3 stem, no max-pool
@@ -195,6 +195,18 @@ def default_weights(arch: str) -> tuple:
 def _imagenet_normalised(mean, std) -> bool:
     from .data.imagenet import MEAN, STD
     return all(abs(a - b / 255) < 1e-3 for a, b in zip((*mean, *std), (*MEAN, *STD)))
+
+
+def imagenet_class_indices(classes) -> list:
+    """The indices, among ImageNet-1k's classes (their sorted wnids: the order of torchvision's and timm's
+    weights), of ``classes`` when every one is an ImageNet wnid (Imagenette's, ImageNet-A's and -R's folders),
+    else None. Needs timm's list of the wnids (``pip install timm``); None without timm."""
+    try:
+        from timm.data import ImageNetInfo
+    except ImportError:
+        return None
+    index = {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
+    return [index[c] for c in classes] if all(c in index for c in classes) else None
 
 
 def _torchvision_weights(arch: str):

@@ -497,13 +497,44 @@ def test_evaluate_a_librarys_pretrained_weights_by_model_name(data, tmp_path, mo
         f"# resnet18 (torchvision's ResNet18_Weights.IMAGENET1K_V1): {data}/val at 16 px\n")
     monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: create_model("resnet18", 1000).state_dict())
     with pytest.raises(SystemExit, match=r"^resnet18: the weights' classes must be those of .*/val \(3, in folder "
-                                         r"order\): .* size mismatch for fc.weight"):
+                                         r"order\), or ImageNet-1k's with wnid folders: .* size mismatch for fc"):
         evaluate.main(["resnet18", "--data", str(data), "--image-size", "16", "--out", str(tmp_path / "r18b")])
     for argv, line in ((["resnet18"], "--data: needed to evaluate resnet18's pretrained weights"),
                        (["resnet20", "--data", str(data)], "torchvision has no weights for resnet20")):
         with pytest.raises(SystemExit):
             evaluate.main(argv)
         assert line in capsys.readouterr().err
+
+
+def test_imagenet_weights_on_a_subset_of_imagenets_classes_take_their_logits(data, tmp_path, monkeypatch, capsys):
+    """Wnid folders of some of ImageNet's classes (Imagenette, ImageNet-A and -R): the 1000-class model's
+    logits of those classes, as ImageNet-A and -R are evaluated."""
+    pytest.importorskip("timm", reason="the wnids of ImageNet's classes come from timm")
+    import evaluate
+    import torchvision
+
+    from pysoftlabel.data.loaders import validation_loader
+    from pysoftlabel.engine import model_logits
+    from pysoftlabel.models import create_model
+    wnids = ("n01440764", "n02102040", "n03888257")  # tench, springer, parachute: ImageNet's 0, 217, 701
+    for split in ("train", "val"):
+        for folder, wnid in zip(sorted((data / split).iterdir()), wnids):
+            shutil.copytree(folder, tmp_path / "subset" / split / wnid)
+    torch.manual_seed(0)
+    weights = create_model("resnet18", 1000, 16).state_dict()
+    entry = torchvision.models.get_model_weights("resnet18").DEFAULT
+    monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: weights)
+    evaluate.main(["resnet18", "--data", str(tmp_path / "subset"), "--image-size", "16", "--out", str(tmp_path / "e")])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert "holds 3 of ImageNet's 1000 classes" in captured.err
+    model = create_model("resnet18", 1000, 16).eval()
+    model.load_state_dict(weights)
+    val = validation_loader(tmp_path / "subset", "val", 64, 16, torch.device("cpu"), None)
+    logits, labels = model_logits(model, val, torch.device("cpu"), None)
+    assert summary["nll"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits[:, [0, 217, 701]], labels).item(), rel=1e-5)
+    assert "the logits of the data's 3 ImageNet classes" in (tmp_path / "e" / "report.md").read_text()
 
 
 def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):

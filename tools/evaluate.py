@@ -19,7 +19,8 @@ same softmax). The data options below apply to checkpoints only.
 
 A model name (resnet50, timm/convnext_tiny.fb_in1k: see tools/train_imagenet.py --arch) evaluates its
 library's ImageNet weights (torchvision's or timm's, downloaded once) on --data, whose validation classes
-must be the weights' classes in folder order (ImageNet's val/ of 1000 wnid folders). The images go through
+must be the weights' classes in folder order (ImageNet's val/ of 1000 wnid folders), or some of ImageNet-1k's
+as wnid folders (Imagenette, ImageNet-A, ImageNet-R: the logits of those classes). The images go through
 this project's validation transform (resize to image size / 0.875, centre crop, ImageNet normalisation), so
 top-1 can differ slightly from the figure the library publishes for its own transform.
 
@@ -48,7 +49,8 @@ from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence,
                                 save_checkpoint, write_logits_report)
 from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_difference_interval, ece_with_interval, reliability_diagrams
-from pysoftlabel.models import TIMM_PREFIX, check_model_name, default_weights, load_model, pretrained_weights
+from pysoftlabel.models import (TIMM_PREFIX, check_model_name, default_weights, imagenet_class_indices, load_model,
+                                pretrained_weights)
 
 
 def main(argv=None):
@@ -188,12 +190,7 @@ def evaluate_checkpoint(job, device, out, n_bins) -> tuple:
     if state is not None:
         model = load_model(state["arch"], len(classes), image_size, state["model"], job["checkpoint"])
     else:
-        weights = pretrained_weights(job["arch"], "default", image_size)
-        try:
-            model = load_model(job["arch"], len(classes), image_size, weights, job["trained"])
-        except ValueError as error:  # most often a classifier for other classes than the data's
-            raise ValueError(f"{job['arch']}: the weights' classes must be those of {data}/{split} ({len(classes)}, "
-                             f"in folder order): {error}") from None
+        model = pretrained_model(job, classes, image_size, f"{data}/{split}")
     model = model.to(device, memory_format=torch.channels_last)
     out = output_folder(out)
     skipped = getattr(val, "skipped", [])  # the resident path decodes every file, or stops naming it
@@ -213,6 +210,38 @@ def evaluate_checkpoint(job, device, out, n_bins) -> tuple:
     if job["save_logits"]:
         save_checkpoint({"logits": logits, "labels": labels, "classes": classes}, out / "logits.pt")
     return summary, logits, labels
+
+
+def pretrained_model(job, classes, image_size, folder) -> torch.nn.Module:
+    """The library weights of ``job["arch"]`` for the data's ``classes``: as they are when they are the weights'
+    classes; for some of ImageNet-1k's (wnid folders: Imagenette, ImageNet-A, ImageNet-R) the 1000-class model's
+    logits of those classes, a softmax over them, as ImageNet-A and -R are evaluated (said on stderr and in
+    the report's title). ValueError naming the mismatch otherwise."""
+    weights = pretrained_weights(job["arch"], "default", image_size)
+    subset = imagenet_class_indices(classes) if len(classes) < 1000 else None
+    try:
+        if subset is None:
+            return load_model(job["arch"], len(classes), image_size, weights, job["trained"])
+        model = ClassSubset(load_model(job["arch"], 1000, image_size, weights, job["trained"]), subset)
+    except ValueError as error:  # most often a classifier for other classes than the data's
+        raise ValueError(f"{job['arch']}: the weights' classes must be those of {folder} ({len(classes)}, in folder "
+                         f"order), or ImageNet-1k's with wnid folders: {error}") from None
+    job["trained"] += f", the logits of the data's {len(classes)} ImageNet classes"
+    print(f"note: {folder} holds {len(classes)} of ImageNet's 1000 classes: {job['arch']} is evaluated on its logits "
+          "of those classes (a softmax over them)", file=sys.stderr)
+    return model
+
+
+class ClassSubset(torch.nn.Module):
+    """``model``'s logits of the classes ``indices``, in that order."""
+
+    def __init__(self, model: torch.nn.Module, indices):
+        super().__init__()
+        self.model = model
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long), persistent=False)
+
+    def forward(self, x):
+        return self.model(x).index_select(1, self.indices)
 
 
 OUTPUT_KEYS = {"logits", "probabilities"}  # a file of a model's saved outputs holds one of them, and labels
