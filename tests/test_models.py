@@ -174,3 +174,12 @@ def test_timm_default_weights_are_fetched_by_timm_for_the_image_side(monkeypatch
                                          r"\(An error happened .*\); download it where there is a network and "
                                          r"give the file instead$"):
         pretrained_weights("timm/vit_tiny_patch16_224", "default", 32)
+
+
+def test_imagenet_class_indices_of_wnid_folders():
+    pytest.importorskip("timm", reason="the wnids of ImageNet's classes come from timm")
+    from pysoftlabel.models import imagenet_class_indices
+    imagenette = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
+                  "n03425413", "n03445777", "n03888257"]  # its class folders, sorted
+    assert imagenet_class_indices(imagenette) == [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+    assert imagenet_class_indices(["n01440764", "c01_square"]) is None
