@@ -485,7 +485,8 @@ def test_evaluate_a_librarys_pretrained_weights_by_model_name(data, tmp_path, mo
     weights = create_model("resnet18", 3, 16).state_dict()
     entry = torchvision.models.get_model_weights("resnet18").DEFAULT
     monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: weights)
-    evaluate.main(["resnet18", "--data", str(data), "--image-size", "16", "--out", str(tmp_path / "r18")])
+    evaluate.main(["resnet18", "--data", str(data), "--image-size", "16", "--device", "cpu",
+                   "--out", str(tmp_path / "r18")])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = create_model("resnet18", 3, 16).eval()
     model.load_state_dict(weights)
@@ -498,7 +499,8 @@ def test_evaluate_a_librarys_pretrained_weights_by_model_name(data, tmp_path, mo
     monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: create_model("resnet18", 1000).state_dict())
     with pytest.raises(SystemExit, match=r"^resnet18: the weights' classes must be those of .*/val \(3, in folder "
                                          r"order\), or ImageNet-1k's with wnid folders: .* size mismatch for fc"):
-        evaluate.main(["resnet18", "--data", str(data), "--image-size", "16", "--out", str(tmp_path / "r18b")])
+        evaluate.main(["resnet18", "--data", str(data), "--image-size", "16", "--device", "cpu",
+                       "--out", str(tmp_path / "r18b")])
     for argv, line in ((["resnet18"], "--data: needed to evaluate resnet18's pretrained weights"),
                        (["resnet20", "--data", str(data)], "torchvision has no weights for resnet20")):
         with pytest.raises(SystemExit):
@@ -524,7 +526,8 @@ def test_imagenet_weights_on_a_subset_of_imagenets_classes_take_their_logits(dat
     weights = create_model("resnet18", 1000, 16).state_dict()
     entry = torchvision.models.get_model_weights("resnet18").DEFAULT
     monkeypatch.setattr(type(entry), "get_state_dict", lambda self, **kw: weights)
-    evaluate.main(["resnet18", "--data", str(tmp_path / "subset"), "--image-size", "16", "--out", str(tmp_path / "e")])
+    evaluate.main(["resnet18", "--data", str(tmp_path / "subset"), "--image-size", "16", "--device", "cpu",
+                   "--out", str(tmp_path / "e")])
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert "holds 3 of ImageNet's 1000 classes" in captured.err
