@@ -113,9 +113,8 @@ def _renormalise_input(model: nn.Module, mean, std) -> None:
     0.5, 0.5), take the data layer's, normalised with ImageNet's: its forward first maps x to
     x·a + b per channel. A forward pre-hook over non-persistent buffers, so that the model stays timm's own
     class with timm's state dict, and the buffers follow it to any device (and into copies: an EMA teacher)."""
-    from .data.imagenet import MEAN, STD
-    theirs_mean, theirs_std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    ours_mean, ours_std = torch.tensor(MEAN).view(1, 3, 1, 1) / 255, torch.tensor(STD).view(1, 3, 1, 1) / 255
+    ours_mean, ours_std, theirs_mean, theirs_std = (torch.tensor(v).view(1, 3, 1, 1)
+                                                    for v in (*_imagenet_normalisation(), mean, std))
     model.register_buffer("input_scale", ours_std / theirs_std, persistent=False)
     model.register_buffer("input_shift", (ours_mean - theirs_mean) / theirs_std, persistent=False)
     model.register_forward_pre_hook(_renormalised)
@@ -192,9 +191,15 @@ def default_weights(arch: str) -> tuple:
     return f"torchvision's {weights}", weights.url
 
 
-def _imagenet_normalised(mean, std) -> bool:
+def _imagenet_normalisation() -> tuple:
+    """The data layer's mean and std per channel (ImageNet's), for inputs in [0, 1]."""
     from .data.imagenet import MEAN, STD
-    return all(abs(a - b / 255) < 1e-3 for a, b in zip((*mean, *std), (*MEAN, *STD)))
+    return tuple(m / 255 for m in MEAN), tuple(s / 255 for s in STD)
+
+
+def _imagenet_normalised(mean, std) -> bool:
+    ours_mean, ours_std = _imagenet_normalisation()
+    return all(abs(a - b) < 1e-3 for a, b in zip((*mean, *std), (*ours_mean, *ours_std)))
 
 
 def imagenet_class_indices(classes) -> list:
@@ -230,16 +235,14 @@ def pretrained_weights(arch: str, source: str, image_size: int = None) -> dict:
                 return _create_timm(arch, image_size, pretrained=True).state_dict()
             return _torchvision_weights(arch).get_state_dict(progress=True, check_hash=True)
         except (OSError, RuntimeError) as error:  # no network, a cut download (its hash is checked)
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"cannot fetch {where} ({reason}); download it where there is a network and "
-                             "give the file instead") from None
+            raise ValueError(f"cannot fetch {where} ({_first_line(error)}); download it where there is a network "
+                             "and give the file instead") from None
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{source} does not exist") from None
     except Exception as error:  # not a torch.save file, or one holding objects
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{source} cannot be read as weights ({reason})") from None
+        raise ValueError(f"{source} cannot be read as weights ({_first_line(error)})") from None
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -289,5 +292,11 @@ def _cannot_take(arch, image_size):
     except (RuntimeError, ValueError, AssertionError) as error:
         if image_size is None:  # not about a side: the builder's own error
             raise
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"arch: {arch} cannot take {image_size}x{image_size} images ({reason})") from None
+        raise ValueError(f"arch: {arch} cannot take {image_size}x{image_size} images "
+                         f"({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of what ``error`` says, or its type's name when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
