@@ -157,8 +157,9 @@ def pretrained_job(p, args, arch, device) -> dict:
     if args.data is None:
         p.error(f"--data: needed to evaluate {arch}'s pretrained weights (ImageNet's validation set for ImageNet "
                 "weights)")
-    return {"checkpoint": arch, "arch": arch, "name": Path(arch.replace("/", "-")), "trained": trained_as,
-            "default_out": Path("runs", "eval", arch.replace("/", "-")), **data_plan(p, args, {}, args.data, device)}
+    name = arch.replace("/", "-")  # timm/convnext_tiny: one folder, timm-convnext_tiny
+    return {"checkpoint": arch, "arch": arch, "name": Path(name), "trained": trained_as,
+            "default_out": Path("runs", "eval", name), **data_plan(p, args, {}, args.data, device)}
 
 
 def data_plan(p, args, run, data, device) -> dict:
