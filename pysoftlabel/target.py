@@ -127,7 +127,8 @@ class SoftTarget:
         if self.table is not None and tuple(self.table.shape) != (c, c):
             raise ValueError(f"table must have shape [C, C] = [{c}, {c}], got {tuple(self.table.shape)}")
         if self.dense is not None and self.dense.shape != logits.shape:
-            raise ValueError(f"dense must have the shape of logits {tuple(logits.shape)}, got {tuple(self.dense.shape)}")
+            raise ValueError(f"dense must have the shape of logits {tuple(logits.shape)}, "
+                             f"got {tuple(self.dense.shape)}")
         device = logits.device
         for name, value in self.tensors():
             if value.device != device:

@@ -148,7 +148,8 @@ def test_calibration_edge_cases():
     sure = psl.calibration_stats(torch.tensor([[100.0, 0.0]]), torch.tensor([0]))
     assert sure.bins[-1, 0] == 1 and sure.ece == pytest.approx(0.0, abs=1e-12)
     all_wrong = psl.calibration_stats(torch.tensor([[5.0, 0.0], [0.0, 5.0]]), torch.tensor([1, 0]))
-    assert all_wrong.accuracy == 0.0 and all_wrong.ece == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item(), rel=1e-6)
+    assert all_wrong.accuracy == 0.0
+    assert all_wrong.ece == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item(), rel=1e-6)
     empty = psl.calibration_stats(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
     assert empty.count == 0 and empty.ece != empty.ece  # NaN: no rows
     with pytest.raises(ValueError, match="logits"):
@@ -371,7 +372,8 @@ def test_ece_interval_bins_as_calibration_stats_and_narrows_with_more_rows():
     widths = []
     for n in (400, 40000):
         logits = torch.randn(n, 10, generator=g) * 2
-        labels = torch.where(torch.rand(n, generator=g) < 0.4, logits.argmax(1), torch.randint(0, 10, (n,), generator=g))
+        labels = torch.where(torch.rand(n, generator=g) < 0.4, logits.argmax(1),
+                             torch.randint(0, 10, (n,), generator=g))
         low, high = ece_interval(logits, labels, resamples=200)
         assert low <= psl.calibration_stats(logits, labels).ece <= high
         assert (low, high) == ece_interval(logits, labels, resamples=200)  # seeded

@@ -71,7 +71,8 @@ def test_shards_cover_the_set_once(images):
     shards = [torch.cat([denormalise(b["image"]) for b in ResidentLoader(images, 4, False, shard_id=r, num_shards=2)])
               for r in range(2)]
     together = torch.cat(shards).round().flatten(1)
-    assert len(together) == 30 and len(torch.unique(together, dim=0)) == len(torch.unique(images.images.flatten(1), dim=0))
+    assert len(together) == 30
+    assert len(torch.unique(together, dim=0)) == len(torch.unique(images.images.flatten(1), dim=0))
 
 
 def test_cutout_zeroes_a_square(images):

@@ -526,7 +526,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.pysoftlabel.soft_cross_entropy.default, args)
     torch.library.opcheck(torch.ops.pysoftlabel._scale_rows_.default, (torch.randn(5, 7), torch.tensor(2.0)))
     torch.library.opcheck(torch.ops.pysoftlabel.calibration_update.default,
-                          (logits, labels, -100, torch.zeros(15, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)))
+                          (logits, labels, -100, torch.zeros(15, 3, dtype=torch.float64),
+                           torch.zeros(3, dtype=torch.float64)))
     torch.library.opcheck(torch.ops.pysoftlabel.class_stats_update.default,
                           (logits, labels, -100, torch.zeros(7, 7), torch.zeros(7)))
 
@@ -578,12 +579,14 @@ def test_zero_dim_weights_equal_floats(backend):
 @pytest.mark.parametrize("case, match", [
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 5, 2]))), "labels"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, -3, 2]))), "labels"),
-    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 9, 1, 1]), lam=0.5)), "labels2"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 9, 1, 1]),
+                                        lam=0.5)), "labels2"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 1, 1, 1]),
                                         lam=torch.tensor([0.5, 1.5, 0.2, 0.1]))), "lam"),
-    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor([0.1, 0.9, -0.2, 0.0]))), "weight"),
-    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor([0.1, float("nan"), 0.2, 0.0]))),
-     "negative or NaN"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]),
+                                        smoothing=torch.tensor([0.1, 0.9, -0.2, 0.0]))), "weight"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]),
+                                        smoothing=torch.tensor([0.1, float("nan"), 0.2, 0.0]))), "negative or NaN"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 1, 1, 1]),
                                         lam=torch.tensor([0.5, float("nan"), 0.2, 0.1]))), "lam.*NaN"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), labels2=torch.tensor([0, 1, 1, 1]),
@@ -592,9 +595,11 @@ def test_zero_dim_weights_equal_floats(backend):
                                         dense=torch.rand(4, 5), dense_weight=torch.tensor(0.5))), "exceeds 1"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), smoothing=torch.tensor([0.5, 0.9, 0.2, 0.0]),
                                         dense=torch.rand(4, 5), dense_weight=0.5)), "exceeds 1"),
-    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), table=torch.rand(4, 4), table_weight=0.1)), "table"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), table=torch.rand(4, 4), table_weight=0.1)),
+     "table"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2]))), "labels"),
-    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), dense=torch.rand(4, 6), dense_weight=0.1)), "dense"),
+    (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), dense=torch.rand(4, 6), dense_weight=0.1)),
+     "dense"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.randn(4, 5, 2)), "logits"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), reduction="avg"), "reduction"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), stats=psl.ClassStats(3)),
@@ -618,7 +623,8 @@ def test_bad_input_raises_value_error(backend, case, match):
     (dict(table_weight=0.2), "no table"),
     (dict(temperature=0.0), "temperature"),
     # A temperature with dense probabilities, or with no dense target, was silently not applied.
-    (dict(dense=torch.rand(4, 5).softmax(1), dense_weight=1.0, temperature=3.0), "temperature=3.0 applies to dense logits"),
+    (dict(dense=torch.rand(4, 5).softmax(1), dense_weight=1.0, temperature=3.0),
+     "temperature=3.0 applies to dense logits"),
     (dict(temperature=2.0), "temperature=2.0 applies to dense logits"),
     (dict(dense_logits=True), "dense_logits is True but no dense"),
     (dict(smoothing=torch.zeros(3)), "smoothing"),

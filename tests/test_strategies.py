@@ -174,7 +174,8 @@ def test_ricap_gathers_calibration_once_and_class_statistics_per_pair():
     class statistics count the rows classified as the first label of either pair."""
     n, c = 64, 3
     g = torch.Generator().manual_seed(4)
-    r = S.RICAP(seed=1)({"image": torch.randn(n, 3, 8, 8, generator=g), "label": torch.randint(0, c, (n,), generator=g)})
+    batch = {"image": torch.randn(n, 3, 8, 8, generator=g), "label": torch.randint(0, c, (n,), generator=g)}
+    r = S.RICAP(seed=1)(batch)
     logits = torch.randn(n, c, generator=g)
     ols, calib = S.OnlineLabelSmoothing(c), psl.CalibrationStats()
     S.mixed_loss(ols, logits, r, calib=calib)
@@ -220,7 +221,6 @@ def test_to_moves_what_each_strategy_holds():
         assert strategy.to("meta") is strategy and devices(strategy) == dict.fromkeys(held, "meta")
 
 
-
 @pytest.mark.skipif(not psl.extension_info()["cpu"], reason="extension not built")
 def test_every_strategy_trains_through_the_fused_kernels(monkeypatch):
     """No strategy hands the loss a target that requires grad (a teacher's logits with a graph, say), which
@@ -228,6 +228,7 @@ def test_every_strategy_trains_through_the_fused_kernels(monkeypatch):
     def no_reference(*args, **kwargs):
         raise AssertionError("the loss took the reference formula")
     monkeypatch.setattr(psl.reference, "soft_cross_entropy", no_reference)
+
     def linear():  # a teacher of its own for each strategy: each freezes the one it is given
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     model = linear()

@@ -169,7 +169,8 @@ def test_stop_after_counts_the_teachers_epochs_and_the_student_waits_for_it(data
     parts = tmp_path / "parts"
     for resume in ((), ("--resume",)):  # the teacher's two epochs, one per invocation; no student yet
         train_imagenet.main(["--data", str(data), "--out", str(parts), "--epochs", "2", "--batch-size", "8",
-                             "--image-size", "16", "--device", "cpu", "--strategy", "ldl", "--stop-after", "1", *resume])
+                             "--image-size", "16", "--device", "cpu", "--strategy", "ldl", "--stop-after", "1",
+                             *resume])
         assert not (parts / "checkpoint.pt").exists()
     assert torch.load(parts / "teacher" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     student = run(data, parts, "--strategy", "ldl", "--resume", "--stop-after", "3")

@@ -232,7 +232,8 @@ def bench_statistics(device, dtype, n, c, measure, row, g, bandwidth):
 def table(rows, anchors):
     """Markdown table: each of our figures beside the baselines and the anchor from the reference file."""
     anchor_rows = {(a.get("dtype", "float32"), a["N"], a["C"]): a for a in anchors.get("rows", [])}
-    lines = ["| dtype | N x C | target | ours ms | eager ms | compile ms | liger ms | floor ms | ours/floor | eager/ours | compile/ours | liger/ours | anchor eager / compile / liger ms |",
+    lines = ["| dtype | N x C | target | ours ms | eager ms | compile ms | liger ms | floor ms | ours/floor "
+             "| eager/ours | compile/ours | liger/ours | anchor eager / compile / liger ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a = anchor_rows.get((r["dtype"], r["N"], r["C"]), {})
@@ -243,14 +244,15 @@ def table(rows, anchors):
             eager, comp = r.get(f"eager_{kind}"), r.get(f"compiled_{kind}")
             liger = r.get("liger_ls") if kind == "ls" else None
             anchor = " / ".join(_fmt(_anchor(a, prefix, kind)) for prefix in ("eager", "compiled", "liger"))
-            lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | {_fmt(comp)} | "
-                         f"{_fmt(liger)} | {_fmt(r['floor_ms'])} | {_ratio(ours, r['floor_ms'])} | {_ratio(eager, ours)} | "
-                         f"{_ratio(comp, ours)} | {_ratio(liger, ours)} | {anchor} |")
+            lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | "
+                         f"{_fmt(comp)} | {_fmt(liger)} | {_fmt(r['floor_ms'])} | {_ratio(ours, r['floor_ms'])} | "
+                         f"{_ratio(eager, ours)} | {_ratio(comp, ours)} | {_ratio(liger, ours)} | {anchor} |")
     for r in rows:
         if r.get("eager_ce") is not None:
             a = anchor_rows.get((r["dtype"], r["N"], r["C"]), {})
             lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | hard CE (eager F.cross_entropy) vs ours ls | "
-                         f"{_fmt(r['ours_ls'])} | {_fmt(r['eager_ce'])} | - | - | - | - | {_ratio(r['eager_ce'], r['ours_ls'])} | - | - | "
+                         f"{_fmt(r['ours_ls'])} | {_fmt(r['eager_ce'])} | - | - | - | - | "
+                         f"{_ratio(r['eager_ce'], r['ours_ls'])} | - | - | "
                          f"{_fmt(a.get('eager_ce_fwd_bwd_ms'))} / - / - |")
     if any("graph_ours_ls" in r for r in rows):
         lines += ["", "CUDA-graph replay (device time, no launch cost):", "",
@@ -259,15 +261,19 @@ def table(rows, anchors):
             for kind in TARGETS:
                 if r.get(f"graph_ours_{kind}") is not None:
                     ours, eager = r[f"graph_ours_{kind}"], r.get(f"graph_eager_{kind}")
-                    lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | {_ratio(eager, ours)} |")
-    lines += ["", "| dtype | N x C | calib ours ms | calib torchmetrics ms | calib eager ms | read-once ms | class stats ours ms | class stats eager ms | LS fused stats+calib ms | LS alone ms | fused overhead | anchor torchmetrics / eager accum ms |",
+                    lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {kind} | {_fmt(ours)} | {_fmt(eager)} | "
+                                 f"{_ratio(eager, ours)} |")
+    lines += ["", "| dtype | N x C | calib ours ms | calib torchmetrics ms | calib eager ms | read-once ms "
+              "| class stats ours ms | class stats eager ms | LS fused stats+calib ms | LS alone ms | fused overhead "
+              "| anchor torchmetrics / eager accum ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a = anchor_rows.get((r["dtype"], r["N"], r["C"]), {})
         fused, alone = r.get("ours_ls_fused_stats"), r.get("ours_ls_same_input")
         overhead = f"{(fused / alone - 1) * 100:.1f}%" if fused and alone else "-"
-        lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {_fmt(r.get('ours_calib'))} | {_fmt(r.get('torchmetrics_calib'))} | "
-                     f"{_fmt(r.get('eager_calib'))} | {_fmt(r.get('read_once_ms'))} | {_fmt(r.get('ours_class_stats'))} | "
+        lines.append(f"| {r['dtype']} | {r['N']}x{r['C']} | {_fmt(r.get('ours_calib'))} | "
+                     f"{_fmt(r.get('torchmetrics_calib'))} | {_fmt(r.get('eager_calib'))} | "
+                     f"{_fmt(r.get('read_once_ms'))} | {_fmt(r.get('ours_class_stats'))} | "
                      f"{_fmt(r.get('eager_class_stats'))} | {_fmt(fused)} | {_fmt(alone)} | {overhead} | "
                      f"{_fmt(a.get('torchmetrics_ece_update_ms', a.get('torchmetrics_ece_update')))} / "
                      f"{_fmt(a.get('eager_ols_accum_ms', a.get('eager_ols_accum')))} |")

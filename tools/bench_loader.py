@@ -101,8 +101,8 @@ def main(argv=None):
         torchvision_loader(root, args.batch_size, args.crop, args.workers), device, args.batches))
     record("dali_vs_torchvision", rows["dali_img_per_s"] / rows["torchvision_img_per_s"])
     steps = 20 if device.type == "cuda" else 2
-    record("resnet50_model_only_img_per_s", model_only("resnet50", 1000, args.batch_size if device.type == "cuda" else 8,
-                                                       args.crop, device, steps))
+    batch = args.batch_size if device.type == "cuda" else 8
+    record("resnet50_model_only_img_per_s", model_only("resnet50", 1000, batch, args.crop, device, steps))
     record("dali_vs_resnet50", rows["dali_img_per_s"] / rows["resnet50_model_only_img_per_s"])
     if args.small:
         small = ResidentLoader(ResidentImages(args.small, "train", device), args.batch_size, True)

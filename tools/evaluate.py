@@ -76,7 +76,8 @@ def main(argv=None):
                    help="also write each checkpoint's validation logits and labels (OUT/logits.pt, a saved-outputs "
                         "file: evaluate.py takes it back, alone or beside other models, without the model or data)")
     p.add_argument("--boxes", default=None,
-                   help="PASCAL-VOC boxes root (default: the run's --boxes on the run's data, else DATA/boxes if present)")
+                   help="PASCAL-VOC boxes root (default: the run's --boxes on the run's data, else DATA/boxes if "
+                        "present)")
     p.add_argument("--n-bins", type=int, default=15,
                    help="bins of the ECE, MCE, their intervals and the reliability diagram (default: 15, equal "
                         "width, as Guo et al. 2017; adaptive ECE: as many equal-mass bins)")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write pysoftlabel's synthetic dataset (ImageNet layout + VOC boxes), deterministic by seed.
 
-    python tools/make_synthetic_dataset.py OUT [--classes 10 --train-per-class 100 --val-per-class 25 --size 64 --seed 0 --workers 1]
+    python tools/make_synthetic_dataset.py OUT [--classes 10 --train-per-class 100 --val-per-class 25 --size 64
+                                                --seed 0 --workers 1]
 """
 import argparse
 

@@ -9,9 +9,9 @@ instructions per element is what makes them faster).
 Compiles csrc/soft_ce/cuda/row_kernel.cu with setup.py's nvcc flags (nvcc of CUDA_HOME, default
 /usr/local/cuda), disassembles it with line information (nvdisasm of the toolkit, or the copy Triton ships),
 and counts the instructions of each loop of pass 1 (groups of U vectors, then single vectors) and pass 2
-(the gradient-only loop: it stores and has no atomics). Counts are static: every instruction of the loop body once. "rare" are the instructions
-of pass 2 that only the vector holding a label executes (subtract_at in row_passes.h); "per element"
-leaves them out.
+(the gradient-only loop: it stores and has no atomics). Counts are static: every instruction of the loop
+body once. "rare" are the instructions of pass 2 that only the vector holding a label executes (subtract_at
+in row_passes.h); "per element" leaves them out.
 """
 import argparse
 import collections
@@ -102,7 +102,8 @@ def main():
     rare_from = source_line(PASSES, "PSL_HD void subtract_at(")
     rare = range(rare_from, rare_from + 8)
     print(f"sm_{args.arch}, static SASS instructions per logit (nvcc of {cuda_home})\n")
-    print("| kernel | pass 1, groups of U vectors | pass 1, single vectors | pass 2, gradient (rare) | top opcodes of pass 1 |")
+    print("| kernel | pass 1, groups of U vectors | pass 1, single vectors | pass 2, gradient (rare) "
+          "| top opcodes of pass 1 |")
     print("| --- | --- | --- | --- | --- |")
     for label, dtype, vec, table, dense in KERNELS:
         name = next((n for n in funcs if f"row_kernelI{dtype}Li{vec}ELb{table}ELb{dense}E" in n), None)
@@ -122,7 +123,8 @@ def main():
                     not any("RED" in op for _, op, _ in instructions):  # the gradient-only loop
                 n_rare = sum(1 for _, _, w in instructions if w and w[0] == PASSES.name and w[1] in rare)
                 cells.setdefault("second", f"{(len(instructions) - n_rare) / vec:.1f} ({n_rare / vec:.1f})")
-        print(f"| {label} | {cells.get('group', '?')} | {cells.get('single', '?')} | {cells.get('second', '?')} | {top} |")
+        print(f"| {label} | {cells.get('group', '?')} | {cells.get('single', '?')} | {cells.get('second', '?')} "
+              f"| {top} |")
 
 
 if __name__ == "__main__":

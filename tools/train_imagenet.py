@@ -86,7 +86,8 @@ def parse_args(argv=None):
     g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd (default: train one first)")
     g = p.add_argument_group("Strategy")
     g.add_argument("--strategy", default="ldl", help=f"one of {', '.join(STRATEGIES)} (default: ldl)")
-    g.add_argument("--eps", type=float, default=0.1, help="label smoothing for ls, and als without a box (default: 0.1)")
+    g.add_argument("--eps", type=float, default=0.1,
+                   help="label smoothing for ls, and als without a box (default: 0.1)")
     g.add_argument("--als-eps", type=float, nargs=2, default=(0.0, 1.0), metavar=("MIN", "MAX"),
                    help="als smoothing range, eps = clamp(1 - object fraction of the crop) (default: 0 1)")
     g.add_argument("--ols-alpha", type=float, default=0.5, help="OLS hard-label weight (default: 0.5)")
@@ -283,7 +284,8 @@ def make_loaders(args, root, device, rank, world, strategy_name):
         return make_val_loader(args, root, device, classes, rank, world), classes, lambda epoch: ImageNetLoader(
             root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
             min_scale=args.min_scale, **common), {}
-    files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)  # once: seconds on ImageNet
+    # once: seconds on ImageNet
+    files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)
     files, labels, skipped = drop_unreadable(files, labels)
     if skipped and is_main_process():
         print(skipped_line(skipped, "training images"), flush=True)

@@ -148,8 +148,8 @@ class ImageNetLoader:
             check_fills_a_batch(size, batch_size, num_shards, Path(root) / split)
         self.boxes = boxes
         gpu = self.device.type == "cuda"
-        self.pipe = imagenet_pipeline(self.files, image_size, self.training, shard_id, num_shards, gpu, seed, batch_size,
-                                      num_threads, self.device.index or 0 if gpu else None, min_scale,
+        self.pipe = imagenet_pipeline(self.files, image_size, self.training, shard_id, num_shards, gpu, seed,
+                                      batch_size, num_threads, self.device.index or 0 if gpu else None, min_scale,
                                       half=dtype != torch.float32,
                                       windows=None if windows is None else windows.t().tolist(),
                                       webdataset=self.webdataset)
@@ -183,8 +183,9 @@ class ImageNetLoader:
         if self.training and self.boxes is not None:
             anchor, crop, shape = (out[k].float().cpu() for k in ("anchor", "crop", "shape"))
             height, width = shape[:, 0:1], shape[:, 1:2]
-            windows = torch.cat([anchor[:, 1:2] / width, anchor[:, 0:1] / height, (anchor[:, 1:2] + crop[:, 1:2]) / width,
-                                 (anchor[:, 0:1] + crop[:, 0:1]) / height], dim=1)
+            windows = torch.cat([anchor[:, 1:2] / width, anchor[:, 0:1] / height,
+                                 (anchor[:, 1:2] + crop[:, 1:2]) / width, (anchor[:, 0:1] + crop[:, 0:1]) / height],
+                                dim=1)
             rows = index.cpu()
             batch["object_fraction"] = object_fraction(self.boxes.boxes[rows], self.boxes.own[rows],
                                                        windows).to(image.device)

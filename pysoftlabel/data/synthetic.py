@@ -85,7 +85,8 @@ def _draw(rng, kind, size, colour):
         points = _polygon(kind, cx, cy, r, angle)
         draw.polygon(points, fill=colour)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    box = tuple(int(round(v)) for v in (max(min(xs), 0), max(min(ys), 0), min(max(xs), size - 1), min(max(ys), size - 1)))
+    corners = (max(min(xs), 0), max(min(ys), 0), min(max(xs), size - 1), min(max(ys), size - 1))
+    box = tuple(int(round(v)) for v in corners)
     return img, box
 
 

@@ -74,9 +74,9 @@ def _any_nonfinite(nonfinite, step, device, final=False):
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
                     amp_dtype=None, progress=None, start_step=0, stop=None):
     """Trains one epoch over ``loader``'s batches (dicts with ``image`` and ``label``, or (images, labels)
-    pairs as a torchvision DataLoader gives them); returns ``{"train_loss", "train_acc1", "train_ece", "train_nonfinite_steps", "lr",
-    "img_per_s", "train_seconds", "steps", "epoch_steps"}`` over all ranks (the speed and the wall time are
-    this rank's; ``lr`` is the learning rate of the epoch's last step).
+    pairs as a torchvision DataLoader gives them); returns ``{"train_loss", "train_acc1", "train_ece",
+    "train_nonfinite_steps", "lr", "img_per_s", "train_seconds", "steps", "epoch_steps"}`` over all ranks
+    (the speed and the wall time are this rank's; ``lr`` is the learning rate of the epoch's last step).
 
     ``mix`` (Mixup / CutMix / RICAP) mixes each batch; ``strategy.loss`` computes the loss through the fused
     operator and gathers training calibration (against the first label) in the same pass. ``progress(step,

@@ -29,7 +29,10 @@ class AccuracyStats(SummedState):
         check_batch(logits, labels, ignore_index)
         valid = labels != ignore_index
         k_max = min(max(self.ks), logits.shape[1])
-        top = logits.detach().topk(k_max, dim=1).indices if logits.shape[0] else logits.new_zeros((0, k_max), dtype=torch.long)
+        if logits.shape[0]:
+            top = logits.detach().topk(k_max, dim=1).indices
+        else:
+            top = logits.new_zeros((0, k_max), dtype=torch.long)
         hit = (top == labels[:, None]) & valid[:, None]
         for i, k in enumerate(self.ks):
             self.correct[i] += hit[:, : min(k, k_max)].any(dim=1).sum()

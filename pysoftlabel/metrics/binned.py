@@ -55,6 +55,7 @@ class AdaptiveCalibrationStats(SummedState):
         bins = torch.zeros(self.n_bins, 3, dtype=torch.float64).index_add_(0, bin_of_cell, cells)
         return float((bins[:, 2] - bins[:, 1]).abs().sum() / total)  # sum_b |correct_b - conf_b| / N
 
+
 class ClasswiseCalibrationStats(SummedState):
     r"""Classwise ECE (Kull et al. 2019, arXiv:1910.12656): for every class c, an equal-width histogram of
     :math:`p_c` over all rows with the frequency of label c in each bin;

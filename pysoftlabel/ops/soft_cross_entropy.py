@@ -215,6 +215,7 @@ def _target_from_spec(spec) -> SoftTarget:
     """The SoftTarget that _spec turned into ``spec`` (its weights as fp32 / fp64 tensors or floats)."""
     (labels, labels2, lam, lam_value, smoothing, smoothing_value, table, table_weight, table_weight_value,
      dense, dense_weight, dense_weight_value, dense_logits, temperature, ignore_index) = spec
+
     def weight(tensor, value):
         return value if tensor is None else tensor
     return SoftTarget(labels, smoothing=weight(smoothing, smoothing_value), labels2=labels2,

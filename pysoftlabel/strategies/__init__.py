@@ -17,5 +17,5 @@ from .mix import RICAP, CutMix, Mixup, mixed_loss
 from .ols import OnlineLabelSmoothing
 
 __all__ = ["Strategy", "hard_target", "CrossEntropy", "LabelSmoothing", "OnlineLabelSmoothing",
-           "AdaptiveLabelSmoothing", "LabelDistribution", "OnlineLabelDistribution", "KnowledgeDistillation", "Mixup", "CutMix", "RICAP",
-           "mixed_loss"]
+           "AdaptiveLabelSmoothing", "LabelDistribution", "OnlineLabelDistribution", "KnowledgeDistillation",
+           "Mixup", "CutMix", "RICAP", "mixed_loss"]

@@ -47,9 +47,10 @@ class _Mix:
         images, labels = batch.get("image"), batch.get("label")
         if not torch.is_tensor(images) or images.dim() != 4 or not torch.is_tensor(labels) \
                 or labels.shape != images.shape[:1]:
-            raise ValueError(f"{type(self).__name__}: the batch needs 'image' [N, C, H, W] and 'label' [N] tensors, got "
-                             + ", ".join(f"{k}: {tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}"
-                                         for k, v in batch.items()))
+            got = ", ".join(f"{k}: {tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}"
+                            for k, v in batch.items())
+            raise ValueError(f"{type(self).__name__}: the batch needs 'image' [N, C, H, W] and 'label' [N] "
+                             f"tensors, got {got}")
         return images, labels
 
     def state_dict(self):
