@@ -1,4 +1,6 @@
 """Checkpoint files: atomic replacement, and the background writer's snapshot, ordering and errors."""
+import os
+import stat
 import threading
 
 import numpy as np
@@ -28,6 +30,29 @@ def test_text_is_replaced_whole_and_readable_by_others(tmp_path):
     assert path.read_text() == '{"epoch": 0}\n' and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
     write_text_atomically(path, "")
     assert path.read_text() == "" and path.stat().st_mode & 0o777 == 0o644  # mkstemp's would be 0o600
+
+
+def test_the_rename_is_made_durable_by_syncing_the_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_text_atomically(tmp_path / "options.json", "{}")
+    assert synced == [False, True]  # the file's contents, then the folder's entry for its new name
+
+
+def test_a_folder_is_flushed_before_it_takes_its_name_and_the_name_is_synced(tmp_path, monkeypatch):
+    from pysoftlabel.atomic import writing_folder
+    events = []
+    monkeypatch.setattr(os, "sync", lambda: events.append(("sync", (tmp_path / "set").exists())))
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)))
+    with writing_folder(tmp_path / "set") as partial:
+        (partial / "a.txt").write_text("a")
+    # the files reach the disk while the folder is still partial, then the parent records its new name
+    assert events == [("sync", False), ("fsync", tmp_path.stat().st_ino)]
 
 
 def test_a_damaged_or_foreign_file_is_a_value_error_naming_it(tmp_path):
