@@ -53,8 +53,9 @@ def write_text_atomically(path, text: str) -> Path:
 @contextlib.contextmanager
 def writing_folder(root):
     """Yields a new folder beside ``root`` to write into; when the block ends without an exception its files
-    are flushed to the disk and it is renamed to ``root``, otherwise removed. ``root`` must be new or empty (ValueError naming it otherwise).
-    The rename raises OSError when another process has filled ``root`` in the meantime."""
+    are flushed to the disk and it is renamed to ``root``, otherwise removed. ``root`` must be new or empty
+    (ValueError naming it otherwise). The rename raises OSError when another process has filled ``root`` in the
+    meantime."""
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"{root} is not empty: choose a new or empty folder")

@@ -777,6 +777,28 @@ def test_ols_fine_grained_recipe_options_reach_the_strategy():
     assert torch.equal(default.table, torch.zeros(4, 4)) and default.freeze_at is None
 
 
+def test_a_metrics_line_torn_by_a_crash_is_dropped_on_resume_and_other_damage_named(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epo')  # a power loss in the middle of the third append
+    train_imagenet.EpochLog(tmp_path, "ols", 4, 2)
+    assert path.read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{path}: dropping its last line, cut off by a crash: {{\"epo")
+    path.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 2 is not a JSON record of an epoch")):
+        train_imagenet.EpochLog(tmp_path, "ols", 4, 2)
+    assert path.read_text() == '{"epoch": 0}\nnot json\n{"epoch": 1}\n'  # left as it was, for its owner to see
+
+
+def test_each_epochs_metrics_line_reaches_the_disk(tmp_path, monkeypatch):
+    import os
+    log = train_imagenet.EpochLog(tmp_path, "ols", 4, 0)
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_ino))
+    log.write({"epoch": 0, "train_loss": 1.0, "train_acc1": 0.5, "val_acc1": 0.5, "val_ece": 0.1, "img_per_s": 9.0})
+    assert (tmp_path / "metrics.jsonl").stat().st_ino in synced
+
+
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
     import io
     pytest.importorskip("tqdm", reason="the progress bar needs tqdm (in the train and test extras)")

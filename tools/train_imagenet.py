@@ -394,6 +394,27 @@ def make_scheduler(args, optimizer, steps):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, after], [warm])
 
 
+def read_metrics(path):
+    """The (line, record) pairs of a run's metrics.jsonl. Its last line is dropped, with a message, when it is
+    not whole JSON: a crash or a power loss during an append leaves it cut off (its epoch is trained again). A
+    bad line elsewhere is damage a resume must not hide: ValueError naming the file and the line."""
+    lines = path.read_text().splitlines()
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            pairs.append((line, record))
+        elif number < len(lines):
+            raise ValueError(f"{path}, line {number} is not a JSON record of an epoch: {line[:80]!r}; repair or "
+                             "remove it, or start again with --overwrite")
+        else:
+            print(f"{path}: dropping its last line, cut off by a crash: {line[:80]}", flush=True)
+    return pairs
+
+
 class EpochLog:
     """Rank 0's outputs of each epoch: OUT/metrics.jsonl, the console line, TensorBoard when installed."""
 
@@ -402,7 +423,7 @@ class EpochLog:
         path = out / "metrics.jsonl"
         # A run stopped between its metrics line and its checkpoint would repeat that epoch: keep the lines
         # of the epochs the checkpoint holds.
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < start] \
+        kept = [line for line, record in read_metrics(path) if record["epoch"] < start] \
             if start and path.exists() else []
         write_text_atomically(path, "".join(line + "\n" for line in kept))  # a kill here loses no epoch
         try:
@@ -429,6 +450,8 @@ class EpochLog:
     def write(self, record):
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json_text(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # the epoch's line is on the disk before its checkpoint is written
         if self.tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, float):
