@@ -331,7 +331,11 @@ def test_evaluate_a_foreign_or_damaged_checkpoint_gives_one_clear_line(capsys, t
     import argparse  # an object that only a full unpickling rebuilds (which could run any code): not read
     save_checkpoint({"arch": "resnet20", "classes": ["a"], "model": {}, "args": argparse.Namespace()},
                     tmp_path / "objects.pt")
-    for name, match in (("foreign.pt", "has no arch, classes, model"), ("cut.pt", "is not a whole checkpoint"),
+    save_checkpoint({"arch": "resnet20", "epoch": 3}, tmp_path / "partial.pt")
+    for name, match in (("foreign.pt", "neither a checkpoint of tools/train_imagenet.py (arch, classes, model) nor "
+                                       "saved outputs (labels, and logits or probabilities); it holds epoch"),
+                        ("partial.pt", "has no classes, model: not a checkpoint of this program"),
+                        ("cut.pt", "is not a whole checkpoint"),
                         ("objects.pt", "holds more than tensors and plain values (WeightsUnpickler error: "
                                        "Unsupported global: GLOBAL argparse.Namespace")):
         with pytest.raises(SystemExit):
@@ -677,6 +681,12 @@ def test_evaluate_takes_saved_bfloat16_probabilities(tmp_path):
     (lambda p: torch.save({"probabilities": torch.rand(5, 3), "labels": torch.zeros(5, dtype=torch.long)}, p),
      r"probabilities must be non-negative rows summing to 1"),
     (lambda p: p.with_suffix(".npz").write_bytes(b"not a zip"), r"not a readable .npz file"),
+    (lambda p: torch.save({"logits": torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [float("inf"), 0.0],
+                                                   [-float("inf"), 2.0]]), "labels": torch.zeros(4, dtype=torch.long)},
+                          p), r"logits of 2 of 4 rows are not finite \(NaN or inf\), the first row 1: "),
+    (lambda p: torch.save({"logit": torch.randn(5, 3), "label": torch.zeros(5)}, p),
+     r"neither a checkpoint of tools/train_imagenet.py \(arch, classes, model\) nor saved outputs \(labels, and "
+     r"logits or probabilities\); it holds label, logit$"),
 ])
 def test_bad_saved_outputs_are_one_line_naming_the_file(tmp_path, capsys, save, match):
     import evaluate

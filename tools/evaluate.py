@@ -126,6 +126,10 @@ def plan(p, args, checkpoint, device) -> dict:
         state = load_checkpoint(checkpoint)
         if OUTPUT_KEYS & state.keys():
             return outputs_job(checkpoint, state)
+        if not {"arch", "classes", "model"} & state.keys():
+            raise ValueError(f"{checkpoint}: neither a checkpoint of tools/train_imagenet.py (arch, classes, model) "
+                             f"nor saved outputs (labels, and logits or probabilities); it holds "
+                             f"{', '.join(sorted(map(str, state))) or 'nothing'}")
         require_keys(state, checkpoint, ("arch", "classes", "model"))
     except ValueError as error:
         p.error(str(error))
@@ -287,6 +291,11 @@ def outputs_job(path, values) -> dict:
             raise ValueError(f"{path}: probabilities must be non-negative rows summing to 1 (softmax outputs); "
                              "save logits otherwise")
         scores = scores.log()  # a class of probability 0 gets -inf: no mass, as in the softmax
+    # A row has a softmax when its log-sum-exp is finite: -inf logits (masked classes) are fine, NaN or +inf not.
+    broken = (~torch.logsumexp(scores, 1).isfinite()).nonzero()
+    if len(broken):
+        raise ValueError(f"{path}: {kinds[0]} of {len(broken)} of {rows} rows are not finite (NaN or inf), the "
+                         f"first row {broken[0, 0].item()}: the model diverged or the file is damaged")
     name = Path(path).resolve()
     return {"checkpoint": str(path), "name": name.with_name(name.stem), "logits": scores, "labels": labels.long(),
             "default_out": Path(path).with_name(f"{Path(path).stem}-eval"),
