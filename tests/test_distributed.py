@@ -75,6 +75,37 @@ def test_two_gloo_processes_train_like_one(data):
                 assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
+class NaNOnOneRank(torch.nn.Module):
+    def __init__(self, broken):
+        super().__init__()
+        self.linear, self.broken = torch.nn.Linear(3 * 8 * 8, 3), broken
+
+    def forward(self, x):
+        out = self.linear(x.flatten(1))
+        return out + float("nan") if self.broken else out
+
+
+def _evaluate_with_nan_on_rank_1(rank, world, init_file, out_dir):
+    from datetime import timedelta
+    # A short timeout: a rank left waiting in an all_reduce fails the test in seconds, not in half an hour.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=20))
+    loader = [{"image": torch.randn(4, 3, 8, 8), "label": torch.zeros(4, dtype=torch.long)} for _ in range(2)]
+    try:
+        evaluate(NaNOnOneRank(broken=rank == 1), loader, torch.device("cpu"))
+        said = "no error"
+    except Exception as error:
+        said = f"{type(error).__name__}: {error}"
+    Path(out_dir, f"rank{rank}.txt").write_text(said)
+    shutdown_distributed()
+
+
+def test_non_finite_logits_on_one_rank_stop_every_rank_with_the_same_error(tmp_path):
+    mp.spawn(_evaluate_with_nan_on_rank_1, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    want = "ValueError: evaluation: the model's logits are not finite (NaN or inf) on 8 of 16 images"
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [want, want]
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_train_imagenet_under_torchrun(data, tmp_path):
     pytest.importorskip("nvidia.dali", reason="train_imagenet.py needs NVIDIA DALI (pip install nvidia-dali-cuda130)")

@@ -1,11 +1,12 @@
 """The training loop: under mixed precision the strategies' own forward passes (a teacher, an EMA model) run
 in the student's autocast dtype and the fused loss still gets fp32 logits; non-finite losses are skipped with
-a loss scaler and stop the epoch without one."""
+a loss scaler and stop the epoch without one; non-finite logits in an evaluation are one error once every
+batch is in."""
 import pytest
 import torch
 
 from pysoftlabel import strategies as S
-from pysoftlabel.engine import Diverged, evaluate, train_one_epoch
+from pysoftlabel.engine import Diverged, evaluate, model_logits, train_one_epoch
 
 
 class Recorder(torch.nn.Module):
@@ -111,3 +112,17 @@ def test_batches_of_a_torchvision_data_loader_train_and_evaluate_as_dicts():
     with pytest.raises(ValueError, match=r"^loader: a batch must be a dict .* got a list of 3$"):
         evaluate(model, [[torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2)]],
                  torch.device("cpu"))
+
+
+def test_an_evaluation_with_non_finite_logits_is_one_error_after_every_batch():
+    # Every batch is evaluated first: under DDP each rank then reaches the all_reduce, and all raise alike.
+    model = Overflowing({2})
+    with pytest.raises(ValueError, match=r"^evaluation: the model's logits are not finite \(NaN or inf\) on 6 of 24 "
+                                         r"images$"):
+        evaluate(model, _loader(), torch.device("cpu"))
+    assert model.calls == 4
+    with pytest.raises(ValueError, match=r"on 6 of 24 images \(fp16 overflows past 65504: evaluate in bf16 or fp32\)$"):
+        evaluate(Overflowing({2}), _loader(), torch.device("cpu"), amp_dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^evaluation: the model's logits are not finite \(NaN or inf\) on 6 of 24 "
+                                         r"images$"):
+        model_logits(Overflowing({3}), _loader(), torch.device("cpu"))  # the end-of-run report's logits

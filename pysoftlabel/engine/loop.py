@@ -155,20 +155,35 @@ def _diverged(step):
 @torch.no_grad()
 def evaluate(model, loader, device, amp_dtype=None):
     """Evaluates over ``loader``'s batches (as :func:`train_one_epoch` takes them); returns ({val_acc1, val_acc5,
-    val_ece, val_mce, val_nll, val_brier}, the CalibrationStats)."""
+    val_ece, val_mce, val_nll, val_brier}, the CalibrationStats). ValueError, once every batch is evaluated,
+    when the model's logits of any image are not finite (:func:`check_finite_outputs`)."""
     model.eval()
-    calib = CalibrationStats(device=device)
+    # Non-finite rows are counted, not raised at once: every rank evaluates all of its batches and reaches the
+    # all_reduce, and all ranks then raise alike (a rank raising alone would leave the others waiting).
+    calib = CalibrationStats(device=device, skip_nonfinite=True)
     acc = AccuracyStats((1, 5), device=device)
     for batch in loader:
         batch = _to(batch, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(batch["image"]).float()
         calib.update(logits, batch["label"])
-        acc.update(logits, batch["label"])
+        # Rows without a softmax are left to calib's count: AccuracyStats would raise on them at once.
+        finite = torch.logsumexp(logits, 1).isfinite()
+        acc.update(logits, batch["label"].masked_fill(~finite, -100), ignore_index=-100)
     calib.all_reduce()
     acc.all_reduce()
+    check_finite_outputs(calib.nonfinite, calib.nonfinite + calib.count, amp_dtype)
     return {"val_acc1": acc.accuracy(1), "val_acc5": acc.accuracy(5), "val_ece": calib.ece, "val_mce": calib.mce,
             "val_nll": calib.nll, "val_brier": calib.brier}, calib
+
+
+def check_finite_outputs(nonfinite: int, images: int, amp_dtype=None) -> None:
+    """ValueError when the model's logits of ``nonfinite`` of the ``images`` evaluated were not finite:
+    figures without those images would flatter the model."""
+    if nonfinite:
+        hint = " (fp16 overflows past 65504: evaluate in bf16 or fp32)" if amp_dtype == torch.float16 else ""
+        raise ValueError(f"evaluation: the model's logits are not finite (NaN or inf) on {nonfinite} of {images} "
+                         f"images{hint}")
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ import torch
 from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibrationStats, calibration_report,
                        calibration_stats, ece_interval, ece_with_interval, fit_temperature, heldout_temperature_ece,
                        reliability_diagram)
+from .loop import check_finite_outputs
 
 __all__ = ["write_calibration_report", "write_logits_report", "model_logits", "recipe_name", "output_folder"]
 
@@ -30,14 +31,17 @@ def recipe_name(strategy_name, aug) -> str:
 
 @torch.no_grad()
 def model_logits(model, loader, device, amp_dtype=None):
-    """(logits [N, C] as fp32, labels [N]) of ``model`` in eval mode over every batch of ``loader``."""
+    """(logits [N, C] as fp32, labels [N]) of ``model`` in eval mode over every batch of ``loader``; ValueError
+    when any image's logits are not finite (:func:`check_finite_outputs`)."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits.append(model(batch["image"].to(device)).float())
         labels.append(batch["label"].to(device))
-    return torch.cat(logits), torch.cat(labels)
+    logits = torch.cat(logits)
+    check_finite_outputs(int((~torch.logsumexp(logits, 1).isfinite()).sum()), len(logits), amp_dtype)
+    return logits, torch.cat(labels)
 
 
 def write_calibration_report(model, loader, device, out, amp_dtype=None, name="report", extra=None,
