@@ -863,3 +863,17 @@ def test_trains_on_webdataset_shards(data, tmp_path, capsys):
     folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     shards = json.loads((tmp_path / "out" / "report.json").read_text())
     assert folder["count"] == shards["count"] and folder["nll"] == pytest.approx(shards["nll"], rel=1e-5)
+
+
+def test_without_dali_the_tools_say_what_to_install_and_resident_data_still_trains(data, tmp_path, monkeypatch,
+                                                                                   capsys):
+    import evaluate
+    monkeypatch.setitem(sys.modules, "nvidia", None)  # as where DALI is not installed (macOS, Windows)
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    need = "pysoftlabel's data layer needs NVIDIA DALI (Linux): pip install nvidia-dali-cuda130"
+    with pytest.raises(SystemExit, match=re.escape(need)):
+        run(data, tmp_path / "dali", "--strategy", "ce", "--epochs", "1")
+    records = run(data, tmp_path / "resident", "--strategy", "ce", "--epochs", "1", "--resident", "--image-size", "32")
+    assert len(records) == 1
+    with pytest.raises(SystemExit, match=re.escape(need)):
+        evaluate.main([str(tmp_path / "resident" / "checkpoint.pt"), "--no-resident"])

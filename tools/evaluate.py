@@ -107,7 +107,8 @@ def main(argv=None):
             outputs.append((logits, targets))
         if several:
             write_comparison(out, labels, jobs, summaries, outputs, args.n_bins)
-    except (ValueError, OSError) as error:  # bad data or checkpoint; a report that cannot be written
+    # Bad data or checkpoint; a report that cannot be written; an optional library (DALI) not installed.
+    except (ValueError, OSError, ImportError) as error:
         raise SystemExit(str(error))
 
 

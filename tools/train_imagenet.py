@@ -712,7 +712,7 @@ def main(argv=None):
     except (Interrupted, KeyboardInterrupt):
         print(interrupted_line(args), file=sys.stderr)
         raise SystemExit(130)
-    except ValueError as error:
+    except (ValueError, ImportError) as error:  # bad input; an optional library (DALI) not installed
         raise SystemExit(str(error))
     except OSError as error:  # a full disk, a folder made read-only: the last whole checkpoint is kept
         raise SystemExit(f"stopped: {error} (the last complete checkpoint in {args.out} is kept; --resume "

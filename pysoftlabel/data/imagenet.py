@@ -20,7 +20,9 @@ def _dali():
     try:
         from nvidia import dali  # noqa: F401
     except ImportError as error:
-        raise ImportError("pysoftlabel's data layer needs NVIDIA DALI: pip install nvidia-dali-cuda130") from error
+        raise ImportError("pysoftlabel's data layer needs NVIDIA DALI (Linux): pip install nvidia-dali-cuda130; "
+                          "without it, small same-size images (CIFAR-style) train and evaluate from memory "
+                          "(ResidentLoader, --resident)") from error
     from nvidia.dali import fn, pipeline_def, types
     return fn, pipeline_def, types
 
@@ -117,6 +119,7 @@ class ImageNetLoader:
     def __init__(self, root, split, batch_size, image_size, device, shard_id=0, num_shards=1, classes=None,
                  seed=0, num_threads=2, min_scale=0.08, listing=None, dtype=torch.float32, boxes=None, windows=None,
                  check_files=True):
+        _dali()  # the message of a missing DALI, before its plugin's import fails without one
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
