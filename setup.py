@@ -6,11 +6,16 @@ Environment:
   TORCH_CUDA_ARCH_LIST  architectures to build, e.g. "9.0" (default with no GPU visible: DEFAULT_ARCHS)
   PSL_CPU_ONLY=1        skip the CUDA kernels
   DEBUG=1               -O0 -g
-  PSL_CXX_FLAGS         extra C++ flags (default "-fopenmp -fno-trapping-math")
+  PSL_CXX_FLAGS         extra C++ flags (default "-fopenmp -fno-trapping-math", without -fopenmp where the
+                        compiler has no OpenMP, as Apple's clang: the CPU kernels then run on one thread)
   MAX_JOBS              parallel compile jobs (ninja)
 """
 import os
+import shlex
 import shutil
+import subprocess
+import sysconfig
+import tempfile
 from pathlib import Path
 
 from setuptools import setup
@@ -60,6 +65,20 @@ def find_cuda_home():
     return None
 
 
+def compiler_has_openmp():
+    """Whether the C++ compiler the extension is built with compiles and links an OpenMP program."""
+    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "openmp.cpp"
+        source.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            done = subprocess.run([*cxx, "-fopenmp", str(source), "-o", str(Path(tmp) / "openmp")],
+                                  capture_output=True)
+        except OSError:
+            return False
+    return done.returncode == 0
+
+
 cuda_home = None if os.environ.get("PSL_CPU_ONLY") == "1" else find_cuda_home()
 if cuda_home:
     # Must be set before torch.utils.cpp_extension is imported: it derives its own CUDA_HOME there.
@@ -80,8 +99,12 @@ cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
 # -fopenmp: at::parallel_for is inline and runs serially in a translation unit built without it.
 # -fno-trapping-math: lets the compiler turn the clamps of the CPU kernel's exp into vector selects
 # (the project never relies on floating-point exceptions).
-cxx_flags += os.environ.get("PSL_CXX_FLAGS", "-fopenmp -fno-trapping-math").split()
+if "PSL_CXX_FLAGS" in os.environ:
+    cxx_flags += os.environ["PSL_CXX_FLAGS"].split()
+else:
+    cxx_flags += ["-fopenmp", "-fno-trapping-math"] if compiler_has_openmp() else ["-fno-trapping-math"]
 LINK_FLAGS = ["-fopenmp"] if "-fopenmp" in cxx_flags else []
+openmp = "with OpenMP" if LINK_FLAGS else "without OpenMP (the CPU kernels run on one thread)"
 if with_cuda:
     define_macros.append(("PSL_WITH_CUDA", None))
     extension = CUDAExtension(
@@ -95,5 +118,6 @@ else:
     extension = CppExtension("pysoftlabel._C", sources=sources["kernels"] + sources["ops"], define_macros=define_macros,
                              extra_compile_args={"cxx": cxx_flags}, extra_link_args=LINK_FLAGS)
 
-print(f"pysoftlabel: building CPU kernels{' and CUDA kernels for ' + archs + ' with ' + cuda_home if with_cuda else ' only'}")
+print(f"pysoftlabel: building CPU kernels {openmp}"
+      f"{', and CUDA kernels for ' + archs + ' with ' + cuda_home if with_cuda else ', no CUDA kernels'}")
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

@@ -18,6 +18,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
     info["built_with_torch"] = PSL_TORCH_VERSION;
     info["cpu_capability"] = psl::cpu_capability();
+    // Built without OpenMP (a compiler without it), at::parallel_for runs the CPU kernels on one thread.
+#if defined(_OPENMP)
+    info["openmp"] = true;
+#else
+    info["openmp"] = false;
+#endif
     return info;
   });
 }

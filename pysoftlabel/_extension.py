@@ -6,7 +6,8 @@ try:
 except ImportError as error:  # a source checkout without a build, or a build for another PyTorch
     _C = None
     _IMPORT_ERROR = error
-    _BUILD = {"cpu": False, "cuda": False, "cuda_archs": "", "built_with_torch": None, "cpu_capability": None}
+    _BUILD = {"cpu": False, "cuda": False, "cuda_archs": "", "built_with_torch": None, "cpu_capability": None,
+              "openmp": False}
 else:
     _IMPORT_ERROR = None
     _BUILD = dict(_C.build_info())
@@ -17,10 +18,12 @@ def extension_info():
 
     Returns:
         dict: ``{"cpu": bool, "cuda": bool, "cuda_archs": str, "built_with_torch": str,
-        "cpu_capability": str, "cuda_available": bool, "error": str or None}``. ``cpu`` and ``cuda`` are
-        False when the extension is not built; ``error`` then says why it could not be imported.
+        "cpu_capability": str, "openmp": bool, "cuda_available": bool, "error": str or None}``. ``cpu`` and
+        ``cuda`` are False when the extension is not built; ``error`` then says why it could not be imported.
         ``cpu_capability`` is the instruction set the CPU kernel runs with ("avx512", "avx2" or "default":
-        the best the CPU has, at most the environment's ``ATEN_CPU_CAPABILITY``).
+        the best the CPU has, at most the environment's ``ATEN_CPU_CAPABILITY``). ``openmp``: whether the CPU
+        kernels were compiled with OpenMP, so that they run on PyTorch's threads (False: on one thread, as
+        where the compiler had no OpenMP).
     """
     info = dict(_BUILD)
     info["cuda_available"] = torch.cuda.is_available()
