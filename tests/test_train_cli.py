@@ -269,6 +269,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
     (["--device", "gpu"], "is not a device"),
+    (["--device", "mps"], "--device mps: the tools train and evaluate on cpu or cuda"),
     (["--arch", "resnet9000"], "--arch: unknown model 'resnet9000'"),  # before ldl's teacher is trained
     (["--optimizer", "adamw", "--momentum", "0.8"], "--momentum is SGD's; --optimizer adamw has betas"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),

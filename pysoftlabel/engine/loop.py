@@ -28,6 +28,9 @@ def parse_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device: {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):  # the loaders' and the mixed precision's two kinds
+        raise ValueError(f"--device {name}: the tools train and evaluate on cpu or cuda (cuda:1, ...), not on "
+                         f"{device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA GPU is visible here (use --device cpu)")
     return device
