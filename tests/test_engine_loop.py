@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pysoftlabel import strategies as S
-from pysoftlabel.engine import Diverged, evaluate, model_logits, train_one_epoch
+from pysoftlabel.engine import Diverged, context_confidence, evaluate, model_logits, train_one_epoch
 
 
 class Recorder(torch.nn.Module):
@@ -126,3 +126,9 @@ def test_an_evaluation_with_non_finite_logits_is_one_error_after_every_batch():
     with pytest.raises(ValueError, match=r"^evaluation: the model's logits are not finite \(NaN or inf\) on 6 of 24 "
                                          r"images$"):
         model_logits(Overflowing({3}), _loader(), torch.device("cpu"))  # the end-of-run report's logits
+    model = Overflowing({1})
+    with pytest.raises(ValueError, match=r"^evaluation: the model's logits are not finite \(NaN or inf\) on 6 of 24 "
+                                         r"images$"):
+        context_confidence(model, _loader(), torch.device("cpu"))  # ALS's context-only crops
+    assert model.calls == 4
+    assert 0.25 <= context_confidence(Overflowing(()), _loader(), torch.device("cpu")) <= 1

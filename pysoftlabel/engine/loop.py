@@ -191,10 +191,18 @@ def check_finite_outputs(nonfinite: int, images: int, amp_dtype=None) -> None:
 
 @torch.no_grad()
 def context_confidence(model, loader, device, amp_dtype=None) -> float:
-    """Mean max-softmax of the model on context-only crops (the ALS evaluation), over all ranks."""
+    """Mean max-softmax of the model on context-only crops (the ALS evaluation), over all ranks; ValueError, as
+    :func:`evaluate`, when the model's logits of any crop are not finite."""
     model.eval()
     conf = ContextConfidence(device=device)
+    nonfinite = torch.zeros((), dtype=torch.float64, device=device)
     for batch in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            conf.update(model(batch["image"].to(device)).float())
-    return conf.all_reduce().mean
+            logits = model(batch["image"].to(device)).float()
+        finite = torch.logsumexp(logits, 1).isfinite()  # the others counted, raised once all ranks have theirs
+        nonfinite += (~finite).sum()
+        conf.update(logits[finite])
+    conf.all_reduce()
+    nonfinite = int(all_reduce_(nonfinite))
+    check_finite_outputs(nonfinite, nonfinite + conf.count, amp_dtype)
+    return conf.mean

@@ -25,6 +25,11 @@ class ContextConfidence(SummedState):
         return self
 
     @property
+    def count(self) -> int:
+        """Crops added."""
+        return int(self.sums[1])
+
+    @property
     def mean(self) -> float:
         total, n = self.sums.tolist()
         return total / n if n else float("nan")
