@@ -573,6 +573,15 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
     assert f"| {rows[2]['accuracy']:.4f} |" in table[8]
     if (tmp_path / "a" / "ce" / "reliability.png").exists():  # matplotlib installed
         assert (tmp_path / "cmp" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # A run's folder stands for its checkpoint.
+    evaluate.main([str(tmp_path / run_dir) for run_dir in ("a/ce", "a/ls", "b/ls")] + ["--out", str(tmp_path / "dirs")])
+    assert [line["checkpoint"] for line in map(json.loads, capsys.readouterr().out.strip().splitlines())] == checkpoints
+    assert json.loads((tmp_path / "dirs" / "comparison.json").read_text()) == rows
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path / "empty")])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"checkpoint: {tmp_path / 'empty'} is a folder without a checkpoint.pt (a run's folder holds one)")
 
 
 def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data, tmp_path, capsys):

@@ -7,6 +7,7 @@ its validation logits and labels.
     python tools/evaluate.py runs/ldl/checkpoint.pt                  # the run's own validation set, as it was run
     python tools/evaluate.py runs/ldl/checkpoint.pt --data ROOT [--val-split val --image-size 224 --out DIR]
     python tools/evaluate.py runs/ce/checkpoint.pt runs/ls/checkpoint.pt runs/ldl/checkpoint.pt --out compared
+    python tools/evaluate.py runs/ce runs/ls runs/ldl --out compared   # a run's folder: its checkpoint.pt
     python tools/evaluate.py vit_logits.pt runs/ldl/checkpoint.pt --out compared   # saved outputs beside a run
     python tools/evaluate.py timm/convnext_tiny resnet50 --data IMAGENET --out published   # libraries' weights
 
@@ -56,8 +57,9 @@ from pysoftlabel.models import (TIMM_PREFIX, check_model_name, default_weights, 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="checkpoint",
-                   help="checkpoint.pt written by tools/train_imagenet.py, a file of saved outputs (.pt, .npz), or "
-                        "a model name with pretrained weights (resnet50, timm/<name>); several are compared")
+                   help="checkpoint.pt written by tools/train_imagenet.py (or the run's folder holding it), a file "
+                        "of saved outputs (.pt, .npz), or a model name with pretrained weights (resnet50, "
+                        "timm/<name>); several are compared")
     p.add_argument("--data", default=None, help="ImageNet-layout root or webdataset shards (default: the run's)")
     p.add_argument("--val-split", default=None, help="validation folder name (default: the run's, else val)")
     p.add_argument("--resident", action=argparse.BooleanOptionalAction, default=None,
@@ -121,6 +123,8 @@ def plan(p, args, checkpoint, device) -> dict:
     is read whole here."""
     if not Path(checkpoint).exists() and is_model_name(checkpoint):
         return pretrained_job(p, args, checkpoint, device)
+    if (Path(checkpoint) / "checkpoint.pt").is_file():  # a run's folder: its checkpoint
+        checkpoint = str(Path(checkpoint) / "checkpoint.pt")
     try:
         if Path(checkpoint).suffix == ".npz":
             return outputs_job(checkpoint, read_npz(checkpoint))

@@ -22,6 +22,8 @@ def check_checkpoint(path) -> Path:
     """Raises ValueError unless ``path`` is a whole checkpoint file (torch.save's zip format, which ends in
     the zip directory: a cut-off or foreign file has none). Reads only the end of the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint: {path} is a folder without a checkpoint.pt (a run's folder holds one)")
     if not path.is_file():
         raise ValueError(f"checkpoint: {path} does not exist")
     if not zipfile.is_zipfile(path):
