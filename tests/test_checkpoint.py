@@ -21,6 +21,12 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
     with pytest.raises(ValueError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+    save_checkpoint({"epoch": 1}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'run'} is a run's folder: its checkpoint is "
+                                         f"{tmp_path / 'run' / 'checkpoint.pt'}$"):
+        load_checkpoint(tmp_path / "run")
+    with pytest.raises(ValueError, match=f"{tmp_path} is a folder without a checkpoint.pt"):
+        load_checkpoint(tmp_path)
 
 
 def test_text_is_replaced_whole_and_readable_by_others(tmp_path):

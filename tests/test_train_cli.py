@@ -582,6 +582,13 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
         evaluate.main([str(tmp_path / "empty")])
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         f"checkpoint: {tmp_path / 'empty'} is a folder without a checkpoint.pt (a run's folder holds one)")
+    with pytest.raises(SystemExit):
+        run(data, tmp_path / "student", "--strategy", "kd", "--teacher", str(tmp_path / "empty"))
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--teacher: {tmp_path / 'empty'} is a folder without a checkpoint.pt")
+    student = run(data, tmp_path / "student", "--strategy", "kd", "--epochs", "1", "--teacher", str(tmp_path / "a/ce"))
+    assert len(student) == 1 and not (tmp_path / "student" / "teacher").exists()  # taught by a/ce, none trained
+    assert json.loads((tmp_path / "student" / "args.json").read_text())["teacher"] == checkpoints[0]
 
 
 def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data, tmp_path, capsys):

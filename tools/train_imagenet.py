@@ -83,7 +83,8 @@ def parse_args(argv=None):
                    help="start from the ImageNet weights of --arch (torchvision's or timm's, downloaded once), or "
                         "from a file of weights (a state dict, or a checkpoint); the classifier starts new for the "
                         "data's classes (default: random initialisation)")
-    g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd (default: train one first)")
+    g.add_argument("--teacher", default=None, help="teacher checkpoint for ldl / kd, or the folder of its run "
+                   "(default: train one first)")
     g = p.add_argument_group("Strategy")
     g.add_argument("--strategy", default="ldl", help=f"one of {', '.join(STRATEGIES)} (default: ldl)")
     g.add_argument("--eps", type=float, default=0.1,
@@ -154,8 +155,11 @@ def parse_args(argv=None):
                 + (f"--val-split chooses another: {', '.join(others)}" if others else "it has no other folder"))
     if args.teacher is not None and args.strategy not in ("ldl", "kd"):
         p.error(f"--teacher: only ldl and kd learn from a teacher; --strategy {args.strategy} would ignore it")
+    if args.teacher is not None and (Path(args.teacher) / "checkpoint.pt").is_file():
+        args.teacher = str(Path(args.teacher) / "checkpoint.pt")  # a run's folder: its checkpoint
     if args.teacher is not None and not Path(args.teacher).is_file():
-        p.error(f"--teacher: {args.teacher} does not exist")
+        p.error(f"--teacher: {args.teacher} " + ("is a folder without a checkpoint.pt" if Path(args.teacher).is_dir()
+                                                 else "does not exist"))
     try:
         args.out = output_folder(args.out or f"runs/{args.strategy}")
     except ValueError as error:

@@ -23,7 +23,9 @@ def check_checkpoint(path) -> Path:
     the zip directory: a cut-off or foreign file has none). Reads only the end of the file."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"checkpoint: {path} is a folder without a checkpoint.pt (a run's folder holds one)")
+        inside = path / "checkpoint.pt"
+        raise ValueError(f"checkpoint: {path} is a run's folder: its checkpoint is {inside}" if inside.is_file() else
+                         f"checkpoint: {path} is a folder without a checkpoint.pt (a run's folder holds one)")
     if not path.is_file():
         raise ValueError(f"checkpoint: {path} does not exist")
     if not zipfile.is_zipfile(path):
