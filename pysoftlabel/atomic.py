@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["sync_folder", "write_atomically", "write_text_atomically", "writing_folder"]
+__all__ = ["write_atomically", "write_text_atomically", "writing_folder"]
 
 
 def write_atomically(path, write) -> Path:
@@ -31,11 +31,11 @@ def write_atomically(path, write) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    sync_folder(path.parent)
+    _sync_folder(path.parent)
     return path
 
 
-def sync_folder(folder) -> None:
+def _sync_folder(folder) -> None:
     """Fsyncs ``folder`` itself, so that the entries renamed or appended into it survive a power loss too:
     a file's fsync makes its contents durable, not the folder's record of its name."""
     fd = os.open(folder, os.O_RDONLY)
@@ -70,6 +70,6 @@ def writing_folder(root):
         if root.exists():
             root.rmdir()  # empty: a rename cannot replace a folder that has entries
         os.replace(partial, root)
-        sync_folder(root.parent)
+        _sync_folder(root.parent)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

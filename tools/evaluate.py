@@ -47,9 +47,9 @@ from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
                                 model_logits, output_folder, parse_device, recipe_name, require_keys,
-                                save_checkpoint, write_logits_report)
+                                run_checkpoint, save_checkpoint, write_logits_report)
 from pysoftlabel.jsontext import json_text
-from pysoftlabel.metrics import ece_difference_interval, ece_with_interval, reliability_diagrams
+from pysoftlabel.metrics import ece_difference_interval, ece_with_interval, reliability_diagrams, rows_with_softmax
 from pysoftlabel.models import (TIMM_PREFIX, check_model_name, default_weights, imagenet_class_indices, load_model,
                                 pretrained_weights)
 
@@ -123,8 +123,7 @@ def plan(p, args, checkpoint, device) -> dict:
     is read whole here."""
     if not Path(checkpoint).exists() and is_model_name(checkpoint):
         return pretrained_job(p, args, checkpoint, device)
-    if (Path(checkpoint) / "checkpoint.pt").is_file():  # a run's folder: its checkpoint
-        checkpoint = str(Path(checkpoint) / "checkpoint.pt")
+    checkpoint = run_checkpoint(checkpoint)
     try:
         if Path(checkpoint).suffix == ".npz":
             return outputs_job(checkpoint, read_npz(checkpoint))
@@ -296,8 +295,7 @@ def outputs_job(path, values) -> dict:
             raise ValueError(f"{path}: probabilities must be non-negative rows summing to 1 (softmax outputs); "
                              "save logits otherwise")
         scores = scores.log()  # a class of probability 0 gets -inf: no mass, as in the softmax
-    # A row has a softmax when its log-sum-exp is finite: -inf logits (masked classes) are fine, NaN or +inf not.
-    broken = (~torch.logsumexp(scores, 1).isfinite()).nonzero()
+    broken = (~rows_with_softmax(scores)).nonzero()
     if len(broken):
         raise ValueError(f"{path}: {kinds[0]} of {len(broken)} of {rows} rows are not finite (NaN or inf), the "
                          f"first row {broken[0, 0].item()}: the model diverged or the file is damaged")

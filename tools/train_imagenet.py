@@ -38,7 +38,7 @@ from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.data.webdataset import find_shards
 from pysoftlabel.engine import (AMP_CHOICES, CheckpointWriter, Diverged, autocast_dtype, context_confidence,
                                 evaluate, check_checkpoint, load_checkpoint, output_folder, parse_device,
-                                recipe_name, train_one_epoch, write_calibration_report)
+                                recipe_name, run_checkpoint, train_one_epoch, write_calibration_report)
 from pysoftlabel.engine.distributed import barrier, init_distributed, is_main_process, shutdown_distributed
 from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_with_interval
@@ -155,8 +155,8 @@ def parse_args(argv=None):
                 + (f"--val-split chooses another: {', '.join(others)}" if others else "it has no other folder"))
     if args.teacher is not None and args.strategy not in ("ldl", "kd"):
         p.error(f"--teacher: only ldl and kd learn from a teacher; --strategy {args.strategy} would ignore it")
-    if args.teacher is not None and (Path(args.teacher) / "checkpoint.pt").is_file():
-        args.teacher = str(Path(args.teacher) / "checkpoint.pt")  # a run's folder: its checkpoint
+    if args.teacher is not None:
+        args.teacher = run_checkpoint(args.teacher)
     if args.teacher is not None and not Path(args.teacher).is_file():
         p.error(f"--teacher: {args.teacher} " + ("is a folder without a checkpoint.pt" if Path(args.teacher).is_dir()
                                                  else "does not exist"))

@@ -10,7 +10,8 @@ import torch
 
 from ..atomic import write_atomically
 
-__all__ = ["save_checkpoint", "check_checkpoint", "load_checkpoint", "require_keys", "CheckpointWriter"]
+__all__ = ["save_checkpoint", "check_checkpoint", "load_checkpoint", "require_keys", "run_checkpoint",
+           "CheckpointWriter"]
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -18,13 +19,20 @@ def save_checkpoint(state: dict, path) -> Path:
     return write_atomically(path, lambda f: torch.save(state, f))
 
 
+def run_checkpoint(path):
+    """The checkpoint.pt inside ``path`` (as a string) when ``path`` is the folder of a run that wrote one, else
+    ``path`` as given: where the tools take a checkpoint, a run's folder stands for it."""
+    inside = Path(path) / "checkpoint.pt"
+    return str(inside) if inside.is_file() else path
+
+
 def check_checkpoint(path) -> Path:
     """Raises ValueError unless ``path`` is a whole checkpoint file (torch.save's zip format, which ends in
     the zip directory: a cut-off or foreign file has none). Reads only the end of the file."""
     path = Path(path)
     if path.is_dir():
-        inside = path / "checkpoint.pt"
-        raise ValueError(f"checkpoint: {path} is a run's folder: its checkpoint is {inside}" if inside.is_file() else
+        inside = Path(run_checkpoint(path))
+        raise ValueError(f"checkpoint: {path} is a run's folder: its checkpoint is {inside}" if inside != path else
                          f"checkpoint: {path} is a folder without a checkpoint.pt (a run's folder holds one)")
     if not path.is_file():
         raise ValueError(f"checkpoint: {path} does not exist")

@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from ..metrics import AccuracyStats, CalibrationStats, ContextConfidence
+from ..metrics import AccuracyStats, CalibrationStats, ContextConfidence, rows_with_softmax
 from ..strategies.mix import mixed_loss
 from .distributed import all_reduce_
 
@@ -171,8 +171,7 @@ def evaluate(model, loader, device, amp_dtype=None):
             logits = model(batch["image"]).float()
         calib.update(logits, batch["label"])
         # Rows without a softmax are left to calib's count: AccuracyStats would raise on them at once.
-        finite = torch.logsumexp(logits, 1).isfinite()
-        acc.update(logits, batch["label"].masked_fill(~finite, -100), ignore_index=-100)
+        acc.update(logits, batch["label"].masked_fill(~rows_with_softmax(logits), -100), ignore_index=-100)
     calib.all_reduce()
     acc.all_reduce()
     check_finite_outputs(calib.nonfinite, calib.nonfinite + calib.count, amp_dtype)
@@ -199,7 +198,7 @@ def context_confidence(model, loader, device, amp_dtype=None) -> float:
     for batch in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(batch["image"].to(device)).float()
-        finite = torch.logsumexp(logits, 1).isfinite()  # the others counted, raised once all ranks have theirs
+        finite = rows_with_softmax(logits)  # the others counted, raised once all ranks have theirs
         nonfinite += (~finite).sum()
         conf.update(logits[finite])
     conf.all_reduce()

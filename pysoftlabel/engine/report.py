@@ -5,7 +5,7 @@ import torch
 
 from ..metrics import (AccuracyStats, AdaptiveCalibrationStats, ClasswiseCalibrationStats, calibration_report,
                        calibration_stats, ece_interval, ece_with_interval, fit_temperature, heldout_temperature_ece,
-                       reliability_diagram)
+                       reliability_diagram, rows_with_softmax)
 from .loop import check_finite_outputs
 
 __all__ = ["write_calibration_report", "write_logits_report", "model_logits", "recipe_name", "output_folder"]
@@ -40,7 +40,7 @@ def model_logits(model, loader, device, amp_dtype=None):
             logits.append(model(batch["image"].to(device)).float())
         labels.append(batch["label"].to(device))
     logits = torch.cat(logits)
-    check_finite_outputs(int((~torch.logsumexp(logits, 1).isfinite()).sum()), len(logits), amp_dtype)
+    check_finite_outputs(int((~rows_with_softmax(logits)).sum()), len(logits), amp_dtype)
     return logits, torch.cat(labels)
 
 

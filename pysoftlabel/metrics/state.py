@@ -6,7 +6,13 @@ import torch
 
 from ..target import check_label_dtype, check_label_range
 
-__all__ = ["SummedState", "count_argument", "check_labels", "check_batch"]
+__all__ = ["SummedState", "count_argument", "check_labels", "check_batch", "rows_with_softmax"]
+
+
+def rows_with_softmax(logits):
+    """The rows of ``logits`` [N, C] that have a softmax: a finite log-sum-exp. -inf logits (masked classes)
+    are fine; a NaN, a +inf or a row of -inf only is not."""
+    return torch.logsumexp(logits, dim=1).isfinite()
 
 
 def count_argument(name, value):
@@ -53,7 +59,7 @@ def check_batch(logits, labels=None, ignore_index=-100, num_classes=None, read_v
     if valid is None:
         valid = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
     if logits.shape[1]:
-        nonfinite = valid & ~torch.isfinite(torch.logsumexp(logits.detach().double(), dim=1))
+        nonfinite = valid & ~rows_with_softmax(logits.detach().double())
         if bool(nonfinite.any()):
             raise ValueError(f"logits: {int(nonfinite.sum())} row(s) have non-finite values (NaN, inf or all -inf)")
 
