@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import pysoftlabel as psl
 from conftest import devices
@@ -493,6 +494,36 @@ def test_no_gradient_computed_under_no_grad(monkeypatch):
     assert asked == [False, True]
     assert evaluated.grad_fn is None and trained.grad_fn is not None
     torch.testing.assert_close(evaluated, trained.detach())
+
+
+class _OpLog(TorchDispatchMode):
+    """The shapes of the tensors each aten / pysoftlabel op makes while the mode is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        self.made += [(str(func), tuple(o.shape)) for o in outs if isinstance(o, torch.Tensor)]
+        return out
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+def test_backward_makes_no_n_by_c_tensor(device):
+    """After the forward wrote the gradient, backward makes no N x C tensor: autograd's default is to fill one
+    with zeros for the gradient output's own gradient, a whole extra pass over N x C on every step."""
+    x = torch.randn(8, 5, device=device, requires_grad=True)
+    labels = torch.randint(0, 5, (8,), device=device)
+    loss = psl.soft_cross_entropy(x, psl.SoftTarget(labels, smoothing=0.1))
+    with _OpLog() as log:
+        loss.backward()
+    made = [op for op, shape in log.made if shape == (8, 5) and op != "aten.detach.default"]
+    assert made == []
+    expected, = torch.autograd.grad(F.cross_entropy(x, labels, label_smoothing=0.1), x)
+    torch.testing.assert_close(x.grad, expected)
 
 
 @native

@@ -271,6 +271,9 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
         # The forward's gradient where it wrote one (not in a traced graph, nor under vmap).
         ctx.grad_buffer = grad if grad.shape == logits.shape else None
         ctx.mark_non_differentiable(grad)
+        # No zeros for the gradient output's own (never used) gradient: autograd would otherwise fill an
+        # N x C buffer with them on every backward, a pass as long as the forward's gradient write.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def vmap(info, in_dims, logits, reduction, spec, want_grad, class_sum, class_count, calib_bins, calib_sums):
@@ -286,6 +289,8 @@ class _NativeSoftCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output, _):
         (logits,) = ctx.saved_tensors
         buffer, ctx.grad_buffer = ctx.grad_buffer, None
+        if grad_output is None:  # no gradient reached the loss (grads are not materialised: setup_context)
+            return (None,) * 8
         if torch.is_grad_enabled():  # create_graph=True: the gradient must carry its own graph
             grad = _differentiable_grad(logits, ctx.spec, ctx.reduction, grad_output)
         elif buffer is not None:
