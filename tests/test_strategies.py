@@ -80,15 +80,19 @@ def test_ldl_uses_the_teacher_on_the_mixed_image_and_ignores_mixed_labels():
 
 
 def test_online_ldl_ramps_and_tracks_the_student():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4), torch.nn.BatchNorm1d(4))
     online = S.OnlineLabelDistribution(model, decay=0.5, weight=0.8, warmup_epochs=2)
     b = batch()
     torch.testing.assert_close(target_distribution(online.targets(b), 4), F.one_hot(b["label"], 4).float())
-    before = online.ema[1].weight.clone()
+    before, mean_before = online.ema[1].weight.clone(), online.ema[2].running_mean.clone()
     with torch.no_grad():
         model[1].weight.add_(1.0)
+        model(b["image"])  # training mode: BatchNorm's running statistics and its step count move
     online.after_step(model)
+    # Float tensors, parameters and buffers alike, are averaged; the integer step count is copied.
     torch.testing.assert_close(online.ema[1].weight, 0.5 * before + 0.5 * model[1].weight)
+    torch.testing.assert_close(online.ema[2].running_mean, 0.5 * mean_before + 0.5 * model[2].running_mean)
+    assert online.ema[2].num_batches_tracked.item() == model[2].num_batches_tracked.item() == 1
     online.end_epoch()  # weight 0.4 in epoch 1
     with torch.no_grad():
         want = 0.6 * F.one_hot(b["label"], 4).float() + 0.4 * torch.softmax(online.ema(b["image"]), 1)

@@ -85,10 +85,12 @@ class OnlineLabelDistribution(Strategy):
     @torch.no_grad()
     def after_step(self, model=None):
         student = model.module if hasattr(model, "module") else model  # DDP wraps the student
-        for avg, new in zip(self.ema.state_dict().values(), student.state_dict().values()):
-            if avg.is_floating_point():
-                avg.lerp_(new.to(avg.dtype), 1.0 - self.decay)
-            else:
+        pairs = list(zip(self.ema.state_dict().values(), student.state_dict().values()))
+        floats = [(avg, new.to(avg.dtype)) for avg, new in pairs if avg.is_floating_point()]
+        if floats:  # one multi-tensor launch, not one per tensor (a ResNet-50 has over 300 of them)
+            torch._foreach_lerp_([avg for avg, _ in floats], [new for _, new in floats], 1.0 - self.decay)
+        for avg, new in pairs:
+            if not avg.is_floating_point():
                 avg.copy_(new)
 
     def end_epoch(self):
