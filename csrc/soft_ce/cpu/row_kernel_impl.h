@@ -98,34 +98,64 @@ inline int64_t first_index_of(const T* v, int64_t n, T m) {
   return i;
 }
 
-// sum_i a[i].
+// A row of target weights w against the logits x, in one sweep: sum_i w[i] (x[i] - m), a term of weight 0
+// adding 0 even where x[i] is -inf (weighted, row_math.h), and sum_i w[i].
 template <typename T>
-inline T lane_sum(const T* a, int64_t n) {
-  T acc[kLanes] = {};
+struct DotMass {
+  T dot = 0, mass = 0;
+};
+
+template <typename T>
+inline DotMass<T> weighted_dot_and_mass(const T* w, const T* x, T m, int64_t n) {
+  T dot[kLanes] = {}, mass[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
-    for (int k = 0; k < kLanes; ++k) acc[k] += a[i + k];
+    for (int k = 0; k < kLanes; ++k) {
+      dot[k] += weighted(w[i + k], x[i + k] - m);
+      mass[k] += w[i + k];
+    }
   }
-  for (; i < n; ++i) acc[0] += a[i];
-  T s = 0;
-  for (int k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
+  for (; i < n; ++i) {
+    dot[0] += weighted(w[i], x[i] - m);
+    mass[0] += w[i];
+  }
+  DotMass<T> out;
+  for (int k = 0; k < kLanes; ++k) {
+    out.dot += dot[k];
+    out.mass += mass[k];
+  }
+  return out;
 }
 
-// sum_i w[i] * (x[i] - m), a term of weight 0 adding 0 even where x[i] is -inf (weighted, row_math.h).
+// Dense logits d: e[i] = exp((d[i] - d_max) * inv_temperature), the per-sample distribution before its
+// normalisation, and in the same sweep the sums of e (mass) and of e (x - m) (dot), as above. One sweep
+// where normalising first took three more (sum, scale, then the weighted sums).
 template <typename T>
-inline T lane_weighted_dot(const T* w, const T* x, T m, int64_t n) {
-  T acc[kLanes] = {};
+inline DotMass<T> exp_dot_and_mass(const T* d, T d_max, T inv_temperature, const T* x, T m, T* e, int64_t n) {
+  T dot[kLanes] = {}, mass[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
-    for (int k = 0; k < kLanes; ++k) acc[k] += weighted(w[i + k], x[i + k] - m);
+    for (int k = 0; k < kLanes; ++k) {
+      const T v = exp_vec((d[i + k] - d_max) * inv_temperature);
+      e[i + k] = v;
+      dot[k] += weighted(v, x[i + k] - m);
+      mass[k] += v;
+    }
   }
-  for (; i < n; ++i) acc[0] += weighted(w[i], x[i] - m);
-  T s = 0;
-  for (int k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
+  for (; i < n; ++i) {
+    const T v = exp_vec((d[i] - d_max) * inv_temperature);
+    e[i] = v;
+    dot[0] += weighted(v, x[i] - m);
+    mass[0] += v;
+  }
+  DotMass<T> out;
+  for (int k = 0; k < kLanes; ++k) {
+    out.dot += dot[k];
+    out.mass += mass[k];
+  }
+  return out;
 }
 
 // e[i] = exp(x[i] - m) for a row, and in the same sweep (the row is read once for them) the sums of e,
@@ -303,24 +333,34 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
     if (t.table_y) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) table_mix[c] = t.table_at(c);
-      const acc_t mass = lane_sum(table_mix.data, C);
-      sums.table_dot = lane_weighted_dot(table_mix.data, x, base, C) + mass * (base - sums.shift);
-      sums.table_mass = mass;
+      const DotMass<acc_t> w = weighted_dot_and_mass(table_mix.data, x, base, C);
+      sums.table_dot = w.dot + w.mass * (base - sums.shift);
+      sums.table_mass = w.mass;
     }
+    // The per-sample part D of the gradient sweep, as dense_part[c] * dense_scale.
+    const acc_t* dense_part = nullptr;
+    acc_t dense_scale = 1;
     if (job.dense) {
       const scalar_t* d_src = job.dense + row * C;
-      for (int64_t c = 0; c < C; ++c) dense[c] = to_acc<acc_t>(d_src[c]);
-      if (job.dense_logits) {  // D = softmax(dense / temperature)
-        const acc_t dm = lane_max(dense.data, C);
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) dense[c] = exp_vec((dense[c] - dm) * job.inv_temperature);
-        const acc_t inv = acc_t(1) / lane_sum(dense.data, C);
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) dense[c] *= inv;
+      const acc_t* d;
+      if constexpr (same) {
+        d = d_src;
+      } else {
+        for (int64_t c = 0; c < C; ++c) dense[c] = to_acc<acc_t>(d_src[c]);
+        d = dense.data;
       }
-      const acc_t mass = lane_sum(dense.data, C);
-      sums.dense_dot = lane_weighted_dot(dense.data, x, base, C) + mass * (base - sums.shift);
-      sums.dense_mass = mass;
+      if (job.dense_logits) {  // D = softmax(d / temperature) = e / sum(e), e = exp((d - max) / temperature)
+        const DotMass<acc_t> e = exp_dot_and_mass(d, lane_max(d, C), job.inv_temperature, x, base, dense.data, C);
+        dense_scale = acc_t(1) / e.mass;
+        sums.dense_dot = e.dot * dense_scale + (base - sums.shift);
+        sums.dense_mass = 1;  // as the CUDA kernel (row_totals)
+        dense_part = dense.data;
+      } else {
+        const DotMass<acc_t> w = weighted_dot_and_mass(d, x, base, C);
+        sums.dense_dot = w.dot + w.mass * (base - sums.shift);
+        sums.dense_mass = w.mass;
+        dense_part = d;
+      }
     }
     if (job.loss) job.loss[row] = row_loss(t, sums, C, x_y, x[t.y2]);
 
@@ -352,11 +392,11 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
       RowTotals<acc_t> totals;  // the CPU sweep takes exp(x - max) from er, not base and log2_sum
       totals.lse = lse;
       totals.sums = sums;
-      const GradRow<acc_t> g = grad_row(t, totals, C, row_grad_factor(job, row));
+      GradRow<acc_t> g = grad_row(t, totals, C, row_grad_factor(job, row));
+      g.dense_f *= dense_scale;
       const acc_t mass_e = g.mass_f * inv_s;
       scalar_t* dst = job.grad + row * C;
       const acc_t* table_part = t.table_y ? table_mix.data : nullptr;
-      const acc_t* dense_part = job.dense ? dense.data : nullptr;
       // The two spikes of the hard part, taken before the sweep (which may overwrite er) and written over
       // the elements of y and y2 after it.
       const auto at = [&](int64_t c) {
