@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark pysoftlabel's fused kernels against what users run instead, in one run.
 
-Forward + backward of the loss for N x C logits and four targets (label smoothing, OLS class table,
-mixup, dense probabilities) beside PyTorch eager, torch.compile and Liger Kernel (label smoothing),
+Forward + backward of the loss for N x C logits and five targets (label smoothing, OLS class table,
+mixup, dense probabilities, a teacher's logits as LDL and KD give them) beside PyTorch eager, torch.compile and Liger Kernel (label smoothing),
 the memory floor 2*N*C*bytes / bandwidth (bandwidth: a device copy measured in the same run), and the
 statistics (calibration vs torchmetrics and eager; class statistics vs eager index_add_; both fused
 into the loss vs the loss alone). The anchors measured earlier on the same kind of machine
@@ -27,7 +27,7 @@ from pysoftlabel.jsontext import json_text
 
 GPU_SHAPES = [(256, 1000), (4096, 1000), (8192, 32000), (4096, 128000)]
 CPU_SHAPES = [(4096, 1000)]
-TARGETS = ("ls", "ols", "mixup", "dense")
+TARGETS = ("ls", "ols", "mixup", "dense", "teacher")
 
 
 def timer(device, warmup, reps):
@@ -115,9 +115,12 @@ def make_case(n, c, dtype, device, kind, g):
     elif kind == "mixup":
         y2 = torch.randint(0, c, (n,), generator=g, device=device)
         case.update(y2=y2, lam=0.7, target=psl.SoftTarget(y, labels2=y2, lam=0.7))
-    else:
+    elif kind == "dense":
         probs = torch.softmax(torch.randn(n, c, generator=g, device=device), 1).to(dtype)
         case.update(probs=probs, target=psl.SoftTarget(y, dense=probs, dense_weight=1.0))
+    else:  # a frozen teacher's logits, softmax at T = 1 (LDL's target)
+        teacher = (torch.randn(n, c, generator=g, device=device) * 2).to(dtype)
+        case.update(teacher=teacher, target=psl.SoftTarget(y, dense=teacher, dense_logits=True, dense_weight=1.0))
     return case
 
 
@@ -136,8 +139,11 @@ def eager_loss(kind, case):
     if kind == "mixup":
         y2, lam = case["y2"], case["lam"]
         return lambda: lam * F.cross_entropy(x, y) + (1 - lam) * F.cross_entropy(x, y2)
-    probs = case["probs"]
-    return lambda: F.cross_entropy(x, probs)
+    if kind == "dense":
+        probs = case["probs"]
+        return lambda: F.cross_entropy(x, probs)
+    teacher = case["teacher"]
+    return lambda: F.cross_entropy(x, torch.softmax(teacher, 1))
 
 
 def fwd_bwd(loss_fn, x):
