@@ -280,7 +280,9 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
   using acc_t = opmath_t<scalar_t>;
   const int64_t C = job.classes;
   constexpr bool same = std::is_same<scalar_t, acc_t>::value;
-  Scratch<acc_t> x_buf(same ? 0 : C), e(C), dense(job.dense ? C : 0), table_mix(job.table ? C : 0);
+  // dense: the row's dense values as acc_t (when they are not already), or the exps of dense logits.
+  Scratch<acc_t> x_buf(same ? 0 : C), e(C), dense(job.dense && (job.dense_logits || !same) ? C : 0),
+      table_mix(job.table ? C : 0);
 
   for (int64_t row = begin; row < end; ++row) {
     if (row_ignored(job, row)) {
