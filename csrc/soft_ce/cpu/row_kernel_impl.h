@@ -130,12 +130,15 @@ inline DotMass<T> weighted_dot_and_mass(const T* w, const T* x, T m, int64_t n) 
 
 // Dense logits d: e[i] = exp((d[i] - d_max) * inv_temperature), the per-sample distribution before its
 // normalisation, and in the same sweep the sums of e (mass) and of e (x - m) (dot), as above. One sweep
-// where normalising first took three more (sum, scale, then the weighted sums).
-template <typename T>
-inline DotMass<T> exp_dot_and_mass(const T* d, T d_max, T inv_temperature, const T* x, T m, T* e, int64_t n) {
+// where normalising first took three more (sum, scale, then the weighted sums). `next`: the next row's
+// dense logits, prefetched meanwhile (as exp_and_sums does the logits).
+template <typename T, typename U>
+inline DotMass<T> exp_dot_and_mass(const T* d, T d_max, T inv_temperature, const T* x, T m, T* e, int64_t n,
+                                   const U* next) {
   T dot[kLanes] = {}, mass[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
+    __builtin_prefetch(next + i, 0, 3);
 #pragma omp simd
     for (int k = 0; k < kLanes; ++k) {
       const T v = exp_vec((d[i + k] - d_max) * inv_temperature);
@@ -356,7 +359,8 @@ PSL_CPU_TARGET void run_chunk(const RowJob<scalar_t>& job, int64_t begin, int64_
         d = dense.data;
       }
       if (job.dense_logits) {  // D = softmax(d / temperature) = e / sum(e), e = exp((d - max) / temperature)
-        const DotMass<acc_t> e = exp_dot_and_mass(d, lane_max(d, C), job.inv_temperature, x, base, dense.data, C);
+        const DotMass<acc_t> e = exp_dot_and_mass(d, lane_max(d, C), job.inv_temperature, x, base, dense.data, C,
+                                                  row + 1 < end ? d_src + C : d_src);
         dense_scale = acc_t(1) / e.mass;
         sums.dense_dot = e.dot * dense_scale + (base - sums.shift);
         sums.dense_mass = 1;  // as the CUDA kernel (row_totals)
