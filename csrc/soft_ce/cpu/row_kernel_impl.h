@@ -164,14 +164,14 @@ inline DotMass<T> exp_dot_and_mass(const T* d, T d_max, T inv_temperature, const
 // e[i] = exp(x[i] - m) for a row, and in the same sweep (the row is read once for them) the sums of e,
 // of e^2 and of x - m, with lanes as above. Sums of x - m, not of x: a row of logits far from 0 (1e4, 1e30)
 // keeps the precision of its differences, and x - m is there anyway for exp.
-// `next`: the next row's logits, prefetched meanwhile. This sweep is compute-bound and runs in L1, the max
-// sweep of a row waits on memory: fetching the next row now overlaps the two (a fifth less time for the
-// forward on one thread here, a tenth on two; docs/benchmarks.md).
 template <typename T>
 struct ExpSums {
   T sum = 0, sum_sq = 0, sum_x_minus_m = 0;
 };
 
+// `next`: the next row's logits, prefetched meanwhile. This sweep is compute-bound and runs in L1, the max
+// sweep of a row waits on memory: fetching the next row now overlaps the two (a fifth less time for the
+// forward on one thread here, a tenth on two; docs/benchmarks.md).
 template <typename T, typename U>
 inline ExpSums<T> exp_and_sums(const T* x, T m, T* e, int64_t n, const U* next) {
   T s[kLanes] = {}, s2[kLanes] = {}, sx[kLanes] = {};
