@@ -32,8 +32,8 @@ def test_bench_kernels(tmp_path):
              "--out", str(out))
     result = json.loads(out.read_text())
     (row,) = result["rows"]
-    for key in ("ours_ls", "eager_ls", "ours_ols", "ours_teacher", "eager_teacher", "ours_calib", "torchmetrics_calib", "ours_class_stats",
-                "eager_class_stats", "ours_ls_fused_stats", "read_once_ms"):
+    for key in ("ours_ls", "eager_ls", "ours_ols", "ours_teacher", "eager_teacher", "ours_calib", "torchmetrics_calib",
+                "ours_class_stats", "eager_class_stats", "ours_ls_fused_stats", "read_once_ms"):
         assert positive(row[key]), (key, row[key])
     assert out.with_suffix(".md").read_text().count("| float32 | 64x100 |") >= 2
 

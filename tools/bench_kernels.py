@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark pysoftlabel's fused kernels against what users run instead, in one run.
 
-Forward + backward of the loss for N x C logits and five targets (label smoothing, OLS class table,
-mixup, dense probabilities, a teacher's logits as LDL and KD give them) beside PyTorch eager, torch.compile and Liger Kernel (label smoothing),
-the memory floor 2*N*C*bytes / bandwidth (bandwidth: a device copy measured in the same run), and the
-statistics (calibration vs torchmetrics and eager; class statistics vs eager index_add_; both fused
-into the loss vs the loss alone). The anchors measured earlier on the same kind of machine
+Forward + backward of the loss for N x C logits and five targets (label smoothing, OLS class table, mixup,
+dense probabilities, a teacher's logits as LDL and KD give them) beside PyTorch eager, torch.compile and Liger
+Kernel (label smoothing), the memory floor 2*N*C*bytes / bandwidth (bandwidth: a device copy measured in the
+same run), and the statistics (calibration vs torchmetrics and eager; class statistics vs eager index_add_;
+both fused into the loss vs the loss alone). The anchors measured earlier on the same kind of machine
 (tools/anchors-*.json) are printed beside.
 
     python tools/bench_kernels.py --device cuda --out gpu-results/bench_kernels.json
