@@ -63,6 +63,15 @@ inline double exp_vec(double x) { return std::exp(x); }
 template <typename acc_t, typename scalar_t>
 inline acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
 
+// A hint to bring p's cache line into cache (GCC and Clang; other compilers build without it).
+inline void prefetch_for_reading(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+#endif
+}
+
 // Reductions with independent lanes, one vector register's worth (PSL_CPU_LANES: 8 floats for AVX2,
 // 16 for AVX-512): the compiler vectorises them without reassociating floating-point sums on its own (no
 // -ffast-math). Lanes are added in a fixed order, so results are deterministic.
@@ -138,7 +147,7 @@ inline DotMass<T> exp_dot_and_mass(const T* d, T d_max, T inv_temperature, const
   T dot[kLanes] = {}, mass[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    __builtin_prefetch(next + i, 0, 3);
+    prefetch_for_reading(next + i);
 #pragma omp simd
     for (int k = 0; k < kLanes; ++k) {
       const T v = exp_vec((d[i + k] - d_max) * inv_temperature);
@@ -177,7 +186,7 @@ inline ExpSums<T> exp_and_sums(const T* x, T m, T* e, int64_t n, const U* next) 
   T s[kLanes] = {}, s2[kLanes] = {}, sx[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    __builtin_prefetch(next + i, 0, 3);
+    prefetch_for_reading(next + i);
 #pragma omp simd
     for (int k = 0; k < kLanes; ++k) {
       const T d = x[i + k] - m;
