@@ -1,21 +1,58 @@
-// C++ tests of the CPU row kernel (ctest): every output against a direct double-precision evaluation
-// of the DESIGN.md formulas, written independently of csrc/common/row_math.h.
+// C++ tests of the row kernels (ctest): every output against a direct double-precision evaluation of the
+// DESIGN.md formulas, written independently of csrc/common/row_math.h. Built twice: against the CPU kernel,
+// and with PSL_EMULATED_CUDA against the CUDA kernels' own text (row_kernel.cuh) run by the host emulation
+// of cuda_emulation/ (first on that build's include path).
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
+#if defined(PSL_EMULATED_CUDA)
+#include "../../csrc/soft_ce/cuda/row_kernel.cuh"
+#else
 #include "../../csrc/common/launch.h"
+#endif
 
 namespace {
+
+// The kernel under test. The CUDA kernels report an invalid row by a device-side assert naming its error,
+// in the block of that row (one block per row).
+template <typename scalar_t>
+psl::RowStatus run_rows(const psl::RowJob<scalar_t>& job) {
+#if defined(PSL_EMULATED_CUDA)
+  const cudaError_t error = psl::row_device::run_rows(job, cuda_emulation::Launch{});
+  psl::RowStatus status;
+  if (error == cudaErrorAssert) {
+    for (int code = psl::kBadLabel; code <= psl::kWeightsOverOne; ++code) {
+      if (cuda_emulation::assert_message == psl::row_error_message(code)) status.code = code;
+    }
+    status.row = cuda_emulation::assert_block;
+  } else if (error != cudaSuccess) {
+    status.code = -static_cast<int>(error);
+  }
+  return status;
+#else
+  return psl::run_rows_cpu(job);
+#endif
+}
+
+std::string build_name() {
+#if defined(PSL_EMULATED_CUDA)
+  return "CUDA kernels, emulated on the host";
+#else
+  return std::string("CPU kernel, ") + psl::cpu_capability() + " build";
+#endif
+}
 
 int failures = 0;
 
 void expect_close(double got, double want, double tol, const char* what, int64_t i) {
   if (!(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) {
-    std::printf("FAIL %s[%lld]: got %.9g, want %.9g\n", what, static_cast<long long>(i), got, want);
+    if (failures < 30) std::printf("FAIL %s[%lld]: got %.9g, want %.9g\n", what, static_cast<long long>(i), got, want);
     ++failures;
   }
 }
@@ -24,7 +61,8 @@ struct Case {
   int64_t n, c;
   bool mix, table, dense, dense_logits, ignore;
   double s, a, d, lam, temperature;
-  bool overflow;  // every fourth row gets a +inf logit (an fp16 overflow), on its label or on another class
+  bool overflow = false;  // every fourth row gets a +inf logit (an fp16 overflow), on its label or on another class
+  int reduction = 0;      // 0 none, 1 mean, 2 sum; with a reduction the gradient also takes a grad_output of 0.5
 };
 
 // A row with a +inf logit has NaN loss and gradient, as in F.cross_entropy (GradScaler then skips the step),
@@ -33,18 +71,26 @@ struct Case {
 // statistics.
 bool overflowed(const Case& k, int64_t i) { return k.overflow && i % 4 == 2; }
 
+// The logits' (and dense targets') dtype: the expected values are computed from the values as stored, the
+// gradient is compared within its own rounding.
+template <typename scalar_t> double grad_tolerance() { return 2e-5; }
+template <> double grad_tolerance<c10::Half>() { return 1e-3; }
+template <> double grad_tolerance<c10::BFloat16>() { return 8e-3; }
+
+template <typename scalar_t>
 void run_case(const Case& k, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.f, 2.f);
   std::uniform_real_distribution<float> uniform(0.f, 1.f);
   std::uniform_int_distribution<int64_t> label(0, k.c - 1);
   const int64_t N = k.n, C = k.c;
-  std::vector<float> x(N * C), table(C * C), dense(N * C), loss(N), grad(N * C, 1e9f);
+  std::vector<scalar_t> x(N * C), dense(N * C), grad(N * C, scalar_t(1e4f));
+  std::vector<float> table(C * C), loss(N);
   std::vector<int64_t> y(N), y2(N);
-  for (auto& v : x) v = normal(rng);
+  for (auto& v : x) v = scalar_t(normal(rng));
   for (int64_t i = 0; i < N; ++i) {
     y[i] = (k.ignore && i % 3 == 1) ? -100 : label(rng);
     y2[i] = label(rng);
-    if (overflowed(k, i) && y[i] != -100) x[i * C + (i % 8 == 2 ? y[i] : (y[i] + 1) % C)] = INFINITY;
+    if (overflowed(k, i) && y[i] != -100) x[i * C + (i % 8 == 2 ? y[i] : (y[i] + 1) % C)] = scalar_t(INFINITY);
   }
   for (int64_t r = 0; r < C; ++r) {
     double sum = 0;
@@ -52,15 +98,20 @@ void run_case(const Case& k, std::mt19937& rng) {
     for (int64_t c = 0; c < C; ++c) table[r * C + c] /= static_cast<float>(sum);
   }
   for (int64_t i = 0; i < N; ++i) {
+    std::vector<float> row(C);
     double sum = 0;
-    for (int64_t c = 0; c < C; ++c) sum += dense[i * C + c] = k.dense_logits ? normal(rng) : uniform(rng);
-    if (!k.dense_logits) for (int64_t c = 0; c < C; ++c) dense[i * C + c] /= static_cast<float>(sum);
+    for (int64_t c = 0; c < C; ++c) sum += row[c] = k.dense_logits ? normal(rng) : uniform(rng);
+    for (int64_t c = 0; c < C; ++c) {
+      dense[i * C + c] = scalar_t(k.dense_logits ? row[c] : row[c] / static_cast<float>(sum));
+    }
   }
   const int64_t bins_n = 15;
   std::vector<double> bins(bins_n * 3, 0.0), sums(3, 0.0);
   std::vector<float> class_sum(C * C, 0.f), class_count(C, 0.f);
+  float loss_reduced = NAN, valid_and_scale[2] = {NAN, NAN};
+  const float grad_output = 0.5f;
 
-  psl::RowJob<float> job;
+  psl::RowJob<scalar_t> job;
   job.rows = N;
   job.classes = C;
   job.logits = x.data();
@@ -82,30 +133,43 @@ void run_case(const Case& k, std::mt19937& rng) {
   }
   job.loss = loss.data();
   job.grad = grad.data();
+  if (k.reduction) {
+    job.reduction = k.reduction;
+    job.loss_reduced = &loss_reduced;
+    job.valid_and_scale = valid_and_scale;
+    job.grad_output = &grad_output;
+  }
   job.calib_bins = bins.data();
   job.calib_sums = sums.data();
   job.n_bins = bins_n;
   job.class_sum = class_sum.data();
   job.class_count = class_count.data();
-  const psl::RowStatus status = psl::run_rows_cpu(job);
+  const psl::RowStatus status = run_rows(job);
   if (status.code != psl::kRowOk) {
     std::printf("FAIL: unexpected row error %d at row %lld\n", status.code, static_cast<long long>(status.row));
     ++failures;
     return;
   }
 
+  int64_t valid = 0;
+  for (int64_t i = 0; i < N; ++i) valid += y[i] != -100;
+  const double grad_factor = k.reduction == 0 ? 1.0 : grad_output / (k.reduction == 1 ? double(valid) : 1.0);
+  const double grad_tol = grad_tolerance<scalar_t>();
   std::vector<double> want_bins(bins_n * 3, 0.0), want_sum(C * C, 0.0), want_count(C, 0.0);
-  double want_nll = 0, want_brier = 0, want_nonfinite = 0;
+  double want_nll = 0, want_brier = 0, want_nonfinite = 0, want_loss_sum = 0;
   for (int64_t i = 0; i < N; ++i) {
-    const float* xi = &x[i * C];
+    std::vector<double> xi(C);
+    for (int64_t c = 0; c < C; ++c) xi[c] = static_cast<float>(x[i * C + c]);
     if (y[i] == -100) {
       expect_close(loss[i], 0, 0, "ignored loss", i);
-      for (int64_t c = 0; c < C; ++c) expect_close(grad[i * C + c], 0, 0, "ignored grad", i);
+      for (int64_t c = 0; c < C; ++c) expect_close(static_cast<float>(grad[i * C + c]), 0, 0, "ignored grad", i);
       continue;
     }
     if (overflowed(k, i)) {
       expect_close(std::isnan(loss[i]), 1, 0, "overflowed row: loss NaN", i);
-      for (int64_t c = 0; c < C; ++c) expect_close(std::isnan(grad[i * C + c]), 1, 0, "overflowed row: grad NaN", i);
+      for (int64_t c = 0; c < C; ++c) {
+        expect_close(std::isnan(static_cast<float>(grad[i * C + c])), 1, 0, "overflowed row: grad NaN", i);
+      }
       want_nonfinite += 1;
       continue;
     }
@@ -116,11 +180,13 @@ void run_case(const Case& k, std::mt19937& rng) {
     const double lse = m + std::log(z);
     std::vector<double> D(C, 0.0);
     if (k.dense) {
+      auto dense_at = [&](int64_t c) { return double(static_cast<float>(dense[i * C + c])); };
       double dm = -INFINITY, dz = 0;
-      for (int64_t c = 0; c < C; ++c) dm = std::max(dm, double(dense[i * C + c]) / k.temperature);
-      for (int64_t c = 0; c < C; ++c) dz += std::exp(double(dense[i * C + c]) / k.temperature - dm);
-      for (int64_t c = 0; c < C; ++c)
-        D[c] = k.dense_logits ? std::exp(double(dense[i * C + c]) / k.temperature - dm) / dz : dense[i * C + c];
+      for (int64_t c = 0; c < C; ++c) dm = std::max(dm, dense_at(c) / k.temperature);
+      for (int64_t c = 0; c < C; ++c) dz += std::exp(dense_at(c) / k.temperature - dm);
+      for (int64_t c = 0; c < C; ++c) {
+        D[c] = k.dense_logits ? std::exp(dense_at(c) / k.temperature - dm) / dz : dense_at(c);
+      }
     }
     const double lam = k.mix ? k.lam : 1.0;
     const int64_t yb = k.mix ? y2[i] : y[i];
@@ -135,9 +201,10 @@ void run_case(const Case& k, std::mt19937& rng) {
       mass += t[c];
     }
     expect_close(loss[i], l, 2e-5, "loss", i);
+    want_loss_sum += l;
     for (int64_t c = 0; c < C; ++c) {
       const double p = std::exp(xi[c] - lse);
-      expect_close(grad[i * C + c], p * mass - t[c], 2e-5, "grad", i * C + c);
+      expect_close(static_cast<float>(grad[i * C + c]), grad_factor * (p * mass - t[c]), grad_tol, "grad", i * C + c);
       brier += (p - (c == y[i])) * (p - (c == y[i]));
     }
     const double conf = std::exp(m - lse);
@@ -159,9 +226,13 @@ void run_case(const Case& k, std::mt19937& rng) {
   expect_close(sums[2], want_nonfinite, 0, "non-finite rows", 0);
   for (int64_t j = 0; j < C; ++j) expect_close(class_count[j], want_count[j], 0, "class_count", j);
   for (int64_t j = 0; j < C * C; ++j) expect_close(class_sum[j], want_sum[j], 1e-5, "class_sum", j);
+  if (k.reduction) {
+    expect_close(valid_and_scale[0], valid, 0, "valid rows", 0);
+    expect_close(loss_reduced, k.reduction == 1 ? want_loss_sum / valid : want_loss_sum, 2e-5, "reduced loss", 0);
+  }
 }
 
-void bad_label_reports_row(std::mt19937& rng) {
+void bad_label_reports_row() {
   std::vector<float> x(3 * 4, 0.5f), loss(3);
   std::vector<int64_t> y = {0, 7, 1};
   psl::RowJob<float> job;
@@ -170,13 +241,26 @@ void bad_label_reports_row(std::mt19937& rng) {
   job.logits = x.data();
   job.labels = y.data();
   job.loss = loss.data();
-  const psl::RowStatus status = psl::run_rows_cpu(job);
+  const psl::RowStatus status = run_rows(job);
   if (status.code != psl::kBadLabel || status.row != 1) {
     std::printf("FAIL: bad label: code %d row %lld, want %d row 1\n", status.code,
                 static_cast<long long>(status.row), psl::kBadLabel);
     ++failures;
   }
-  (void)rng;
+}
+
+// grad *= factor row by row (a backward's grad_output); a factor of 1 leaves its row untouched.
+void scale_rows_by_factor() {
+  const int64_t N = 5, C = 300;
+  std::vector<float> grad(N * C), factor = {2.f, 1.f, -0.5f, 0.f, 1.f};
+  for (int64_t j = 0; j < N * C; ++j) grad[j] = static_cast<float>(j % 17) - 8.f;
+  const std::vector<float> before = grad;
+#if defined(PSL_EMULATED_CUDA)
+  psl::row_device::scale_rows(grad.data(), N, C, factor.data(), true, cuda_emulation::Launch{});
+#else
+  psl::scale_rows_cpu(grad.data(), N, C, factor.data(), true);
+#endif
+  for (int64_t j = 0; j < N * C; ++j) expect_close(grad[j], before[j] * factor[j / C], 0, "scaled grad", j);
 }
 
 }  // namespace
@@ -194,13 +278,21 @@ int main() {
       {40, 37, false, false, false, false, true, 0.0, 0, 0, 1, 1, true},  // hard labels: the loss was finite
       {40, 37, false, false, false, false, false, 0.1, 0, 0, 1, 1, true},
       {24, 64, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, true},
+      // Rows long enough for blocks of several warps on CUDA (4 warps of vectors; 16 warps one class a load).
+      {6, 3000, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, false, 1},
+      {5, 2053, false, false, false, false, true, 0.1, 0, 0, 1, 1, false, 1},
+      {7, 1000, true, false, true, false, true, 0.0, 0, 0.5, 0.4, 1, false, 2},
   };
-  for (const Case& k : cases) run_case(k, rng);
-  bad_label_reports_row(rng);
+  for (const Case& k : cases) run_case<float>(k, rng);
+  // The 16-bit logits: eight per 16-byte load on CUDA, and bf16's conversion by a shift of the bits.
+  for (const Case& k : cases) run_case<c10::Half>(k, rng);
+  for (const Case& k : cases) run_case<c10::BFloat16>(k, rng);
+  bad_label_reports_row();
+  scale_rows_by_factor();
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;
   }
-  std::printf("row kernel (%s build): all checks passed\n", psl::cpu_capability());
+  std::printf("row kernel (%s): all checks passed\n", build_name().c_str());
   return 0;
 }
