@@ -51,7 +51,7 @@ std::string build_name() {
 int failures = 0;
 
 void expect_close(double got, double want, double tol, const char* what, int64_t i) {
-  if (!(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) {
+  if (got != want && !(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) {  // infinities: equal
     if (failures < 30) std::printf("FAIL %s[%lld]: got %.9g, want %.9g\n", what, static_cast<long long>(i), got, want);
     ++failures;
   }
@@ -63,7 +63,13 @@ struct Case {
   double s, a, d, lam, temperature;
   bool overflow = false;  // every fourth row gets a +inf logit (an fp16 overflow), on its label or on another class
   int reduction = 0;      // 0 none, 1 mean, 2 sum; with a reduction the gradient also takes a grad_output of 0.5
+  bool masked = false;    // classes c % 5 == 3 (other than the labels) masked: -inf logits, no target weight
+  bool statistics_only = false;  // no loss, no gradient (the calibration and class statistics ops)
 };
+
+// A masked class: a -inf logit to which the target gives no weight (0 log 0 = 0, as in F.cross_entropy). The
+// CUDA kernel sums such a row's target parts a second time, with a guard, after a block-wide flag.
+bool masked_class(const Case& k, int64_t c, int64_t y, int64_t y2) { return k.masked && c % 5 == 3 && c != y && c != y2; }
 
 // A row with a +inf logit has NaN loss and gradient, as in F.cross_entropy (GradScaler then skips the step),
 // counts as non-finite in the calibration sums and stays out of the class statistics. The kernel once took
@@ -83,14 +89,20 @@ void run_case(const Case& k, std::mt19937& rng) {
   std::uniform_real_distribution<float> uniform(0.f, 1.f);
   std::uniform_int_distribution<int64_t> label(0, k.c - 1);
   const int64_t N = k.n, C = k.c;
-  std::vector<scalar_t> x(N * C), dense(N * C), grad(N * C, scalar_t(1e4f));
+  const scalar_t unwritten = scalar_t(1e4f);
+  std::vector<scalar_t> x(N * C), dense(N * C), grad(N * C, unwritten);
   std::vector<float> table(C * C), loss(N);
   std::vector<int64_t> y(N), y2(N);
   for (auto& v : x) v = scalar_t(normal(rng));
   for (int64_t i = 0; i < N; ++i) {
     y[i] = (k.ignore && i % 3 == 1) ? -100 : label(rng);
     y2[i] = label(rng);
+    // Every other row classified correctly (whatever C), so that the class statistics have rows to add.
+    if (i % 2 == 0 && y[i] != -100) x[i * C + y[i]] = scalar_t(static_cast<float>(x[i * C + y[i]]) + 12.f);
     if (overflowed(k, i) && y[i] != -100) x[i * C + (i % 8 == 2 ? y[i] : (y[i] + 1) % C)] = scalar_t(INFINITY);
+    for (int64_t c = 0; c < C; ++c) {
+      if (masked_class(k, c, y[i], y2[i])) x[i * C + c] = scalar_t(-INFINITY);
+    }
   }
   for (int64_t r = 0; r < C; ++r) {
     double sum = 0;
@@ -100,7 +112,10 @@ void run_case(const Case& k, std::mt19937& rng) {
   for (int64_t i = 0; i < N; ++i) {
     std::vector<float> row(C);
     double sum = 0;
-    for (int64_t c = 0; c < C; ++c) sum += row[c] = k.dense_logits ? normal(rng) : uniform(rng);
+    for (int64_t c = 0; c < C; ++c) {
+      row[c] = k.dense_logits ? normal(rng) : masked_class(k, c, y[i], y2[i]) ? 0.f : uniform(rng);
+      sum += row[c];
+    }
     for (int64_t c = 0; c < C; ++c) {
       dense[i * C + c] = scalar_t(k.dense_logits ? row[c] : row[c] / static_cast<float>(sum));
     }
@@ -131,8 +146,10 @@ void run_case(const Case& k, std::mt19937& rng) {
     job.dense_logits = k.dense_logits;
     job.inv_temperature = static_cast<float>(1.0 / k.temperature);
   }
-  job.loss = loss.data();
-  job.grad = grad.data();
+  if (!k.statistics_only) {
+    job.loss = loss.data();
+    job.grad = grad.data();
+  }
   if (k.reduction) {
     job.reduction = k.reduction;
     job.loss_reduced = &loss_reduced;
@@ -160,17 +177,26 @@ void run_case(const Case& k, std::mt19937& rng) {
   for (int64_t i = 0; i < N; ++i) {
     std::vector<double> xi(C);
     for (int64_t c = 0; c < C; ++c) xi[c] = static_cast<float>(x[i * C + c]);
+    if (k.statistics_only) {
+      // Neither output is written: the loss stays as allocated (0), the gradient at its sentinel.
+      expect_close(loss[i], 0, 0, "statistics only: loss", i);
+      for (int64_t c = 0; c < C; ++c) {
+        expect_close(static_cast<float>(grad[i * C + c]), static_cast<float>(unwritten), 0, "statistics only: grad", i);
+      }
+    }
     if (y[i] == -100) {
+      if (k.statistics_only) continue;
       expect_close(loss[i], 0, 0, "ignored loss", i);
       for (int64_t c = 0; c < C; ++c) expect_close(static_cast<float>(grad[i * C + c]), 0, 0, "ignored grad", i);
       continue;
     }
     if (overflowed(k, i)) {
+      want_nonfinite += 1;
+      if (k.statistics_only) continue;
       expect_close(std::isnan(loss[i]), 1, 0, "overflowed row: loss NaN", i);
       for (int64_t c = 0; c < C; ++c) {
         expect_close(std::isnan(static_cast<float>(grad[i * C + c])), 1, 0, "overflowed row: grad NaN", i);
       }
-      want_nonfinite += 1;
       continue;
     }
     double m = -INFINITY, z = 0;
@@ -197,14 +223,16 @@ void run_case(const Case& k, std::mt19937& rng) {
       const double h = lam * (c == y[i]) + (1 - lam) * (c == yb);
       const double T = k.table ? lam * table[y[i] * C + c] + (1 - lam) * table[yb * C + c] : 0;
       t[c] = (1 - s - a - d) * h + s / C + a * T + d * D[c];
-      l -= t[c] * (xi[c] - lse);
+      if (t[c] != 0) l -= t[c] * (xi[c] - lse);
       mass += t[c];
     }
-    expect_close(loss[i], l, 2e-5, "loss", i);
     want_loss_sum += l;
+    if (!k.statistics_only) expect_close(loss[i], l, 2e-5, "loss", i);
     for (int64_t c = 0; c < C; ++c) {
       const double p = std::exp(xi[c] - lse);
-      expect_close(static_cast<float>(grad[i * C + c]), grad_factor * (p * mass - t[c]), grad_tol, "grad", i * C + c);
+      if (!k.statistics_only) {
+        expect_close(static_cast<float>(grad[i * C + c]), grad_factor * (p * mass - t[c]), grad_tol, "grad", i * C + c);
+      }
       brier += (p - (c == y[i])) * (p - (c == y[i]));
     }
     const double conf = std::exp(m - lse);
@@ -282,6 +310,12 @@ int main() {
       {6, 3000, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, false, 1},
       {5, 2053, false, false, false, false, true, 0.1, 0, 0, 1, 1, false, 1},
       {7, 1000, true, false, true, false, true, 0.0, 0, 0.5, 0.4, 1, false, 2},
+      // Masked classes: the guarded second sum of the target parts (dense probabilities; a table of weight 0).
+      {6, 64, false, false, true, false, false, 0.0, 0, 0.6, 1, 1, false, 0, true},
+      {5, 3000, true, true, true, false, true, 0.0, 0.0, 1.0, 0.7, 1, false, 1, true},
+      // Statistics alone, as the calibration and class-statistics ops run the kernel.
+      {9, 1000, false, false, false, false, true, 0.0, 0, 0, 1, 1, true, 0, false, true},
+      {6, 37, false, false, false, false, false, 0.0, 0, 0, 1, 1, false, 0, false, true},
   };
   for (const Case& k : cases) run_case<float>(k, rng);
   // The 16-bit logits: eight per 16-byte load on CUDA, and bf16's conversion by a shift of the bits.
