@@ -69,7 +69,9 @@ struct Case {
 
 // A masked class: a -inf logit to which the target gives no weight (0 log 0 = 0, as in F.cross_entropy). The
 // CUDA kernel sums such a row's target parts a second time, with a guard, after a block-wide flag.
-bool masked_class(const Case& k, int64_t c, int64_t y, int64_t y2) { return k.masked && c % 5 == 3 && c != y && c != y2; }
+bool masked_class(const Case& k, int64_t c, int64_t y, int64_t y2) {
+  return k.masked && c % 5 == 3 && c != y && c != y2;
+}
 
 // A row with a +inf logit has NaN loss and gradient, as in F.cross_entropy (GradScaler then skips the step),
 // counts as non-finite in the calibration sums and stays out of the class statistics. The kernel once took
