@@ -2,7 +2,7 @@
 // own text (row_kernel.cuh) where no GPU is lent: this folder comes first on the test's include path, so
 // row_device.cuh's <cuda_runtime.h> is this file.
 //
-// A launch runs the grid's blocks one after another and each block's threads as std::threads:
+// A launch runs the grid's blocks one after another on one std::thread per thread of a block:
 // __syncthreads is a barrier of the block, __shfl_xor_sync an exchange through a barrier of the warp,
 // __shared__ variables are statics (one block runs at a time), atomicAdd is std::atomic_ref. A kernel that
 // lets some threads of a block skip a __syncthreads, or some lanes of a warp skip a shuffle, hangs here as
@@ -75,8 +75,10 @@ struct DeviceAssert : std::runtime_error {
 inline std::string assert_message;
 inline std::int64_t assert_block = -1;
 
-// launch(kernel, blocks, threads, args...), as row_kernel.cuh's launches take it. Returns cudaErrorAssert
-// after a device-side assert (the blocks after it do not run, as a failed kernel is abandoned).
+// launch(kernel, blocks, threads, args...), as row_kernel.cuh's launches take it: one std::thread per thread of
+// a block, running the blocks in turn with a barrier between them (a block's shared memory is the next one's).
+// Returns cudaErrorAssert after a device-side assert; the blocks after it do not run, as a failed kernel is
+// abandoned.
 struct Launch {
   template <typename... Params, typename... Args>
   cudaError_t operator()(void (*kernel)(Params...), std::int64_t blocks, int threads, const Args&... args) const {
@@ -85,36 +87,41 @@ struct Launch {
     }
     blockDim = {static_cast<unsigned>(threads)};
     gridDim = {static_cast<unsigned>(blocks)};
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      Block state(threads);
-      block = &state;
-      std::vector<std::string> failed(threads);
-      std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t) {
-        pool.emplace_back([&, t] {
-          threadIdx = {static_cast<unsigned>(t)};
+    Block state(threads);
+    block = &state;
+    std::atomic<bool> stop{false};
+    std::vector<std::string> failed(threads);
+    std::vector<std::int64_t> failed_block(threads, blocks);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        threadIdx = {static_cast<unsigned>(t)};
+        for (std::int64_t b = 0; b < blocks; ++b) {
           blockIdx = {static_cast<unsigned>(b)};
           try {
             kernel(args...);
           } catch (const DeviceAssert& e) {
             failed[t] = e.what();
+            failed_block[t] = b;
+            stop = true;
             // A stopped thread must not leave the others of its block or warp waiting.
             state.all.arrive_and_drop();
             state.warps[t / kWarp]->arrive_and_drop();
+            return;
           }
-        });
-      }
-      for (std::thread& thread : pool) thread.join();
-      block = nullptr;
-      for (const std::string& message : failed) {
-        if (!message.empty()) {
-          assert_message = message;
-          assert_block = b;
-          return cudaErrorAssert;
+          state.all.arrive_and_wait();
+          if (stop) return;
         }
-      }
+      });
     }
-    return cudaSuccess;
+    for (std::thread& thread : pool) thread.join();
+    block = nullptr;
+    int first = 0;
+    for (int t = 1; t < threads; ++t) first = failed_block[t] < failed_block[first] ? t : first;
+    if (failed_block[first] == blocks) return cudaSuccess;
+    assert_message = failed[first];
+    assert_block = failed_block[first];
+    return cudaErrorAssert;
   }
 };
 
