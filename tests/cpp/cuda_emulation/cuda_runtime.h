@@ -5,9 +5,10 @@
 // A launch runs the grid's blocks one after another on one std::thread per thread of a block:
 // __syncthreads is a barrier of the block, __shfl_xor_sync an exchange through a barrier of the warp,
 // __shared__ variables are statics (one block runs at a time), atomicAdd is std::atomic_ref. A kernel that
-// lets some threads of a block skip a __syncthreads, or some lanes of a warp skip a shuffle, hangs here as
-// it would misbehave on a GPU. What it cannot show is what depends on the hardware: timing, the memory model
-// of a warp without its barriers, the sm_90 code paths and the device's approximate exp2 (row_passes.h).
+// lets some threads of a block skip a __syncthreads, or some lanes of a warp skip a shuffle, goes wrong here
+// as on a GPU: wrong results, or a hang that ctest's timeout ends. What it cannot show is what depends on the
+// hardware: timing, the memory model of a warp without its barriers, the sm_90 code paths and the device's
+// approximate exp2 (row_passes.h).
 #pragma once
 
 #include <atomic>
