@@ -61,10 +61,12 @@ struct Case {
   int64_t n, c;
   bool mix, table, dense, dense_logits, ignore;
   double s, a, d, lam, temperature;
-  bool overflow = false;  // every fourth row gets a +inf logit (an fp16 overflow), on its label or on another class
+  float nonfinite = 0;    // every fourth row gets this logit (+inf: an fp16 overflow; NaN), on its label or another
   int reduction = 0;      // 0 none, 1 mean, 2 sum; with a reduction the gradient also takes a grad_output of 0.5
   bool masked = false;    // classes c % 5 == 3 (other than the labels) masked: -inf logits, no target weight
   bool statistics_only = false;  // no loss, no gradient (the calibration and class statistics ops)
+  bool ties = false;      // whole-number logits, and the label's logit also half a row away (another thread's
+                          // vector) in rows i % 4 == 0: the argmax is the first of the ties, as torch.argmax
 };
 
 // A masked class: a -inf logit to which the target gives no weight (0 log 0 = 0, as in F.cross_entropy). The
@@ -73,11 +75,11 @@ bool masked_class(const Case& k, int64_t c, int64_t y, int64_t y2) {
   return k.masked && c % 5 == 3 && c != y && c != y2;
 }
 
-// A row with a +inf logit has NaN loss and gradient, as in F.cross_entropy (GradScaler then skips the step),
-// counts as non-finite in the calibration sums and stays out of the class statistics. The kernel once took
-// such a row's exps against 0: a finite gradient, a finite or -inf loss, and a row of confidence 1 in the
-// statistics.
-bool overflowed(const Case& k, int64_t i) { return k.overflow && i % 4 == 2; }
+// A row with a +inf or NaN logit has NaN loss and gradient, as in F.cross_entropy (GradScaler then skips the
+// step), counts as non-finite in the calibration sums and stays out of the class statistics. The CPU kernel
+// once took a +inf row's exps against 0: a finite gradient, a finite or -inf loss, and a row of confidence 1
+// in the statistics.
+bool overflowed(const Case& k, int64_t i) { return k.nonfinite != 0 && i % 4 == 2; }
 
 // The logits' (and dense targets') dtype: the expected values are computed from the values as stored, the
 // gradient is compared within its own rounding.
@@ -95,13 +97,14 @@ void run_case(const Case& k, std::mt19937& rng) {
   std::vector<scalar_t> x(N * C), dense(N * C), grad(N * C, unwritten);
   std::vector<float> table(C * C), loss(N);
   std::vector<int64_t> y(N), y2(N);
-  for (auto& v : x) v = scalar_t(normal(rng));
+  for (auto& v : x) v = scalar_t(k.ties ? std::round(normal(rng) / 2.f) : normal(rng));
   for (int64_t i = 0; i < N; ++i) {
     y[i] = (k.ignore && i % 3 == 1) ? -100 : label(rng);
     y2[i] = label(rng);
     // Every other row classified correctly (whatever C), so that the class statistics have rows to add.
     if (i % 2 == 0 && y[i] != -100) x[i * C + y[i]] = scalar_t(static_cast<float>(x[i * C + y[i]]) + 12.f);
-    if (overflowed(k, i) && y[i] != -100) x[i * C + (i % 8 == 2 ? y[i] : (y[i] + 1) % C)] = scalar_t(INFINITY);
+    if (k.ties && i % 4 == 0 && y[i] != -100) x[i * C + (y[i] + C / 2) % C] = x[i * C + y[i]];
+    if (overflowed(k, i) && y[i] != -100) x[i * C + (i % 8 == 2 ? y[i] : (y[i] + 1) % C)] = scalar_t(k.nonfinite);
     for (int64_t c = 0; c < C; ++c) {
       if (masked_class(k, c, y[i], y2[i])) x[i * C + c] = scalar_t(-INFINITY);
     }
@@ -195,9 +198,9 @@ void run_case(const Case& k, std::mt19937& rng) {
     if (overflowed(k, i)) {
       want_nonfinite += 1;
       if (k.statistics_only) continue;
-      expect_close(std::isnan(loss[i]), 1, 0, "overflowed row: loss NaN", i);
+      expect_close(std::isnan(loss[i]), 1, 0, "non-finite row: loss NaN", i);
       for (int64_t c = 0; c < C; ++c) {
-        expect_close(std::isnan(static_cast<float>(grad[i * C + c])), 1, 0, "overflowed row: grad NaN", i);
+        expect_close(std::isnan(static_cast<float>(grad[i * C + c])), 1, 0, "non-finite row: grad NaN", i);
       }
       continue;
     }
@@ -305,19 +308,24 @@ int main() {
       {4, 129, false, false, true, false, false, 0.0, 0, 1.0, 1, 1},
       {8, 64, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5},
       {300, 17, false, false, false, false, false, 0.2, 0, 0, 1, 1},  // several parallel chunks
-      {40, 37, false, false, false, false, true, 0.0, 0, 0, 1, 1, true},  // hard labels: the loss was finite
-      {40, 37, false, false, false, false, false, 0.1, 0, 0, 1, 1, true},
-      {24, 64, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, true},
+      {40, 37, false, false, false, false, true, 0.0, 0, 0, 1, 1, INFINITY},  // hard labels: the loss was finite
+      {40, 37, false, false, false, false, false, 0.1, 0, 0, 1, 1, INFINITY},
+      {24, 64, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, INFINITY},
+      {24, 1000, true, true, true, true, false, 0.1, 0.2, 0.3, 0.6, 2.5, NAN},
       // Rows long enough for blocks of several warps on CUDA (4 warps of vectors; 16 warps one class a load).
-      {6, 3000, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, false, 1},
-      {5, 2053, false, false, false, false, true, 0.1, 0, 0, 1, 1, false, 1},
-      {7, 1000, true, false, true, false, true, 0.0, 0, 0.5, 0.4, 1, false, 2},
+      {6, 3000, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, 0, 1},
+      {5, 2053, false, false, false, false, true, 0.1, 0, 0, 1, 1, 0, 1},
+      {7, 1000, true, false, true, false, true, 0.0, 0, 0.5, 0.4, 1, 0, 2},
       // Masked classes: the guarded second sum of the target parts (dense probabilities; a table of weight 0).
-      {6, 64, false, false, true, false, false, 0.0, 0, 0.6, 1, 1, false, 0, true},
-      {5, 3000, true, true, true, false, true, 0.0, 0.0, 1.0, 0.7, 1, false, 1, true},
+      {6, 64, false, false, true, false, false, 0.0, 0, 0.6, 1, 1, 0, 0, true},
+      {5, 3000, true, true, true, false, true, 0.0, 0.0, 1.0, 0.7, 1, 0, 1, true},
       // Statistics alone, as the calibration and class-statistics ops run the kernel.
-      {9, 1000, false, false, false, false, true, 0.0, 0, 0, 1, 1, true, 0, false, true},
-      {6, 37, false, false, false, false, false, 0.0, 0, 0, 1, 1, false, 0, false, true},
+      {9, 1000, false, false, false, false, true, 0.0, 0, 0, 1, 1, INFINITY, 0, false, true},
+      {6, 37, false, false, false, false, false, 0.0, 0, 0, 1, 1, 0, 0, false, true},
+      // Ties of the max, within a vector and across the block's threads.
+      {16, 4096, false, false, false, false, false, 0.1, 0, 0, 1, 1, 0, 0, false, false, true},
+      {12, 777, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, 0, 0, false, false, true},
+      {12, 2000, false, false, false, false, false, 0.0, 0, 0, 1, 1, 0, 0, false, true, true},
   };
   for (const Case& k : cases) run_case<float>(k, rng);
   // The 16-bit logits: eight per 16-byte load on CUDA, and bf16's conversion by a shift of the bits.
