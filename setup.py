@@ -3,7 +3,8 @@ PyTorch are present (no GPU needed). The source list is csrc/sources.txt, shared
 
 Environment:
   CUDA_HOME             the CUDA toolkit (else: the real nvcc's toolkit, else /usr/local/cuda)
-  TORCH_CUDA_ARCH_LIST  architectures to build, e.g. "9.0" (default with no GPU visible: DEFAULT_ARCHS)
+  TORCH_CUDA_ARCH_LIST  architectures to build, e.g. "9.0" (default with no GPU visible: those of DEFAULT_ARCHS
+                        that the toolkit's nvcc builds)
   PSL_CPU_ONLY=1        skip the CUDA kernels
   DEBUG=1               -O0 -g
   PSL_CXX_FLAGS         extra C++ flags (default "-fopenmp -fno-trapping-math", without -fopenmp where the
@@ -65,6 +66,22 @@ def find_cuda_home():
     return None
 
 
+def buildable_archs(cuda_home, archs=DEFAULT_ARCHS):
+    """``archs`` less those the toolkit's nvcc cannot build (``nvcc --list-gpu-arch``: CUDA 12.0 to 12.7 have no
+    10.0 or 12.0, for one), the newest kept with +PTX; all of them where nvcc does not say."""
+    try:
+        listed = subprocess.run([str(Path(cuda_home) / "bin" / "nvcc"), "--list-gpu-arch"], capture_output=True,
+                                text=True, timeout=120).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        listed = []
+    known = {name.removeprefix("compute_") for name in listed}
+    wanted = [arch.removesuffix("+PTX") for arch in archs.split(";")]
+    kept = [arch for arch in wanted if arch.replace(".", "") in known]
+    if not kept:
+        return archs
+    return ";".join(kept[:-1] + [kept[-1] + "+PTX"])
+
+
 def compiler_has_openmp():
     """Whether the C++ compiler the extension is built with compiles and links an OpenMP program."""
     cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
@@ -89,7 +106,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 with_cuda = cuda_home is not None and torch.version.cuda is not None
 if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    os.environ["TORCH_CUDA_ARCH_LIST"] = buildable_archs(cuda_home)
 archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs") if with_cuda else ""
 
 debug = os.environ.get("DEBUG") == "1"

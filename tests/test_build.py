@@ -1,5 +1,6 @@
 """The build: setup.py compiles the CPU kernels with OpenMP where the compiler has it, and without it (one
-thread, said in the build's log) where it has not, as Apple's clang; extension_info() says which."""
+thread, said in the build's log) where it has not, as Apple's clang; extension_info() says which. With no GPU
+visible it builds the CUDA kernels for the default architectures that the toolkit's nvcc can build."""
 import os
 import subprocess
 import sys
@@ -30,6 +31,37 @@ def _build_plan(tmp_path, compiler_lines):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return [line for line in done.stdout.splitlines() if line.startswith("pysoftlabel: building")]
+
+
+def _fake_toolkit(tmp_path, archs):
+    """A CUDA toolkit whose nvcc lists ``archs`` (``--list-gpu-arch``), as far as setup.py looks at one."""
+    toolkit = tmp_path / ("cuda-" + "-".join(archs))
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "include").mkdir()
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
+    nvcc = toolkit / "bin" / "nvcc"
+    nvcc.write_text("#!/bin/sh\n" + "".join(f"echo compute_{a}\n" for a in archs))
+    nvcc.chmod(0o755)
+    return toolkit
+
+
+@pytest.mark.skipif(torch.version.cuda is None or torch.cuda.is_available(),
+                    reason="the default list is for a CUDA build of PyTorch with no GPU visible")
+def test_the_default_architectures_are_those_the_toolkit_builds(tmp_path):
+    def plan(archs):
+        env = dict(os.environ, CUDA_HOME=str(_fake_toolkit(tmp_path, archs)))
+        env.pop("TORCH_CUDA_ARCH_LIST", None)
+        done = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        line = next(line for line in done.stdout.splitlines() if line.startswith("pysoftlabel: building"))
+        return line.split("CUDA kernels for ")[1].split(" with ")[0]
+
+    # CUDA 13: every default; CUDA 12.4 (no Blackwell): up to Hopper, whose PTX then serves what comes after.
+    assert plan(["75", "80", "86", "87", "89", "90", "100", "103", "110", "120", "121"]) == \
+        "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+    assert plan(["50", "52", "60", "61", "70", "75", "80", "86", "87", "89", "90"]) == "7.5;8.0;8.6;8.9;9.0+PTX"
+    assert plan([]) == "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"  # an nvcc that does not say: the defaults
 
 
 def test_a_compiler_without_openmp_builds_on_one_thread_and_says_so(tmp_path):
