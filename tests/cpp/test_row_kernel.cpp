@@ -67,6 +67,8 @@ struct Case {
   bool statistics_only = false;  // no loss, no gradient (the calibration and class statistics ops)
   bool ties = false;      // whole-number logits, and the label's logit also half a row away (another thread's
                           // vector) in rows i % 4 == 0: the argmax is the first of the ties, as torch.argmax
+  bool per_row = false;   // lam, s, a and d one per row (a third to all of the given value), and without a
+                          // reduction one grad_output per row (a backward of reduction='none')
 };
 
 // A masked class: a -inf logit to which the target gives no weight (0 log 0 = 0, as in F.cross_entropy). The
@@ -130,6 +132,16 @@ void run_case(const Case& k, std::mt19937& rng) {
   std::vector<float> class_sum(C * C, 0.f), class_count(C, 0.f);
   float loss_reduced = NAN, valid_and_scale[2] = {NAN, NAN};
   const float grad_output = 0.5f;
+  // Per-row weights and factors (k.per_row), as float as the kernels read them.
+  std::vector<float> lam_rows(N), s_rows(N), a_rows(N), d_rows(N), grad_output_rows(N);
+  for (int64_t i = 0; i < N; ++i) {
+    const float share = static_cast<float>(i % 3 + 1) / 3.f;
+    lam_rows[i] = static_cast<float>(i % 5) / 4.f;
+    s_rows[i] = static_cast<float>(k.s) * share;
+    a_rows[i] = static_cast<float>(k.a) * share;
+    d_rows[i] = static_cast<float>(k.d) * share;
+    grad_output_rows[i] = 0.25f * static_cast<float>(1 + i % 4);
+  }
 
   psl::RowJob<scalar_t> job;
   job.rows = N;
@@ -160,6 +172,16 @@ void run_case(const Case& k, std::mt19937& rng) {
     job.loss_reduced = &loss_reduced;
     job.valid_and_scale = valid_and_scale;
     job.grad_output = &grad_output;
+  }
+  if (k.per_row) {
+    job.lam.values = k.mix ? lam_rows.data() : nullptr;
+    job.smoothing.values = s_rows.data();
+    job.table_weight.values = a_rows.data();
+    job.dense_weight.values = d_rows.data();
+    if (!k.reduction) {
+      job.grad_output = grad_output_rows.data();
+      job.grad_output_per_row = true;
+    }
   }
   job.calib_bins = bins.data();
   job.calib_sums = sums.data();
@@ -219,9 +241,11 @@ void run_case(const Case& k, std::mt19937& rng) {
         D[c] = k.dense_logits ? std::exp(dense_at(c) / k.temperature - dm) / dz : dense_at(c);
       }
     }
-    const double lam = k.mix ? k.lam : 1.0;
+    const double lam = !k.mix ? 1.0 : k.per_row ? lam_rows[i] : k.lam;
     const int64_t yb = k.mix ? y2[i] : y[i];
-    const double s = k.s, a = k.table ? k.a : 0, d = k.dense ? k.d : 0;
+    const double s = k.per_row ? s_rows[i] : k.s;
+    const double a = !k.table ? 0 : k.per_row ? a_rows[i] : k.a, d = !k.dense ? 0 : k.per_row ? d_rows[i] : k.d;
+    const double row_grad_factor = k.per_row && !k.reduction ? grad_output_rows[i] : grad_factor;
     double l = 0, mass = 0, brier = 0;
     std::vector<double> t(C);
     for (int64_t c = 0; c < C; ++c) {
@@ -236,7 +260,8 @@ void run_case(const Case& k, std::mt19937& rng) {
     for (int64_t c = 0; c < C; ++c) {
       const double p = std::exp(xi[c] - lse);
       if (!k.statistics_only) {
-        expect_close(static_cast<float>(grad[i * C + c]), grad_factor * (p * mass - t[c]), grad_tol, "grad", i * C + c);
+        expect_close(static_cast<float>(grad[i * C + c]), row_grad_factor * (p * mass - t[c]), grad_tol, "grad",
+                     i * C + c);
       }
       brier += (p - (c == y[i])) * (p - (c == y[i]));
     }
@@ -326,6 +351,9 @@ int main() {
       {16, 4096, false, false, false, false, false, 0.1, 0, 0, 1, 1, 0, 0, false, false, true},
       {12, 777, true, true, true, true, true, 0.1, 0.2, 0.3, 0.6, 2.5, 0, 0, false, false, true},
       {12, 2000, false, false, false, false, false, 0.0, 0, 0, 1, 1, 0, 0, false, true, true},
+      // Weights one per row, with a grad_output per row, and with 'mean'.
+      {10, 3000, true, true, true, true, true, 0.1, 0.2, 0.6, 0.5, 2.0, 0, 0, false, false, false, true},
+      {9, 37, true, true, true, false, false, 0.3, 0.3, 0.3, 0.5, 1, 0, 1, false, false, false, true},
   };
   for (const Case& k : cases) run_case<float>(k, rng);
   // The 16-bit logits: eight per 16-byte load on CUDA, and bf16's conversion by a shift of the bits.
