@@ -81,7 +81,7 @@ bool masked_class(const Case& k, int64_t c, int64_t y, int64_t y2) {
 // step), counts as non-finite in the calibration sums and stays out of the class statistics. The CPU kernel
 // once took a +inf row's exps against 0: a finite gradient, a finite or -inf loss, and a row of confidence 1
 // in the statistics.
-bool overflowed(const Case& k, int64_t i) { return k.nonfinite != 0 && i % 4 == 2; }
+bool nonfinite_row(const Case& k, int64_t i) { return k.nonfinite != 0 && i % 4 == 2; }
 
 // The logits' (and dense targets') dtype: the expected values are computed from the values as stored, the
 // gradient is compared within its own rounding.
@@ -106,7 +106,7 @@ void run_case(const Case& k, std::mt19937& rng) {
     // Every other row classified correctly (whatever C), so that the class statistics have rows to add.
     if (i % 2 == 0 && y[i] != -100) x[i * C + y[i]] = scalar_t(static_cast<float>(x[i * C + y[i]]) + 12.f);
     if (k.ties && i % 4 == 0 && y[i] != -100) x[i * C + (y[i] + C / 2) % C] = x[i * C + y[i]];
-    if (overflowed(k, i) && y[i] != -100) x[i * C + (i % 8 == 2 ? y[i] : (y[i] + 1) % C)] = scalar_t(k.nonfinite);
+    if (nonfinite_row(k, i) && y[i] != -100) x[i * C + (i % 8 == 2 ? y[i] : (y[i] + 1) % C)] = scalar_t(k.nonfinite);
     for (int64_t c = 0; c < C; ++c) {
       if (masked_class(k, c, y[i], y2[i])) x[i * C + c] = scalar_t(-INFINITY);
     }
@@ -217,7 +217,7 @@ void run_case(const Case& k, std::mt19937& rng) {
       for (int64_t c = 0; c < C; ++c) expect_close(static_cast<float>(grad[i * C + c]), 0, 0, "ignored grad", i);
       continue;
     }
-    if (overflowed(k, i)) {
+    if (nonfinite_row(k, i)) {
       want_nonfinite += 1;
       if (k.statistics_only) continue;
       expect_close(std::isnan(loss[i]), 1, 0, "non-finite row: loss NaN", i);
