@@ -92,7 +92,7 @@ def test_bench_loader_keeps_the_figures_of_a_run_cut_short(small, tmp_path, monk
 
 def test_bench_e2e_keeps_the_figures_of_a_run_cut_short(small, tmp_path, monkeypatch):
     import bench_e2e
-    cut_short(monkeypatch, bench_e2e.train_imagenet, "main", lambda args: "ldl" in args[0])
+    cut_short(monkeypatch, bench_e2e.train_cli, "main", lambda args: "ldl" in args[0])
     out = tmp_path / "e2e.json"
     with pytest.raises(KeyboardInterrupt):
         bench_e2e.main(["--device", "cpu", "--data", str(small), "--resident", "--image-size", "32", "--arch",

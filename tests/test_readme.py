@@ -47,9 +47,7 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
         assert (tmp_path / "report" / "calibration.json").exists()
         assert (tmp_path / "report" / "reliability.png").exists()
     if "vit_logits.pt" in BLOCKS[index]:  # the command the README gives next writes the report of that file
-        import sys
-        sys.path.insert(0, str(README.parent / "tools"))
-        import evaluate
+        from pysoftlabel.cli import evaluate
         evaluate.main(["vit_logits.pt", "--device", "cpu"])
         assert (tmp_path / "vit_logits-eval" / "report.json").exists()
     if "ImageNetLoader" in BLOCKS[index]:

@@ -5,15 +5,15 @@ import re
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("nvidia.dali", reason="the data layer needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import train_imagenet  # noqa: E402
-
+from pysoftlabel.cli import train as train_cli  # noqa: E402
+from pysoftlabel.cli.epoch_log import EpochLog  # noqa: E402
+from pysoftlabel.cli.train_options import parse_args  # noqa: E402
+from pysoftlabel.cli.train_setup import make_scheduler, make_strategy  # noqa: E402
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
 from pysoftlabel.engine import save_checkpoint  # noqa: E402
 
@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 
 
 def run(data, out, *extra):
-    train_imagenet.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "8",
+    train_cli.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "8",
                          "--image-size", "16", "--device", "cpu", *extra])
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -130,7 +130,7 @@ def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path,
     def progress(self, epoch):  # a pre-emption after step 2 of epoch 1 (of 6 steps)
         return lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == (1, 2) else None
     with monkeypatch.context() as m:
-        m.setattr(train_imagenet.EpochLog, "progress", progress)
+        m.setattr(EpochLog, "progress", progress)
         with pytest.raises(SystemExit) as stopped:
             run(data, tmp_path / "parts", *common)
     err = capsys.readouterr().err
@@ -150,7 +150,7 @@ def test_a_run_stopped_in_its_teachers_epochs_names_the_teachers_checkpoint_alon
 
     def progress(self, epoch):  # SIGTERM in the teacher's second epoch
         return lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == (1, 1) else None
-    monkeypatch.setattr(train_imagenet.EpochLog, "progress", progress)
+    monkeypatch.setattr(EpochLog, "progress", progress)
     with pytest.raises(SystemExit):
         run(data, tmp_path / "ldl", "--strategy", "ldl")
     teacher = tmp_path / "ldl" / "teacher" / "checkpoint.pt"
@@ -168,7 +168,7 @@ def test_stop_after_counts_the_teachers_epochs_and_the_student_waits_for_it(data
     whole = run(data, tmp_path / "whole", "--strategy", "ldl")
     parts = tmp_path / "parts"
     for resume in ((), ("--resume",)):  # the teacher's two epochs, one per invocation; no student yet
-        train_imagenet.main(["--data", str(data), "--out", str(parts), "--epochs", "2", "--batch-size", "8",
+        train_cli.main(["--data", str(data), "--out", str(parts), "--epochs", "2", "--batch-size", "8",
                              "--image-size", "16", "--device", "cpu", "--strategy", "ldl", "--stop-after", "1",
                              *resume])
         assert not (parts / "checkpoint.pt").exists()
@@ -182,8 +182,8 @@ def test_stop_after_counts_the_teachers_epochs_and_the_student_waits_for_it(data
 def test_a_resumed_student_does_not_train_or_evaluate_its_complete_teacher_again(data, tmp_path, monkeypatch):
     run(data, tmp_path / "ldl", "--strategy", "ldl", "--epochs", "1")
     calls = []
-    train = train_imagenet.train
-    monkeypatch.setattr(train_imagenet, "train", lambda args, name, *rest, **kw: calls.append(name) or
+    train = train_cli.train
+    monkeypatch.setattr(train_cli, "train", lambda args, name, *rest, **kw: calls.append(name) or
                         train(args, name, *rest, **kw))
     run(data, tmp_path / "ldl", "--strategy", "ldl", "--epochs", "1", "--resume")
     assert calls == ["ldl"]
@@ -214,7 +214,7 @@ def test_unreadable_images_are_skipped_and_counted_in_training_and_validation(da
     assert records[0]["skipped_images"] == 1 and records[0]["skipped_val_images"] == 1
     val_images = sum(1 for _ in (data / "val").rglob("*.JPEG"))
     assert json.loads((tmp_path / "run" / "report.json").read_text())["count"] == val_images - 1
-    import evaluate
+    from pysoftlabel.cli import evaluate
     evaluate.main([str(tmp_path / "run" / "checkpoint.pt")])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped_images"] == 1 and summary["count"] == val_images - 1
@@ -222,7 +222,7 @@ def test_unreadable_images_are_skipped_and_counted_in_training_and_validation(da
 
 def test_resume_with_other_options_names_them(data, tmp_path):
     out = tmp_path / "ce"
-    train_imagenet.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--stop-after", "1",
+    train_cli.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--stop-after", "1",
                          "--batch-size", "8", "--image-size", "16", "--device", "cpu", "--strategy", "ce"])
     with pytest.raises(SystemExit, match=r"written by a run with --arch resnet20, --strategy ce, --aug none; "
                                          r"this run has --arch resnet32, --strategy ols, --aug mixup"):
@@ -276,7 +276,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
 ])
 def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     with pytest.raises(SystemExit):
-        train_imagenet.main(argv)
+        train_cli.main(argv)
     assert match in capsys.readouterr().err
 
 
@@ -291,19 +291,19 @@ def test_a_missing_validation_folder_names_the_ones_there(data, tmp_path, capsys
     shutil.copytree(data / "train", tmp_path / "d" / "train")
     (tmp_path / "d" / "test").mkdir()
     with pytest.raises(SystemExit):
-        train_imagenet.main(["--data", str(tmp_path / "d")])
+        train_cli.main(["--data", str(tmp_path / "d")])
     assert "has no val/ folder to validate on; --val-split chooses another: test" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
 def test_cuda_device_without_a_gpu_gives_one_clear_line(capsys):
     with pytest.raises(SystemExit):
-        train_imagenet.main(["--device", "cuda"])
+        train_cli.main(["--device", "cuda"])
     assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
 def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(data, tmp_path, capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
         run(data, tmp_path / "file", "--strategy", "ce")
@@ -319,14 +319,14 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(data, tmp_pa
     ([], "does not exist"),
 ])
 def test_evaluate_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     with pytest.raises(SystemExit):
         evaluate.main([str(tmp_path / "missing.pt"), "--data", str(tmp_path)] + argv)
     assert match in capsys.readouterr().err
 
 
 def test_evaluate_a_foreign_or_damaged_checkpoint_gives_one_clear_line(capsys, tmp_path):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     save_checkpoint({"epoch": 3}, tmp_path / "foreign.pt")
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 cut off")
     import argparse  # an object that only a full unpickling rebuilds (which could run any code): not read
@@ -417,7 +417,7 @@ def test_the_librarys_weights_are_named_when_they_do_not_fit(data, tmp_path, mon
 
 
 def test_evaluate_writes_the_report(data, tmp_path, capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "ce", "--strategy", "ce", "--epochs", "1", "--amp", "bf16")
     evaluate.main([str(tmp_path / "ce" / "checkpoint.pt"), "--data", str(data), "--device", "cpu", "--amp", "bf16"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -452,7 +452,7 @@ def test_adamw_leaves_biases_and_norms_undecayed_and_resumes(data, tmp_path):
 def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp_path, capsys):
     """--compile wraps the model for training only: the checkpoint holds the model's own names (no
     torch.compile '_orig_mod.' prefix), so that a resume and tools/evaluate.py load it as any other."""
-    import evaluate
+    from pysoftlabel.cli import evaluate
     records = run(data, tmp_path / "c", "--strategy", "ols", "--compile", "--stop-after", "1")
     records = run(data, tmp_path / "c", "--strategy", "ols", "--compile", "--resume")
     assert [r["epoch"] for r in records] == [0, 1]
@@ -464,7 +464,7 @@ def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp
 
 def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
     pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
-    import evaluate
+    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "t", "--strategy", "ls", "--arch", "timm/resnet10t", "--stop-after", "1")
     records = run(data, tmp_path / "t", "--strategy", "ls", "--arch", "timm/resnet10t", "--resume")
     assert [r["epoch"] for r in records] == [0, 1]
@@ -481,7 +481,7 @@ def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
 def test_evaluate_a_librarys_pretrained_weights_by_model_name(data, tmp_path, monkeypatch, capsys):
     """`evaluate.py resnet18 --data ROOT`: torchvision's weights (offline here: as if fetched, for the data's 3
     classes) on the data's validation set, the figures those of the model's own logits."""
-    import evaluate
+    from pysoftlabel.cli import evaluate
     import torchvision
 
     from pysoftlabel.data.loaders import validation_loader
@@ -518,7 +518,7 @@ def test_imagenet_weights_on_a_subset_of_imagenets_classes_take_their_logits(dat
     """Wnid folders of some of ImageNet's classes (Imagenette, ImageNet-A and -R): the 1000-class model's
     logits of those classes, as ImageNet-A and -R are evaluated."""
     pytest.importorskip("timm", reason="the wnids of ImageNet's classes come from timm")
-    import evaluate
+    from pysoftlabel.cli import evaluate
     import torchvision
 
     from pysoftlabel.data.loaders import validation_loader
@@ -547,7 +547,7 @@ def test_imagenet_weights_on_a_subset_of_imagenets_classes_take_their_logits(dat
 
 
 def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     for name in ("ce", "ls"):
         run(data, tmp_path / "a" / name, "--strategy", name, "--epochs", "1")
     run(data, tmp_path / "b" / "ls", "--strategy", "ls", "--epochs", "1", "--seed", "1")
@@ -594,7 +594,7 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
 def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data, tmp_path, capsys):
     import numpy as np
 
-    import evaluate
+    from pysoftlabel.cli import evaluate
     import pysoftlabel as psl
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 4, generator=g) * 3
@@ -632,7 +632,7 @@ def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data,
 
 
 def test_evaluate_takes_the_number_of_bins(tmp_path, capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     import pysoftlabel as psl
     from pysoftlabel.metrics import ece_difference_interval, heldout_temperature_ece
     g = torch.Generator().manual_seed(1)
@@ -657,7 +657,7 @@ def test_evaluate_takes_the_number_of_bins(tmp_path, capsys):
 def test_evaluate_takes_saved_probabilities_that_underflowed_to_zero(tmp_path):
     # fp16 softmax outputs hold zeros: their log is -inf, a class ruled out, which made the fitted temperature
     # NaN and the whole report fail ("447 row(s) had non-finite values").
-    import evaluate
+    from pysoftlabel.cli import evaluate
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 10, generator=g) * 6
     labels = logits.argmax(1)
@@ -672,7 +672,7 @@ def test_evaluate_takes_saved_probabilities_that_underflowed_to_zero(tmp_path):
 
 def test_evaluate_takes_saved_bfloat16_probabilities(tmp_path):
     # bf16 softmax rows sum to 1 within about 3e-3 only: they were refused as "not summing to 1".
-    import evaluate
+    from pysoftlabel.cli import evaluate
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(400, 100, generator=g) * 4
     labels = torch.randint(0, 100, (400,), generator=g)
@@ -706,7 +706,7 @@ def test_evaluate_takes_saved_bfloat16_probabilities(tmp_path):
      r"logits or probabilities\); it holds label, logit$"),
 ])
 def test_bad_saved_outputs_are_one_line_naming_the_file(tmp_path, capsys, save, match):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     path = tmp_path / "outputs.pt"
     save(path)
     path = path if path.exists() else path.with_suffix(".npz")
@@ -716,7 +716,7 @@ def test_bad_saved_outputs_are_one_line_naming_the_file(tmp_path, capsys, save, 
 
 
 def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     bins = [{"lower": 0.0, "upper": 1.0, "count": 4, "confidence": 0.7, "accuracy": 0.5}]
     summary = {"accuracy": 0.5, "acc5": 1.0, "ece": 0.2, "ece_ci95_low": 0.15, "ece_ci95_high": 0.3, "mce": 0.2,
                "nll": 1.0, "brier": 0.6, "ece_after_temperature_heldout": 0.1, "bins": bins}
@@ -733,7 +733,7 @@ def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
 def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
     # A --resident run (images at their own size, 32 px) under bf16: the checkpoint alone must give the same
     # report, with no --data, --resident, --image-size or --amp repeated.
-    import evaluate
+    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--image-size", "32", "--amp", "bf16")
     evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -744,7 +744,7 @@ def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
 
 def test_evaluate_takes_the_runs_boxes(data, tmp_path, capsys):
     import shutil
-    import evaluate
+    from pysoftlabel.cli import evaluate
     moved = shutil.copytree(data, tmp_path / "data")
     shutil.move(moved / "boxes", tmp_path / "boxes")  # boxes outside DATA: only the run's --boxes finds them
     run(moved, tmp_path / "als", "--strategy", "als", "--epochs", "1", "--boxes", str(tmp_path / "boxes"))
@@ -753,7 +753,7 @@ def test_evaluate_takes_the_runs_boxes(data, tmp_path, capsys):
 
 
 def test_evaluate_without_the_runs_options_asks_for_data(tmp_path, capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     save_checkpoint({"arch": "resnet20", "classes": ["a", "b"], "model": {}}, tmp_path / "alone.pt")
     with pytest.raises(SystemExit):
         evaluate.main([str(tmp_path / "alone.pt")])
@@ -775,7 +775,7 @@ def test_a_resident_run_is_for_the_images_own_size(data, tmp_path):
     with pytest.raises(SystemExit, match=r"the images of .*train are 32x32, and the resident path takes them at "
                                          r"their own size, not at image size 16"):
         run(data, tmp_path / "r16", "--strategy", "ce", "--resident")
-    import evaluate
+    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--image-size", "32")
     with pytest.raises(SystemExit, match="are 32x32, and the resident path takes them at their own size, not at "
                                          "image size 16"):
@@ -797,29 +797,29 @@ def test_fp16_scales_the_loss_and_resumes_the_scaler(data, tmp_path, capsys):
 
 
 def test_ols_fine_grained_recipe_options_reach_the_strategy():
-    args = train_imagenet.parse_args(["--strategy", "ols", "--ols-init", "uniform", "--ols-freeze-at", "0.88"])
-    strategy = train_imagenet.make_strategy("ols", args, None, 4, None, torch.device("cpu"), steps=10)
+    args = parse_args(["--strategy", "ols", "--ols-init", "uniform", "--ols-freeze-at", "0.88"])
+    strategy = make_strategy("ols", args, None, 4, None, torch.device("cpu"), steps=10)
     assert torch.equal(strategy.table, torch.full((4, 4), 0.25)) and strategy.freeze_at == 0.88
-    default = train_imagenet.make_strategy("ols", train_imagenet.parse_args([]), None, 4, None, torch.device("cpu"), 10)
+    default = make_strategy("ols", parse_args([]), None, 4, None, torch.device("cpu"), 10)
     assert torch.equal(default.table, torch.zeros(4, 4)) and default.freeze_at is None
 
 
 def test_a_metrics_line_torn_by_a_crash_is_dropped_on_resume_and_other_damage_named(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epo')  # a power loss in the middle of the third append
-    train_imagenet.EpochLog(tmp_path, "ols", 4, 2)
+    EpochLog(tmp_path, "ols", 4, 2)
     assert path.read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
     assert capsys.readouterr().out.splitlines()[0] == (
         f"{path}: dropping its last line, cut off by a crash: {{\"epo")
     path.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
     with pytest.raises(ValueError, match=re.escape(f"{path}, line 2 is not a JSON record of an epoch")):
-        train_imagenet.EpochLog(tmp_path, "ols", 4, 2)
+        EpochLog(tmp_path, "ols", 4, 2)
     assert path.read_text() == '{"epoch": 0}\nnot json\n{"epoch": 1}\n'  # left as it was, for its owner to see
 
 
 def test_each_epochs_metrics_line_reaches_the_disk(tmp_path, monkeypatch):
     import os
-    log = train_imagenet.EpochLog(tmp_path, "ols", 4, 0)
+    log = EpochLog(tmp_path, "ols", 4, 0)
     synced = []
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_ino))
     log.write({"epoch": 0, "train_loss": 1.0, "train_acc1": 0.5, "val_acc1": 0.5, "val_ece": 0.1, "img_per_s": 9.0})
@@ -836,7 +836,7 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     monkeypatch.setenv("COLUMNS", "100")
-    update = train_imagenet.EpochLog(tmp_path, "ols", 4, 0).progress(1)
+    update = EpochLog(tmp_path, "ols", 4, 0).progress(1)
     for step in (1, 2, 3):
         time.sleep(0.15)  # tqdm redraws at most every 0.1 s
         update(step, 3)
@@ -853,10 +853,10 @@ def test_tensorboard_logs_the_epoch_figures(data, tmp_path):
 
 
 def test_multistep_schedule_after_warmup():
-    args = train_imagenet.parse_args(["--schedule", "multistep", "--epochs", "4", "--milestones", "2", "3",
+    args = parse_args(["--schedule", "multistep", "--epochs", "4", "--milestones", "2", "3",
                                       "--warmup-epochs", "1"])
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = train_imagenet.make_scheduler(args, optimizer, steps=10)
+    scheduler = make_scheduler(args, optimizer, steps=10)
     lrs = []
     for _ in range(40):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -867,7 +867,7 @@ def test_multistep_schedule_after_warmup():
 
 
 def test_trains_on_webdataset_shards(data, tmp_path, capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     import make_webdataset
     make_webdataset.main([str(data), str(tmp_path / "wds"), "--per-shard", "10"])
     records = run(tmp_path / "wds", tmp_path / "out", "--strategy", "ls", "--epochs", "1")
@@ -884,7 +884,7 @@ def test_trains_on_webdataset_shards(data, tmp_path, capsys):
 
 def test_without_dali_the_tools_say_what_to_install_and_resident_data_still_trains(data, tmp_path, monkeypatch,
                                                                                    capsys):
-    import evaluate
+    from pysoftlabel.cli import evaluate
     monkeypatch.setitem(sys.modules, "nvidia", None)  # as where DALI is not installed (macOS, Windows)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     need = "pysoftlabel's data layer needs NVIDIA DALI (Linux): pip install nvidia-dali-cuda130"

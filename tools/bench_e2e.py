@@ -20,21 +20,18 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_imagenet  # noqa: E402
-
-from pysoftlabel.atomic import write_text_atomically  # noqa: E402
-from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
-from pysoftlabel.engine import AMP_CHOICES, autocast_dtype  # noqa: E402
-from pysoftlabel.jsontext import json_text  # noqa: E402
-from pysoftlabel.models import create_model  # noqa: E402
+from pysoftlabel.atomic import write_text_atomically
+from pysoftlabel.cli import train as train_cli
+from pysoftlabel.data import make_synthetic_dataset
+from pysoftlabel.engine import AMP_CHOICES, autocast_dtype
+from pysoftlabel.jsontext import json_text
+from pysoftlabel.models import create_model
 
 
 def model_only(arch, num_classes, batch_size, image_size, device, steps, amp="auto"):
@@ -108,7 +105,7 @@ def main(argv=None):
         for strategy in ["ce"] + [s for s in args.strategies if s != "ce"]:
             out = work / f"{strategy}-{repeat}"
             extra = ["--teacher", str(work / "ce-0" / "checkpoint.pt")] if strategy in ("ldl", "kd") else []
-            train_imagenet.main(common + ["--strategy", strategy, "--out", str(out), *extra])
+            train_cli.main(common + ["--strategy", strategy, "--out", str(out), *extra])
             epochs = [json.loads(line)["img_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
             rows.setdefault(strategy, []).append(statistics.median(epochs[1:] or epochs))
             print(f"bench_e2e: {strategy}, repeat {repeat + 1}: {rows[strategy][-1]:.0f} img/s", flush=True)
