@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ def help_text(command):
 
 
 def test_pyproject_installs_each_program_main():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11's")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {script: f"{module}:main" for script, (module, _) in PROGRAMS.items()}
 
