@@ -5,11 +5,16 @@ import re
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("nvidia.dali", reason="the data layer needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import make_webdataset  # noqa: E402
+
+from pysoftlabel.cli import evaluate  # noqa: E402
 from pysoftlabel.cli import train as train_cli  # noqa: E402
 from pysoftlabel.cli.epoch_log import EpochLog  # noqa: E402
 from pysoftlabel.cli.train_options import parse_args  # noqa: E402
@@ -214,7 +219,6 @@ def test_unreadable_images_are_skipped_and_counted_in_training_and_validation(da
     assert records[0]["skipped_images"] == 1 and records[0]["skipped_val_images"] == 1
     val_images = sum(1 for _ in (data / "val").rglob("*.JPEG"))
     assert json.loads((tmp_path / "run" / "report.json").read_text())["count"] == val_images - 1
-    from pysoftlabel.cli import evaluate
     evaluate.main([str(tmp_path / "run" / "checkpoint.pt")])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped_images"] == 1 and summary["count"] == val_images - 1
@@ -303,7 +307,6 @@ def test_cuda_device_without_a_gpu_gives_one_clear_line(capsys):
 
 
 def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(data, tmp_path, capsys):
-    from pysoftlabel.cli import evaluate
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
         run(data, tmp_path / "file", "--strategy", "ce")
@@ -319,14 +322,12 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(data, tmp_pa
     ([], "does not exist"),
 ])
 def test_evaluate_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
-    from pysoftlabel.cli import evaluate
     with pytest.raises(SystemExit):
         evaluate.main([str(tmp_path / "missing.pt"), "--data", str(tmp_path)] + argv)
     assert match in capsys.readouterr().err
 
 
 def test_evaluate_a_foreign_or_damaged_checkpoint_gives_one_clear_line(capsys, tmp_path):
-    from pysoftlabel.cli import evaluate
     save_checkpoint({"epoch": 3}, tmp_path / "foreign.pt")
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 cut off")
     import argparse  # an object that only a full unpickling rebuilds (which could run any code): not read
@@ -417,7 +418,6 @@ def test_the_librarys_weights_are_named_when_they_do_not_fit(data, tmp_path, mon
 
 
 def test_evaluate_writes_the_report(data, tmp_path, capsys):
-    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "ce", "--strategy", "ce", "--epochs", "1", "--amp", "bf16")
     evaluate.main([str(tmp_path / "ce" / "checkpoint.pt"), "--data", str(data), "--device", "cpu", "--amp", "bf16"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -452,7 +452,6 @@ def test_adamw_leaves_biases_and_norms_undecayed_and_resumes(data, tmp_path):
 def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp_path, capsys):
     """--compile wraps the model for training only: the checkpoint holds the model's own names (no
     torch.compile '_orig_mod.' prefix), so that a resume and tools/evaluate.py load it as any other."""
-    from pysoftlabel.cli import evaluate
     records = run(data, tmp_path / "c", "--strategy", "ols", "--compile", "--stop-after", "1")
     records = run(data, tmp_path / "c", "--strategy", "ols", "--compile", "--resume")
     assert [r["epoch"] for r in records] == [0, 1]
@@ -464,7 +463,6 @@ def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp
 
 def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
     pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
-    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "t", "--strategy", "ls", "--arch", "timm/resnet10t", "--stop-after", "1")
     records = run(data, tmp_path / "t", "--strategy", "ls", "--arch", "timm/resnet10t", "--resume")
     assert [r["epoch"] for r in records] == [0, 1]
@@ -481,7 +479,6 @@ def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
 def test_evaluate_a_librarys_pretrained_weights_by_model_name(data, tmp_path, monkeypatch, capsys):
     """`evaluate.py resnet18 --data ROOT`: torchvision's weights (offline here: as if fetched, for the data's 3
     classes) on the data's validation set, the figures those of the model's own logits."""
-    from pysoftlabel.cli import evaluate
     import torchvision
 
     from pysoftlabel.data.loaders import validation_loader
@@ -518,7 +515,6 @@ def test_imagenet_weights_on_a_subset_of_imagenets_classes_take_their_logits(dat
     """Wnid folders of some of ImageNet's classes (Imagenette, ImageNet-A and -R): the 1000-class model's
     logits of those classes, as ImageNet-A and -R are evaluated."""
     pytest.importorskip("timm", reason="the wnids of ImageNet's classes come from timm")
-    from pysoftlabel.cli import evaluate
     import torchvision
 
     from pysoftlabel.data.loaders import validation_loader
@@ -547,7 +543,6 @@ def test_imagenet_weights_on_a_subset_of_imagenets_classes_take_their_logits(dat
 
 
 def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
-    from pysoftlabel.cli import evaluate
     for name in ("ce", "ls"):
         run(data, tmp_path / "a" / name, "--strategy", name, "--epochs", "1")
     run(data, tmp_path / "b" / "ls", "--strategy", "ls", "--epochs", "1", "--seed", "1")
@@ -594,7 +589,6 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
 def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data, tmp_path, capsys):
     import numpy as np
 
-    from pysoftlabel.cli import evaluate
     import pysoftlabel as psl
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 4, generator=g) * 3
@@ -632,7 +626,6 @@ def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data,
 
 
 def test_evaluate_takes_the_number_of_bins(tmp_path, capsys):
-    from pysoftlabel.cli import evaluate
     import pysoftlabel as psl
     from pysoftlabel.metrics import ece_difference_interval, heldout_temperature_ece
     g = torch.Generator().manual_seed(1)
@@ -657,7 +650,6 @@ def test_evaluate_takes_the_number_of_bins(tmp_path, capsys):
 def test_evaluate_takes_saved_probabilities_that_underflowed_to_zero(tmp_path):
     # fp16 softmax outputs hold zeros: their log is -inf, a class ruled out, which made the fitted temperature
     # NaN and the whole report fail ("447 row(s) had non-finite values").
-    from pysoftlabel.cli import evaluate
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 10, generator=g) * 6
     labels = logits.argmax(1)
@@ -672,7 +664,6 @@ def test_evaluate_takes_saved_probabilities_that_underflowed_to_zero(tmp_path):
 
 def test_evaluate_takes_saved_bfloat16_probabilities(tmp_path):
     # bf16 softmax rows sum to 1 within about 3e-3 only: they were refused as "not summing to 1".
-    from pysoftlabel.cli import evaluate
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(400, 100, generator=g) * 4
     labels = torch.randint(0, 100, (400,), generator=g)
@@ -706,7 +697,6 @@ def test_evaluate_takes_saved_bfloat16_probabilities(tmp_path):
      r"logits or probabilities\); it holds label, logit$"),
 ])
 def test_bad_saved_outputs_are_one_line_naming_the_file(tmp_path, capsys, save, match):
-    from pysoftlabel.cli import evaluate
     path = tmp_path / "outputs.pt"
     save(path)
     path = path if path.exists() else path.with_suffix(".npz")
@@ -716,7 +706,6 @@ def test_bad_saved_outputs_are_one_line_naming_the_file(tmp_path, capsys, save, 
 
 
 def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
-    from pysoftlabel.cli import evaluate
     bins = [{"lower": 0.0, "upper": 1.0, "count": 4, "confidence": 0.7, "accuracy": 0.5}]
     summary = {"accuracy": 0.5, "acc5": 1.0, "ece": 0.2, "ece_ci95_low": 0.15, "ece_ci95_high": 0.3, "mce": 0.2,
                "nll": 1.0, "brier": 0.6, "ece_after_temperature_heldout": 0.1, "bins": bins}
@@ -733,7 +722,6 @@ def test_a_comparison_over_different_data_says_so(tmp_path, capsys):
 def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
     # A --resident run (images at their own size, 32 px) under bf16: the checkpoint alone must give the same
     # report, with no --data, --resident, --image-size or --amp repeated.
-    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--image-size", "32", "--amp", "bf16")
     evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -744,7 +732,6 @@ def test_evaluate_takes_the_runs_data_and_options(data, tmp_path, capsys):
 
 def test_evaluate_takes_the_runs_boxes(data, tmp_path, capsys):
     import shutil
-    from pysoftlabel.cli import evaluate
     moved = shutil.copytree(data, tmp_path / "data")
     shutil.move(moved / "boxes", tmp_path / "boxes")  # boxes outside DATA: only the run's --boxes finds them
     run(moved, tmp_path / "als", "--strategy", "als", "--epochs", "1", "--boxes", str(tmp_path / "boxes"))
@@ -753,7 +740,6 @@ def test_evaluate_takes_the_runs_boxes(data, tmp_path, capsys):
 
 
 def test_evaluate_without_the_runs_options_asks_for_data(tmp_path, capsys):
-    from pysoftlabel.cli import evaluate
     save_checkpoint({"arch": "resnet20", "classes": ["a", "b"], "model": {}}, tmp_path / "alone.pt")
     with pytest.raises(SystemExit):
         evaluate.main([str(tmp_path / "alone.pt")])
@@ -775,7 +761,6 @@ def test_a_resident_run_is_for_the_images_own_size(data, tmp_path):
     with pytest.raises(SystemExit, match=r"the images of .*train are 32x32, and the resident path takes them at "
                                          r"their own size, not at image size 16"):
         run(data, tmp_path / "r16", "--strategy", "ce", "--resident")
-    from pysoftlabel.cli import evaluate
     run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1", "--resident", "--image-size", "32")
     with pytest.raises(SystemExit, match="are 32x32, and the resident path takes them at their own size, not at "
                                          "image size 16"):
@@ -867,8 +852,6 @@ def test_multistep_schedule_after_warmup():
 
 
 def test_trains_on_webdataset_shards(data, tmp_path, capsys):
-    from pysoftlabel.cli import evaluate
-    import make_webdataset
     make_webdataset.main([str(data), str(tmp_path / "wds"), "--per-shard", "10"])
     records = run(tmp_path / "wds", tmp_path / "out", "--strategy", "ls", "--epochs", "1")
     assert len(records) == 1 and 0 <= records[0]["val_acc1"] <= 1
@@ -884,7 +867,6 @@ def test_trains_on_webdataset_shards(data, tmp_path, capsys):
 
 def test_without_dali_the_tools_say_what_to_install_and_resident_data_still_trains(data, tmp_path, monkeypatch,
                                                                                    capsys):
-    from pysoftlabel.cli import evaluate
     monkeypatch.setitem(sys.modules, "nvidia", None)  # as where DALI is not installed (macOS, Windows)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     need = "pysoftlabel's data layer needs NVIDIA DALI (Linux): pip install nvidia-dali-cuda130"
