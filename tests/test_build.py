@@ -21,16 +21,25 @@ def test_the_cpu_kernels_were_built_with_openmp():
     assert psl.extension_info()["openmp"] is True
 
 
-def _build_plan(tmp_path, compiler_lines):
-    compiler = tmp_path / "c++"
-    compiler.write_text("#!/bin/sh\n" + compiler_lines + "\n")
-    compiler.chmod(0o755)
-    env = dict(os.environ, CXX=str(compiler), PSL_CPU_ONLY="1")
-    env.pop("PSL_CXX_FLAGS", None)
+def _setup_plan(**environment):
+    """The lines in which setup.py says what it builds, run with ``environment`` changed (None: unset)."""
+    env = dict(os.environ)
+    for name, value in environment.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     done = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return [line for line in done.stdout.splitlines() if line.startswith("pysoftlabel: building")]
+
+
+def _build_plan(tmp_path, compiler_lines):
+    compiler = tmp_path / "c++"
+    compiler.write_text("#!/bin/sh\n" + compiler_lines + "\n")
+    compiler.chmod(0o755)
+    return _setup_plan(CXX=str(compiler), PSL_CPU_ONLY="1", PSL_CXX_FLAGS=None)
 
 
 def _fake_toolkit(tmp_path, archs):
@@ -49,12 +58,7 @@ def _fake_toolkit(tmp_path, archs):
                     reason="the default list is for a CUDA build of PyTorch with no GPU visible")
 def test_the_default_architectures_are_those_the_toolkit_builds(tmp_path):
     def plan(archs):
-        env = dict(os.environ, CUDA_HOME=str(_fake_toolkit(tmp_path, archs)))
-        env.pop("TORCH_CUDA_ARCH_LIST", None)
-        done = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        line = next(line for line in done.stdout.splitlines() if line.startswith("pysoftlabel: building"))
+        line = _setup_plan(CUDA_HOME=str(_fake_toolkit(tmp_path, archs)), TORCH_CUDA_ARCH_LIST=None)[0]
         return line.split("CUDA kernels for ")[1].split(" with ")[0]
 
     # CUDA 13: every default; CUDA 12.4 (no Blackwell): up to Hopper, whose PTX then serves what comes after.
