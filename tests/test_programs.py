@@ -1,5 +1,6 @@
 """The command-line programs are one program each however they are started: tools/<name>.py in a checkout,
 `python -m pysoftlabel.cli.<module>`, and the script pip installs from pyproject.toml."""
+import functools
 import os
 import shutil
 import subprocess
@@ -13,9 +14,10 @@ PROGRAMS = {"psl-train": ("pysoftlabel.cli.train", "tools/train_imagenet.py"),
             "psl-evaluate": ("pysoftlabel.cli.evaluate", "tools/evaluate.py")}
 
 
+@functools.cache  # each program's help is compared twice: start each once
 def help_text(command):
     """``command --help`` with the program's name taken out (a wide terminal: the usage on one line)."""
-    done = subprocess.run(command + ["--help"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env=os.environ | {"COLUMNS": "1000"})
     assert done.returncode == 0, done.stderr
     usage, _, rest = done.stdout.partition("\n")
@@ -32,8 +34,8 @@ def test_pyproject_installs_each_program_main():
 @pytest.mark.parametrize("script", PROGRAMS)
 def test_checkout_tool_and_module_are_the_same_program(script):
     module, tool = PROGRAMS[script]
-    text = help_text([sys.executable, tool])
-    assert text == help_text([sys.executable, "-m", module])
+    text = help_text((sys.executable, tool))
+    assert text == help_text((sys.executable, "-m", module))
     assert "--device" in text and len(text.splitlines()) > 10  # the program's own options, not a stub's
 
 
@@ -43,4 +45,4 @@ def test_installed_script_is_the_same_program(script):
     if installed is None:
         pytest.skip(f"{script} is not installed here (the README's pip install -e . installs it)")
     module, _ = PROGRAMS[script]
-    assert help_text([installed]) == help_text([sys.executable, "-m", module])
+    assert help_text((installed,)) == help_text((sys.executable, "-m", module))
