@@ -19,11 +19,12 @@
 
 namespace {
 
-// The kernel under test. The CUDA kernels report an invalid row by a device-side assert naming its error,
-// in the block of that row (one block per row).
+// The kernels under test: the only place where the two builds differ.
+#if defined(PSL_EMULATED_CUDA)
+// The CUDA kernels report an invalid row by a device-side assert naming its error, in the block of that row
+// (one block per row).
 template <typename scalar_t>
 psl::RowStatus run_rows(const psl::RowJob<scalar_t>& job) {
-#if defined(PSL_EMULATED_CUDA)
   const cudaError_t error = psl::row_device::run_rows(job, cuda_emulation::Launch{});
   psl::RowStatus status;
   if (error == cudaErrorAssert) {
@@ -35,18 +36,25 @@ psl::RowStatus run_rows(const psl::RowJob<scalar_t>& job) {
     status.code = -static_cast<int>(error);
   }
   return status;
-#else
-  return psl::run_rows_cpu(job);
-#endif
 }
 
-std::string build_name() {
-#if defined(PSL_EMULATED_CUDA)
-  return "CUDA kernels, emulated on the host";
-#else
-  return std::string("CPU kernel, ") + psl::cpu_capability() + " build";
-#endif
+void scale_rows(float* grad, int64_t rows, int64_t classes, const float* factor) {
+  psl::row_device::scale_rows(grad, rows, classes, factor, true, cuda_emulation::Launch{});
 }
+
+std::string build_name() { return "CUDA kernels, emulated on the host"; }
+#else
+template <typename scalar_t>
+psl::RowStatus run_rows(const psl::RowJob<scalar_t>& job) {
+  return psl::run_rows_cpu(job);
+}
+
+void scale_rows(float* grad, int64_t rows, int64_t classes, const float* factor) {
+  psl::scale_rows_cpu(grad, rows, classes, factor, true);
+}
+
+std::string build_name() { return std::string("CPU kernel, ") + psl::cpu_capability() + " build"; }
+#endif
 
 int failures = 0;
 
@@ -313,11 +321,7 @@ void scale_rows_by_factor() {
   std::vector<float> grad(N * C), factor = {2.f, 1.f, -0.5f, 0.f, 1.f};
   for (int64_t j = 0; j < N * C; ++j) grad[j] = static_cast<float>(j % 17) - 8.f;
   const std::vector<float> before = grad;
-#if defined(PSL_EMULATED_CUDA)
-  psl::row_device::scale_rows(grad.data(), N, C, factor.data(), true, cuda_emulation::Launch{});
-#else
-  psl::scale_rows_cpu(grad.data(), N, C, factor.data(), true);
-#endif
+  scale_rows(grad.data(), N, C, factor.data());
   for (int64_t j = 0; j < N * C; ++j) expect_close(grad[j], before[j] * factor[j / C], 0, "scaled grad", j);
 }
 
