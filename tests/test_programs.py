@@ -16,13 +16,14 @@ PROGRAMS = {"psl-train": ("pysoftlabel.cli.train", "tools/train_imagenet.py"),
 
 @functools.cache  # each program's help is compared twice: start each once
 def help_text(command):
-    """``command --help`` with the program's name taken out (a wide terminal: the usage on one line)."""
+    """``command --help``'s program name, and the rest of the text with the name taken out (a wide terminal:
+    the usage on one line)."""
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env=os.environ | {"COLUMNS": "1000"})
     assert done.returncode == 0, done.stderr
     usage, _, rest = done.stdout.partition("\n")
-    prog = usage.split()[1]
-    return usage.replace(prog, "PROG", 1) + "\n" + rest
+    prog = usage.removeprefix("usage: ").partition(" [-h]")[0]
+    return prog, usage.replace(prog, "PROG", 1) + "\n" + rest
 
 
 def test_pyproject_installs_each_program_main():
@@ -34,8 +35,10 @@ def test_pyproject_installs_each_program_main():
 @pytest.mark.parametrize("script", PROGRAMS)
 def test_checkout_tool_and_module_are_the_same_program(script):
     module, tool = PROGRAMS[script]
-    text = help_text((sys.executable, tool))
-    assert text == help_text((sys.executable, "-m", module))
+    prog, text = help_text((sys.executable, tool))
+    module_prog, module_text = help_text((sys.executable, "-m", module))
+    assert (prog, module_prog) == (Path(tool).name, f"{Path(sys.executable).name} -m {module}")
+    assert text == module_text
     assert "--device" in text and len(text.splitlines()) > 10  # the program's own options, not a stub's
 
 
@@ -45,4 +48,6 @@ def test_installed_script_is_the_same_program(script):
     if installed is None:
         pytest.skip(f"{script} is not installed here (the README's pip install -e . installs it)")
     module, _ = PROGRAMS[script]
-    assert help_text((installed,)) == help_text((sys.executable, "-m", module))
+    prog, text = help_text((installed,))
+    assert prog == script
+    assert text == help_text((sys.executable, "-m", module))[1]

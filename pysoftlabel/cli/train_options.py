@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pysoftlabel.cli import program_name
 from pysoftlabel.engine import AMP_CHOICES, output_folder, parse_device, run_checkpoint
 from pysoftlabel.models import check_model_name, default_weights
 
@@ -33,7 +34,8 @@ OPTIMIZERS = {"sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=program_name("pysoftlabel.cli.train"), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("Dataset")
     g.add_argument("--data", default=None,
                    help="ImageNet-layout root, ROOT/{train,val}/<class>/<image>, or webdataset shards, "
