@@ -690,12 +690,14 @@ import torch
 import pysoftlabel as psl
 sys.path.insert(0, {tests!r})
 from targets import PARTS, random_target
-from test_soft_cross_entropy import check_parity
+from test_soft_cross_entropy import check_fused_statistics, check_parity
 for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
     for c in (1, 7, 1000, 4099):
         g = torch.Generator().manual_seed(c)
         logits = (torch.randn(37, c, generator=g) * 4).to(dtype)
-        check_parity(logits, random_target(37, c, set(PARTS), generator=g, logits_dtype=dtype), "mean")
+        target = random_target(37, c, set(PARTS), generator=g, logits_dtype=dtype)
+        check_parity(logits, target, "mean")
+        check_fused_statistics(logits, target)
         check_parity(logits, random_target(37, c, {{"smoothing"}}, generator=g, logits_dtype=dtype), "none")
         labels = torch.randint(0, c, (37,), generator=g)
         native = psl.calibration_stats(logits, labels, backend="native")
@@ -761,6 +763,7 @@ def test_parity_random_targets_cuda(seed):
     target = random_target(n, c, parts, device="cuda", generator=g, logits_dtype=dtype)
     reduction = "sum" if n and bool((target.labels == -100).all()) else ["none", "mean", "sum"][seed % 3]
     check_parity(logits, target, reduction)
+    check_fused_statistics(logits, target)
 
 
 @pytest.mark.cuda
