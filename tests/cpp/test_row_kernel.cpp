@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -59,6 +61,7 @@ std::string build_name() { return std::string("CPU kernel, ") + psl::cpu_capabil
 int failures = 0;
 
 void expect_close(double got, double want, double tol, const char* what, int64_t i) {
+  if (std::isnan(got) && std::isnan(want)) return;
   if (got != want && !(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) {  // infinities: equal
     if (failures < 30) std::printf("FAIL %s[%lld]: got %.9g, want %.9g\n", what, static_cast<long long>(i), got, want);
     ++failures;
@@ -227,6 +230,7 @@ void run_case(const Case& k, std::mt19937& rng) {
     }
     if (nonfinite_row(k, i)) {
       want_nonfinite += 1;
+      want_loss_sum = NAN;  // a reduction over a NaN row is NaN, as in F.cross_entropy
       if (k.statistics_only) continue;
       expect_close(std::isnan(loss[i]), 1, 0, "non-finite row: loss NaN", i);
       for (int64_t c = 0; c < C; ++c) {
@@ -325,9 +329,51 @@ void scale_rows_by_factor() {
   for (int64_t j = 0; j < N * C; ++j) expect_close(grad[j], before[j] * factor[j / C], 0, "scaled grad", j);
 }
 
+// A case drawn at random, of the combinations the fixed cases below use: any class count (a whole number of
+// 16-byte vectors or not, blocks of one warp to sixteen), any target parts and reduction; masked classes only
+// where no weight falls on them and no logit is non-finite (a masked class could hide that logit).
+Case random_case(std::mt19937& rng) {
+  auto chance = [&](double p) { return std::bernoulli_distribution(p)(rng); };
+  auto uniform = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
+  auto integer = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  Case k{};
+  k.n = integer(1, 12);
+  k.c = chance(0.5) ? 8 * integer(1, 600) : integer(1, 5000);
+  k.lam = k.temperature = 1;
+  if (chance(0.2)) {  // as the statistics ops run the kernel: labels only
+    k.statistics_only = true;
+  } else {
+    k.mix = chance(0.5), k.table = chance(0.5), k.dense = chance(0.5), k.ignore = chance(0.5);
+    k.dense_logits = k.dense && chance(0.5);
+    k.s = chance(0.6) ? uniform(0, 0.3) : 0;
+    k.a = k.table ? uniform(0, 0.3) : 0;
+    k.d = !k.dense ? 0 : chance(0.2) ? 1 - k.s - k.a : uniform(0, 0.4);
+    k.lam = k.mix ? uniform(0, 1) : 1;
+    k.temperature = uniform(0.5, 3);
+    k.reduction = static_cast<int>(integer(0, 2));
+    k.per_row = chance(0.3);
+  }
+  k.nonfinite = chance(0.2) ? (chance(0.5) ? INFINITY : NAN) : 0;
+  k.ties = chance(0.3);
+  k.masked = k.nonfinite == 0 && k.s == 0 && k.a == 0 && (!k.dense || !k.dense_logits) && chance(0.3);
+  return k;
+}
+
+void print_case(const Case& k) {
+  std::printf("  in the random case n=%lld c=%lld mix=%d table=%d dense=%d dense_logits=%d ignore=%d s=%g a=%g d=%g "
+              "lam=%g T=%g nonfinite=%g reduction=%d masked=%d statistics_only=%d ties=%d per_row=%d\n",
+              static_cast<long long>(k.n), static_cast<long long>(k.c), k.mix, k.table, k.dense, k.dense_logits,
+              k.ignore, k.s, k.a, k.d, k.lam, k.temperature, k.nonfinite, k.reduction, k.masked, k.statistics_only,
+              k.ties, k.per_row);
+}
+
 }  // namespace
 
-int main() {
+// test_row_kernel [RANDOM_CASES [SEED]]: the fixed cases, then RANDOM_CASES drawn from SEED (default 1) for
+// each dtype. ctest draws some on the builds without a sanitizer; more, with other seeds, search further.
+int main(int argc, char** argv) {
+  const int random_cases = argc > 1 ? std::atoi(argv[1]) : 0;
+  const unsigned seed = argc > 2 ? static_cast<unsigned>(std::atol(argv[2])) : 1u;
   std::mt19937 rng(1234);
   const Case cases[] = {
       {7, 1, false, false, false, false, false, 0.0, 0, 0, 1, 1},
@@ -363,12 +409,22 @@ int main() {
   // The 16-bit logits: eight per 16-byte load on CUDA, and bf16's conversion by a shift of the bits.
   for (const Case& k : cases) run_case<c10::Half>(k, rng);
   for (const Case& k : cases) run_case<c10::BFloat16>(k, rng);
+  std::mt19937 draw(seed);
+  for (int i = 0; i < random_cases; ++i) {
+    const Case k = random_case(draw);
+    const int before = failures;
+    run_case<float>(k, draw);
+    run_case<c10::Half>(k, draw);
+    run_case<c10::BFloat16>(k, draw);
+    if (failures > before) print_case(k);
+  }
   bad_label_reports_row();
   scale_rows_by_factor();
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;
   }
-  std::printf("row kernel (%s): all checks passed\n", build_name().c_str());
+  std::printf("row kernel (%s): all checks passed (%zu fixed cases and %d random ones of seed %u, each in float32, "
+              "float16 and bfloat16)\n", build_name().c_str(), std::size(cases), random_cases, seed);
   return 0;
 }
