@@ -329,9 +329,10 @@ void scale_rows_by_factor() {
   for (int64_t j = 0; j < N * C; ++j) expect_close(grad[j], before[j] * factor[j / C], 0, "scaled grad", j);
 }
 
-// A case drawn at random, of the combinations the fixed cases below use: any class count (a whole number of
-// 16-byte vectors or not, blocks of one warp to sixteen), any target parts and reduction; masked classes only
-// where no weight falls on them and no logit is non-finite (a masked class could hide that logit).
+// A case drawn at random: any class count (a whole number of 16-byte vectors or not, blocks of one warp to
+// sixteen), any target parts, reduction, per-row weights, ties and non-finite logits, also in combinations no
+// fixed case has; masked classes only where no weight falls on them and no logit is non-finite (a masked
+// class could hide that logit).
 Case random_case(std::mt19937& rng) {
   auto chance = [&](double p) { return std::bernoulli_distribution(p)(rng); };
   auto uniform = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
@@ -369,8 +370,9 @@ void print_case(const Case& k) {
 
 }  // namespace
 
-// test_row_kernel [RANDOM_CASES [SEED]]: the fixed cases, then RANDOM_CASES drawn from SEED (default 1) for
-// each dtype. ctest draws some on the builds without a sanitizer; more, with other seeds, search further.
+// test_row_kernel [RANDOM_CASES [SEED]]: the fixed cases, then RANDOM_CASES cases drawn from SEED (default 1),
+// each run in the three dtypes. ctest draws some on the builds without a sanitizer; more, with other seeds,
+// search further.
 int main(int argc, char** argv) {
   const int random_cases = argc > 1 ? std::atoi(argv[1]) : 0;
   const unsigned seed = argc > 2 ? static_cast<unsigned>(std::atol(argv[2])) : 1u;
