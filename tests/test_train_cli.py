@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 
 def run(data, out, *extra):
     train_cli.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "8",
-                         "--image-size", "16", "--device", "cpu", *extra])
+                    "--image-size", "16", "--device", "cpu", *extra])
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -174,8 +174,8 @@ def test_stop_after_counts_the_teachers_epochs_and_the_student_waits_for_it(data
     parts = tmp_path / "parts"
     for resume in ((), ("--resume",)):  # the teacher's two epochs, one per invocation; no student yet
         train_cli.main(["--data", str(data), "--out", str(parts), "--epochs", "2", "--batch-size", "8",
-                             "--image-size", "16", "--device", "cpu", "--strategy", "ldl", "--stop-after", "1",
-                             *resume])
+                        "--image-size", "16", "--device", "cpu", "--strategy", "ldl", "--stop-after", "1",
+                        *resume])
         assert not (parts / "checkpoint.pt").exists()
     assert torch.load(parts / "teacher" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     student = run(data, parts, "--strategy", "ldl", "--resume", "--stop-after", "3")
@@ -227,7 +227,7 @@ def test_unreadable_images_are_skipped_and_counted_in_training_and_validation(da
 def test_resume_with_other_options_names_them(data, tmp_path):
     out = tmp_path / "ce"
     train_cli.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--stop-after", "1",
-                         "--batch-size", "8", "--image-size", "16", "--device", "cpu", "--strategy", "ce"])
+                    "--batch-size", "8", "--image-size", "16", "--device", "cpu", "--strategy", "ce"])
     with pytest.raises(SystemExit, match=r"written by a run with --arch resnet20, --strategy ce, --aug none; "
                                          r"this run has --arch resnet32, --strategy ols, --aug mixup"):
         run(data, out, "--resume", "--arch", "resnet32", "--strategy", "ols", "--aug", "mixup")
