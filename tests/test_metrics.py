@@ -128,6 +128,33 @@ def test_sum_of_accumulators_and_bad_state():
         psl.CalibrationStats().load_state_dict({"bins": torch.zeros(15, 3)})
     with pytest.raises(ValueError, match="must be a tensor"):
         psl.ClassStats(3).load_state_dict({"sum": torch.zeros(3, 3), "count": [0, 0, 0]})
+    with pytest.raises(ValueError, match=r"^state 'sum' has shape \(4, 4\), this ClassStats \(3, 3\)$"):
+        psl.ClassStats(3).load_state_dict(psl.ClassStats(4).state_dict())
+    same = r"^can only add a CalibrationStats of the same configuration \(bins \(15, 3\), sums \(3,\)\), got "
+    with pytest.raises(ValueError, match=same + r"bins \(10, 3\), sums \(3,\)$"):
+        parts[0] + psl.CalibrationStats(10)
+    with pytest.raises(ValueError, match=same + "ClassStats$"):
+        parts[0] + psl.ClassStats(4)
+    with pytest.raises(ValueError, match=same + "int$"):
+        1 + parts[0]  # only 0 starts a sum
+
+
+@pytest.mark.parametrize("stats", [psl.CalibrationStats, lambda: psl.ClassStats(3)])
+@pytest.mark.parametrize("logits, labels, match", [
+    (torch.randn(4), torch.zeros(4, dtype=torch.long), r"^logits must have shape \[N, (C|3)\], got \(4,\)$"),
+    (torch.randn(4, 3), torch.zeros(4, 1, dtype=torch.long), r"^labels must have shape \[N\] = \[4\], got \(4, 1\)$"),
+    (torch.randn(4, 3), torch.zeros(3, dtype=torch.long), r"^labels must have shape \[N\] = \[4\], got \(3,\)$"),
+    (torch.randn(4, 3), torch.zeros(4), "^labels must hold integer class indices, got dtype torch.float32$"),
+])
+def test_update_names_a_bad_argument(stats, logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        stats().update(logits, labels)
+
+
+@pytest.mark.parametrize("stats", [psl.CalibrationStats, lambda: psl.ClassStats(3)])
+def test_update_refuses_tensors_on_another_device(stats):
+    with pytest.raises(ValueError, match=r"^logits and labels must be on meta, got cpu and cpu$"):
+        stats().to("meta").update(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
 
 
 @pytest.mark.parametrize("make, match", [

@@ -81,9 +81,14 @@ class SummedState:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
+    def _shapes(self):
+        return ", ".join(f"{name} {tuple(getattr(self, name).shape)}" for name in self._state)
+
     def __add__(self, other):
         if type(other) is not type(self) or any(getattr(self, n).shape != getattr(other, n).shape for n in self._state):
-            raise ValueError(f"can only add a {type(self).__name__} of the same configuration")
+            got = other._shapes() if type(other) is type(self) else type(other).__name__
+            raise ValueError(f"can only add a {type(self).__name__} of the same configuration ({self._shapes()}), "
+                             f"got {got}")
         out = copy.copy(self)
         for name in self._state:
             setattr(out, name, getattr(self, name) + getattr(other, name).to(getattr(self, name).device))
