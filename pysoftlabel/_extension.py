@@ -37,10 +37,14 @@ def native_available(device):
     return bool(_BUILD.get(kind, False))
 
 
-def choose_backend(backend, device):
-    """Resolve ``backend`` ("auto", "native" or "reference") for tensors on ``device``: True for native."""
+def check_backend(backend):
     if backend not in ("auto", "native", "reference"):
         raise ValueError(f"backend must be 'auto', 'native' or 'reference', got {backend!r}")
+
+
+def choose_backend(backend, device):
+    """Resolve ``backend`` ("auto", "native" or "reference") for tensors on ``device``: True for native."""
+    check_backend(backend)
     if backend == "reference":
         return False
     available = native_available(device)

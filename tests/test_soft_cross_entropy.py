@@ -143,6 +143,23 @@ def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction
         psl.SoftCrossEntropyLoss(smoothing=1.5)
     with pytest.raises(ValueError, match="not both"):
         psl.SoftCrossEntropyLoss(0.1, label_smoothing=0.2)
+    with pytest.raises(ValueError, match=r"^reduction must be one of \('none', 'mean', 'sum'\), got 'avg'$"):
+        psl.SoftCrossEntropyLoss(reduction="avg")
+    assert repr(psl.SoftCrossEntropyLoss(0.1)) == "SoftCrossEntropyLoss(smoothing=0.1, reduction='mean')"
+
+
+def test_backend_is_checked_by_name_and_native_needs_kernels_for_the_device():
+    logits, labels = torch.randn(2, 3), torch.tensor([0, 1])
+    bad = "^backend must be 'auto', 'native' or 'reference', got 'nativ'$"
+    for call in (lambda: psl.soft_cross_entropy(logits, labels, backend="nativ"),
+                 lambda: psl.calibration_stats(logits, labels, backend="nativ"),
+                 lambda: psl.ClassStats(3).update(logits, labels, backend="nativ"),
+                 lambda: psl.SoftCrossEntropyLoss(backend="nativ")):  # when made, not at the first batch
+        with pytest.raises(ValueError, match=bad):
+            call()
+    meta = torch.randn(2, 3, device="meta"), torch.tensor([0, 1], device="meta")
+    with pytest.raises(RuntimeError, match="^backend='native': pysoftlabel's extension has no kernels for meta"):
+        psl.soft_cross_entropy(*meta, backend="native")
 
 
 @native
@@ -643,6 +660,13 @@ def test_zero_dim_weights_equal_floats(backend):
      "dense"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.randn(4, 5, 2)), "logits"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), reduction="avg"), "reduction"),
+    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.ones(4, 5, dtype=torch.long)),
+     "^logits must be floating point, got dtype torch.int64$"),
+    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.ones(4, 0)),
+     r"^logits must have at least one class \(C >= 1\)$"),
+    (lambda: dict(target=[0, 1, 2, 3]), "^target must be a SoftTarget or a label tensor, got list$"),
+    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), calib=psl.CalibrationStats(device="meta")),
+     "^calib lives on meta but logits is on cpu$"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), stats=psl.ClassStats(3)),
      r"^stats is a ClassStats of 3 classes, but logits has 5$"),  # the same words from both backends
 ])
@@ -669,10 +693,21 @@ def test_bad_input_raises_value_error(backend, case, match):
     (dict(temperature=2.0), "temperature=2.0 applies to dense logits"),
     (dict(dense_logits=True), "dense_logits is True but no dense"),
     (dict(smoothing=torch.zeros(3)), "smoothing"),
+    (dict(smoothing=torch.zeros(4, dtype=torch.int64)), "^smoothing must be floating point, got dtype torch.int64$"),
+    (dict(labels=torch.zeros(4, 1, dtype=torch.long)),
+     r"^labels must be a 1-D tensor of class indices, got a tensor of shape \(4, 1\)"),
+    (dict(labels=[0, 1, 2, 3]), "^labels must be a 1-D tensor of class indices, got list$"),
+    (dict(labels2=torch.tensor([1, 2, 3]), lam=0.5), r"^labels2 must have the shape of labels \(4,\), got a tensor"),
+    (dict(lam=0.5), "^lam is given without labels2$"),
+    (dict(dense=torch.rand(4), dense_weight=0.5), r"^dense must have shape \[N, C\] with N = 4, got a tensor"),
+    (dict(dense=torch.rand(3, 5), dense_weight=0.5), r"^dense must have shape \[N, C\] with N = 4, got a tensor"),
+    (dict(dense=torch.ones(4, 5, dtype=torch.long), dense_weight=0.5),
+     "^dense must be floating point, got dtype torch.int64$"),
+    (dict(dense_weight=0.5), "^dense_weight is nonzero but no dense target is given$"),
 ])
 def test_soft_target_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        psl.SoftTarget(torch.tensor([0, 1, 2, 3]), **kwargs)
+        psl.SoftTarget(**{"labels": torch.tensor([0, 1, 2, 3]), **kwargs})
 
 
 @native

@@ -25,6 +25,32 @@ def test_ce_and_label_smoothing():
         S.LabelSmoothing(1.5)
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda: S.OnlineLabelSmoothing(3, alpha=1.5), r"^alpha must be in \[0, 1\], got 1.5$"),
+    (lambda: S.OnlineLabelSmoothing(3, init="ones"), "^init must be 'zeros' or 'uniform', got 'ones'$"),
+    (lambda: S.OnlineLabelSmoothing(3, freeze_at=1.2), r"^freeze_at must be in \(0, 1\] or None, got 1.2$"),
+    (lambda: S.OnlineLabelSmoothing(3, freeze_at=0.0), r"^freeze_at must be in \(0, 1\] or None, got 0.0$"),
+    (lambda: S.AdaptiveLabelSmoothing(eps_min=0.5, eps_max=0.2), "^need 0 <= eps_min <= eps_max <= 1"),
+    (lambda: S.AdaptiveLabelSmoothing(eps_no_box=-0.1), "^need 0 <= eps_min <= eps_max <= 1"),
+    (lambda: S.KnowledgeDistillation(torch.nn.Identity(), alpha=2.0), r"^need alpha in \[0, 1\] and temperature"),
+    (lambda: S.KnowledgeDistillation(torch.nn.Identity(), temperature=0.0), "temperature > 0, got 0.1, 0.0$"),
+    (lambda: S.OnlineLabelDistribution(torch.nn.Identity(), decay=1.0), r"^need decay in \[0, 1\)"),
+    (lambda: S.OnlineLabelDistribution(torch.nn.Identity(), weight=1.5), r"weight in \[0, 1\]"),
+    (lambda: S.OnlineLabelDistribution(torch.nn.Identity(), warmup_epochs=-1),
+     "warmup_epochs >= 0; got 0.999, 0.8, -1$"),
+    (lambda: S.Mixup(alpha=0.0), "^alpha must be positive, got 0.0$"),
+])
+def test_strategies_name_a_bad_argument(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("strategy", [S.CrossEntropy(), S.OnlineLabelSmoothing(4), S.AdaptiveLabelSmoothing()])
+def test_a_batch_without_labels_is_named(strategy):
+    with pytest.raises(ValueError, match=rf"^{strategy.name}: the batch needs a 'label' tensor, got keys \['image'\]$"):
+        strategy.targets({"image": torch.zeros(2, 3, 4, 4)})
+
+
 def test_ols_epochs_follow_the_official_semantics():
     ols = S.OnlineLabelSmoothing(3, alpha=0.5)
     b = {"image": None, "label": torch.tensor([0, 0, 1, 2])}

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._extension import _C, choose_backend
+from .._extension import _C, check_backend, choose_backend
 from ..target import SoftTarget
 
 __all__ = ["soft_cross_entropy", "SoftCrossEntropyLoss"]
@@ -176,6 +176,7 @@ class SoftCrossEntropyLoss(torch.nn.Module):
             raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        check_backend(backend)  # here, not at the first batch
         self.smoothing, self.reduction = float(smoothing), reduction
         self.ignore_index, self.backend = ignore_index, backend
 

@@ -34,6 +34,8 @@ class OnlineLabelSmoothing(Strategy):
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if init not in ("zeros", "uniform"):
             raise ValueError(f"init must be 'zeros' or 'uniform', got {init!r}")
+        if freeze_at is not None and not 0.0 < freeze_at <= 1.0:  # above 1 no row would ever freeze
+            raise ValueError(f"freeze_at must be in (0, 1] or None, got {freeze_at}")
         self.alpha = float(alpha)
         self.freeze_at = freeze_at
         self.stats = ClassStats(num_classes, device)
