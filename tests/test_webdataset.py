@@ -1,5 +1,6 @@
 """Writing webdataset shards (tools/make_webdataset.py): whole or not at all, never mixed with an earlier
 conversion, classes named by the training split."""
+import io
 import shutil
 import sys
 import tarfile
@@ -108,3 +109,49 @@ def test_bad_arguments_give_one_line(data, tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit):
         make_webdataset.main([str(data), str(tmp_path / "wds"), *argv])
     assert match in capsys.readouterr().err
+
+
+def write_tar(path, members):
+    """A tar at ``path`` of ``members``, {name: bytes, or None for a folder}."""
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            if payload is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+@pytest.mark.parametrize("members, match", [
+    ({"a.jpg": b"x", "a.cls": b"1", "b.jpg": b"x"}, r"/shard.tar: sample 'b' needs a .jpg and a .cls member$"),
+    ({"a.cls": b"1"}, r"/shard.tar: sample 'a' needs a .jpg and a .cls member$"),
+    ({"a.jpg": b"x", "a.cls": b"one"}, r"/shard.tar: a.cls holds b'one', not a class index$"),
+    ({}, r"^data: no samples in the shards \("),
+    ({"a": None, ".hidden": b"x", "a/.DS_Store": b"x"}, r"^data: no samples in the shards"),  # folders, dot files
+    (b"not a tar file" * 100, r"/shard.tar is not a readable tar file \("),
+])
+def test_bad_shards_name_the_shard(tmp_path, members, match):
+    shard = tmp_path / "shard.tar"
+    shard.write_bytes(members) if isinstance(members, bytes) else write_tar(shard, members)
+    with pytest.raises(ValueError, match=match):
+        scan_webdataset([str(shard)])
+
+
+def test_dot_files_and_folders_in_a_shard_are_not_samples(tmp_path):
+    write_tar(tmp_path / "shard.tar", {"a": None, "a/.DS_Store": b"x", "a/x.JPG": b"x", "a/x.cls": b"4"})
+    assert scan_webdataset([str(tmp_path / "shard.tar")]) == (1, 5)
+
+
+@pytest.mark.parametrize("index, match", [
+    ("v1.2 1\njpg 0 10 a.jpg\n", r"/shard.tar: sample 'a.jpg' needs a .jpg and a .cls member$"),
+    ("v1.2 0\n", r"^data: no samples in the shards"),
+])
+def test_bad_indexes_name_the_shard(tmp_path, index, match):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    write_tar(tmp_path / "train" / "shard.tar", {})  # not read: the index and classes.txt stand for it
+    (tmp_path / "train" / "shard.idx").write_text(index)
+    with pytest.raises(ValueError, match=match):
+        scan_webdataset([str(tmp_path / "train" / "shard.tar")])
