@@ -72,24 +72,43 @@ def train_loader(data, seed=0, **kwargs):
                           num_threads=1, **kwargs)
 
 
-def test_train_batches_labels_and_object_fractions(data):
-    loader = train_loader(data)
+def check_labels_and_object_fractions(loader):
+    """Each training batch's labels are the drawn ones, and its object fractions the crops' share of white
+    pixels (-1 for the images without boxes); returns how many images came."""
     seen = 0
     for batch in loader:
-        img = pixels(batch)
-        assert batch["image"].shape == (6, 3, 32, 32) and batch["image"].dtype == torch.float32
-        assert batch["image"].is_contiguous(memory_format=torch.channels_last)
-        white = (img > 200).all(dim=-1)
+        white = (pixels(batch) > 200).all(dim=-1)
         assert (drawn_labels(batch) == batch["label"]).all()  # label of the folder the file is in
-        for i in range(6):
+        for i in range(len(batch["label"])):
             fraction = float(batch["object_fraction"][i])
             is_first = Path(loader.files[int(batch["index"][i])]).stem.endswith("_0")
             if is_first:
                 assert fraction == -1
             else:  # the crop's share of white pixels, after resizing: a few pixels of blur at the edges
                 assert fraction == pytest.approx(float(white[i].float().mean()), abs=0.07)
-        seen += 6
-    assert seen == len(loader) * 6 == 24
+        seen += len(batch["label"])
+    return seen
+
+
+def test_train_batches_labels_and_object_fractions(data):
+    batch = next(iter(train_loader(data)))
+    assert batch["image"].shape == (6, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    loader = train_loader(data)
+    assert check_labels_and_object_fractions(loader) == len(loader) * 6 == 24
+
+
+def test_object_fractions_stay_with_their_images_when_files_are_skipped(data, tmp_path):
+    import shutil
+    for folder in ("train", "boxes"):
+        shutil.copytree(data / folder, tmp_path / folder)
+    # Unreadable files sorted first, one with a box of its own: every later row moves up when they are dropped.
+    for name in CLASSES:
+        (tmp_path / "train" / name / "a_unreadable.JPEG").write_bytes(b"")
+    write_xml(tmp_path / "boxes" / "a_unreadable.xml", "blue", (0, 0, 8, 8))
+    loader = train_loader(tmp_path)
+    assert len(loader.skipped) == 3 and len(loader.boxes.boxes) == len(loader.files) == 24
+    assert check_labels_and_object_fractions(loader) == 24
 
 
 def test_dtypes_determinism_and_sharding(data):
@@ -100,6 +119,8 @@ def test_dtypes_determinism_and_sharding(data):
     assert torch.equal(first["image"], again["image"]) and torch.equal(first["index"], again["index"])
     assert not torch.equal(first["image"], other["image"])
     assert next(iter(train_loader(data, dtype=torch.float16)))["image"].dtype == torch.float16
+    with pytest.raises(ValueError, match="^dtype must be float32, float16 or bfloat16, got torch.float64$"):
+        train_loader(data, dtype=torch.float64)
     seen = []
     for shard in range(3):  # 21 validation images, batches of 4: every image exactly once, partial batches kept
         loader = ImageNetLoader(data, "val", 4, 32, "cpu", shard_id=shard, num_shards=3, num_threads=1)
@@ -156,6 +177,21 @@ def test_unreadable_files_are_skipped_and_counted(data, tmp_path):
         path.write_bytes(b"")
     with pytest.raises(ValueError, match="none of the"):
         ImageNetLoader(tmp_path / "all", "train", 6, 16, "cpu", num_threads=1)
+    # A listing said to be checked already, that is not: DALI's error, said as the data's.
+    with pytest.raises(ValueError, match=r"^data: DALI could not read a file of 24 in this listing: File mapping "
+                                         r"failed: .*/class/train/green/[^/]+\.JPEG; 8 of its files are "
+                                         r"unreadable now, e\.g\. .*/green/[^/]+\.JPEG is empty$"):
+        list(ImageNetLoader(tmp_path / "class", "train", 6, 16, "cpu", num_threads=1, check_files=False))
+
+
+def test_a_file_dali_cannot_decode_is_named(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    for i in range(4):
+        draw(tmp_path / "train" / "a" / f"{i}.JPEG", 0, None)
+    (tmp_path / "train" / "a" / "0.JPEG").write_text("not an image")  # DALI's decoders name no file
+    with pytest.raises(ValueError, match=r"^data: DALI could not read a file of 4 in this listing: .*; 1 of its "
+                                         r"files are unreadable now, e\.g\. .*/a/0\.JPEG is neither a JPEG nor a PNG"):
+        list(ImageNetLoader(tmp_path, "train", 2, 16, "cpu", num_threads=1, check_files=False))
 
 
 @pytest.mark.parametrize("make, match", [
@@ -274,6 +310,10 @@ def test_webdataset_shards(data, tmp_path):
     (tmp_path / "bad.tar").rename(tmp_path / "bad" / "bad.tar")
     with pytest.raises(ValueError, match="not a class index"):
         ImageNetLoader(tmp_path, "bad", 4, 16, "cpu", num_threads=1)
+    with pytest.raises(ValueError, match=r"/val has class index 2, the training set 2 classes$"):
+        ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=["0", "1"])
+    with pytest.raises(ValueError, match=r"^data: boxes need ImageNet-layout folders; .*/train holds webdataset"):
+        ImageNetLoader(tmp_path, "train", 6, 16, "cpu", num_threads=1, windows=torch.zeros(1, 4))
 
 
 @pytest.mark.cuda

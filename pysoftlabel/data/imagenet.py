@@ -1,6 +1,7 @@
 """NVIDIA DALI pipelines for ImageNet-layout folders and webdataset shards: one definition for both machines,
 GPU decoding and augmentation ("mixed") where a GPU is present, CPU-only DALI (device_id=None) elsewhere.
 Training crops come with their windows, from which the object fraction of ALS is computed on the host."""
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -159,21 +160,37 @@ class ImageNetLoader:
         self.pipe.build()
         policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
         self.outputs = ["image", "index", "anchor", "crop", "shape"] if self.training else ["image", "index"]
-        self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="Reader",
-                                            last_batch_policy=policy, auto_reset=True)
+        with self._read_errors():  # the iterator reads its first batch already
+            self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="Reader",
+                                                last_batch_policy=policy, auto_reset=True)
 
     def __len__(self):
         return len(self.iterator)
 
     def __iter__(self):
-        try:
+        with self._read_errors():
             for (out,) in self.iterator:
                 yield self._batch(out)
+
+    @contextlib.contextmanager
+    def _read_errors(self):
+        """DALI's failure to read or decode a file (of a listing checked before the file changed, or not
+        checked) as a ValueError saying what DALI encountered rather than DALI's traceback of the pipeline's
+        definition; DALI's decoders do not name the file, so the listing's unreadable files are named too."""
+        try:
+            yield
         except RuntimeError as error:
-            if "Critical error in pipeline" not in str(error):
+            lines = [line.strip() for line in str(error).splitlines()]
+            if "Critical error in pipeline:" not in lines:
                 raise
-            raise ValueError(f"data: DALI could not read a file of {len(self.files)} in this listing: "
-                             f"{str(error).splitlines()[-1][:500]}") from None
+            after = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else lines
+            message = (f"data: DALI could not read a file of {len(self.files)} in this listing: "
+                       f"{next(line for line in after if line)[:500]}")
+            if not self.webdataset:
+                _, _, bad = drop_unreadable(self.files, self.files)
+                if bad:
+                    message += f"; {len(bad)} of its files are unreadable now, e.g. {bad[0][0]} {bad[0][1]}"
+            raise ValueError(message) from None
 
     def _batch(self, out):
         image = out["image"].permute(0, 3, 1, 2)  # NHWC memory: channels-last NCHW
