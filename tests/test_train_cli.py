@@ -281,6 +281,8 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--arch", "resnet9000"], "--arch: unknown model 'resnet9000'"),  # before ldl's teacher is trained
     (["--optimizer", "adamw", "--momentum", "0.8"], "--momentum is SGD's; --optimizer adamw has betas"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
+    (["--boxes", "/does/not/exist"], "--boxes: /does/not/exist does not exist"),
+    (["--strategy", "als", "--resident"], "--strategy als needs the DALI pipeline's crop windows: drop --resident"),
 ])
 def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     with pytest.raises(SystemExit):
@@ -292,6 +294,11 @@ def test_als_with_boxes_that_match_no_image_is_one_line(data, tmp_path):
     (tmp_path / "unrelated").mkdir()
     with pytest.raises(SystemExit, match="none of the 48 training images has a box of its class"):
         run(data, tmp_path / "r", "--strategy", "als", "--boxes", str(tmp_path / "unrelated"))
+    import shutil
+    for split in ("train", "val"):  # data without DATA/boxes
+        shutil.copytree(data / split, tmp_path / "unboxed" / split)
+    with pytest.raises(SystemExit, match=r"^--strategy als needs bounding boxes: --boxes ROOT \(PASCAL-VOC XML"):
+        run(tmp_path / "unboxed", tmp_path / "r", "--strategy", "als")
 
 
 def test_a_missing_validation_folder_names_the_ones_there(data, tmp_path, capsys):
@@ -318,6 +325,12 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(data, tmp_pa
     run(data, tmp_path / "r", "--strategy", "ce", "--epochs", "1")
     with pytest.raises(SystemExit, match="--out: cannot create .*file/eval"):
         evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--out", str(tmp_path / "file" / "eval")])
+    capsys.readouterr()
+    for argv, match in ((["--data", str(tmp_path)], f"--data: {tmp_path} has no val/ folder"),
+                        (["--boxes", str(tmp_path / "nowhere")], f"--boxes: {tmp_path / 'nowhere'} does not exist")):
+        with pytest.raises(SystemExit):
+            evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), *argv])
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(match)
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -867,6 +880,10 @@ def test_trains_on_webdataset_shards(data, tmp_path, capsys):
     folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     shards = json.loads((tmp_path / "out" / "report.json").read_text())
     assert folder["count"] == shards["count"] and folder["nll"] == pytest.approx(shards["nll"], rel=1e-5)
+    for argv in (("--strategy", "als"), ("--train-per-class", "4")):  # the two that need folders
+        with pytest.raises(SystemExit, match="^data: --strategy als and --train-per-class need ImageNet-layout "
+                                             "folders, not shards$"):
+            run(tmp_path / "wds", tmp_path / "refused", *argv)
 
 
 def test_without_dali_the_tools_say_what_to_install_and_resident_data_still_trains(data, tmp_path, monkeypatch,

@@ -55,7 +55,6 @@ def boxes_root(args, root):
     return root / "boxes" if (root / "boxes").is_dir() else None
 
 
-
 def make_val_loader(args, root, device, classes, rank=0, world=1):
     """The run's validation loader, this rank's share (tools/evaluate.py builds the same from args.json)."""
     return validation_loader(root, args.val_split, args.batch_size, args.image_size, device, classes,
