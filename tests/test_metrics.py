@@ -550,6 +550,39 @@ def test_every_metric_takes_any_integer_labels_and_refuses_others_in_one_line(na
             metric(x.index_fill(0, torch.tensor([4]), float("nan")), y)
 
 
+@pytest.mark.parametrize("logits, labels", [(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)),
+                                            (torch.randn(3, 5), torch.full((3,), -100))],  # every row ignored
+                         ids=["empty", "all-ignored"])
+def test_every_metric_of_no_rows_is_nan_or_says_so(logits, labels):
+    """An empty validation shard: each figure is NaN (not 0, not a ZeroDivisionError), and what cannot be
+    computed on nothing says so."""
+    M = psl.metrics
+    accuracy = M.AccuracyStats().update(logits, labels)
+    figures = [accuracy.accuracy(1), accuracy.accuracy(5), psl.calibration_stats(logits, labels).ece,
+               M.AdaptiveCalibrationStats().update(logits, labels).ece,
+               M.ClasswiseCalibrationStats(5).update(logits, labels).ece,
+               *M.ece_interval(logits, labels, resamples=10), *M.ece_difference_interval(logits, logits, labels,
+                                                                                        resamples=10)]
+    assert all(math.isnan(f) for f in figures), figures
+    with pytest.raises(ValueError, match="^logits: no rows to fit a temperature on$"):
+        M.fit_temperature(logits, labels)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: psl.metrics.AccuracyStats(ks=(1, 0)), r"^ks must be positive integers, got \(1, 0\)$"),
+    (lambda: psl.metrics.AccuracyStats(ks=()), r"^ks must be positive integers, got \(\)$"),
+    (lambda: psl.metrics.AdaptiveCalibrationStats(20, resolution=10),
+     "^need n_bins <= resolution, got n_bins=20, resolution=10$"),
+    (lambda: psl.metrics.ece_interval(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), resamples=0),
+     "^resamples must be >= 1, got 0$"),
+    (lambda: psl.metrics.fit_temperature(torch.randn(4), torch.zeros(4, dtype=torch.long)),
+     r"^logits must have shape \[N, C\], got \(4,\)$"),
+])
+def test_metric_arguments_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
 def test_report_of_an_empty_set_is_strict_json_with_null_for_figures_it_cannot_measure(tmp_path):
     """Python's json writes NaN as the token NaN, which jq and JSON.parse refuse: a report on no rows (an empty
     validation shard) must still be standard JSON, its unmeasurable figures null."""
