@@ -89,8 +89,13 @@ def test_pretrained_sources_and_their_errors(tmp_path, monkeypatch):
         loaded = pretrained_weights("resnet20", str(tmp_path / name))
         assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
     (tmp_path / "notes.txt").write_text("hello")
+    torch.save(list(weights.values()), tmp_path / "list.pth")
+    torch.save({"lr": 0.1, "epochs": 3}, tmp_path / "numbers.pth")
+    no_state = r"holds no state dict \(tensors by name, as model.state_dict\(\)\)$"
     for source, match in ((tmp_path / "missing.pth", "does not exist"), (tmp_path / "notes.txt", "cannot be read"),
-                          ("default", "torchvision has no weights for resnet20")):
+                          ("default", "torchvision has no weights for resnet20"),
+                          (tmp_path / "list.pth", "list.pth " + no_state),
+                          (tmp_path / "numbers.pth", "numbers.pth " + no_state)):
         with pytest.raises(ValueError, match=match):
             pretrained_weights("resnet20", str(source))
     # torchvision's weights (offline here): fetched through its weights entry, a failed download named.
@@ -104,6 +109,13 @@ def test_pretrained_sources_and_their_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"cannot fetch https://download.pytorch.org/models/resnet18-.*\.pth "
                                          r"\(<urlopen error .*\); download it where there is a network"):
         pretrained_weights("resnet18", "default")
+
+
+def test_weights_of_which_no_tensor_fits_are_refused():
+    from pysoftlabel.models import load_pretrained
+    probe = torch.nn.Linear(4, 3)  # a classifier alone: every tensor is the classifier's
+    with pytest.raises(ValueError, match="^no tensor of w.pth fits the probe: weights of another architecture$"):
+        load_pretrained(probe, torch.nn.Linear(4, 5).state_dict(), 3, "the probe", "w.pth")
 
 
 def test_timm_models_by_name():
