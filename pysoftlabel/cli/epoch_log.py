@@ -28,7 +28,6 @@ def read_metrics(path):
     return pairs
 
 
-
 class EpochLog:
     """Rank 0's outputs of each epoch: OUT/metrics.jsonl, the console line, TensorBoard when installed."""
 

@@ -147,7 +147,6 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
     return stop - start, stop == args.epochs
 
 
-
 def teacher_complete(path, args) -> bool:
     """Whether ``path`` holds the last epoch of a teacher of this run's --arch, --aug and recipe: a --resume
     (each slice of a time-sliced student) then neither lists its data nor evaluates it again."""
@@ -162,14 +161,11 @@ def teacher_complete(path, args) -> bool:
     return "recipe" in state and state["epoch"] == args.epochs - 1 and not state.get("step")
 
 
-
 STOP = {"requested": False}
-
 
 
 class Interrupted(Exception):
     """The run stopped on request after writing its checkpoint."""
-
 
 
 def _request_stop(signum, frame):
@@ -178,7 +174,6 @@ def _request_stop(signum, frame):
     if STOP["requested"]:
         raise KeyboardInterrupt
     STOP["requested"] = True
-
 
 
 def main(argv=None):
@@ -232,14 +227,12 @@ def main(argv=None):
             shutdown_distributed()
 
 
-
 def own_teacher(args):
     """The checkpoint of the teacher this command trains before its student (ldl and kd without --teacher),
     else None."""
     if args.strategy in ("ldl", "kd") and args.teacher is None:
         return args.out / "teacher" / "checkpoint.pt"
     return None
-
 
 
 def interrupted_line(args):
@@ -250,7 +243,6 @@ def interrupted_line(args):
     if not saved:
         return "interrupted before the first checkpoint: nothing to resume, the same command starts again"
     return f"interrupted: the state is in {' and '.join(saved)}; continue with --resume"
-
 
 
 if __name__ == "__main__":

@@ -159,7 +159,6 @@ def parse_args(argv=None):
     return args
 
 
-
 def check_values(p, args):
     """One clear line for a value out of range, before anything runs (a teacher's training included)."""
     def optional(value, ok):
@@ -217,7 +216,6 @@ def check_values(p, args):
               "than bf16 or off here): use it to test fp16 loss scaling, not to train", file=sys.stderr)
 
 
-
 # The options that shape a run's trajectory: a --resume with any of them changed would not continue the run
 # (a longer --epochs, say, would follow the checkpoint's schedule, already at its end), so it is refused.
 # --pretrained is not one: it sets the first weights only, and a resumed run's are in its checkpoint.
@@ -227,11 +225,9 @@ RECIPE = ("epochs", "batch_size", "image_size", "min_scale", "train_per_class", 
           "online_weight")
 
 
-
 def recipe(args) -> dict:
     """The RECIPE options of ``args``, as the checkpoint records them."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in RECIPE}
-
 
 
 def check_same_run(path, state, run):
@@ -243,7 +239,6 @@ def check_same_run(path, state, run):
     if differ:
         raise ValueError(f"--resume: {path} was written by a run with {_options(recorded, differ)}; this run has "
                          f"{_options(run, differ)}. Resume with the same options, or start a new run in another --out")
-
 
 
 def _options(values, keys):

@@ -27,13 +27,11 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-
 def rng_states(device):
     states = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
-
 
 
 def data_root(args):
@@ -45,7 +43,6 @@ def data_root(args):
         make_synthetic_dataset(root, **SYNTHETIC)
     barrier()
     return root
-
 
 
 def boxes_root(args, root):
@@ -60,7 +57,6 @@ def make_val_loader(args, root, device, classes, rank=0, world=1):
     return validation_loader(root, args.val_split, args.batch_size, args.image_size, device, classes,
                              resident=args.resident, seed=args.seed, num_threads=args.threads, shard_id=rank,
                              num_shards=world)
-
 
 
 def make_loaders(args, root, device, rank, world, strategy_name):
@@ -129,7 +125,6 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     return val, classes, train_for_epoch, facts
 
 
-
 def start_from_pretrained(model, args, num_classes):
     """Loads --pretrained into ``model``; the first process fetches the library's weights before the others,
     which then find them in the cache."""
@@ -145,7 +140,6 @@ def start_from_pretrained(model, args, num_classes):
     if is_main_process():
         print(f"pretrained: {args.arch} from {source}"
               + (f"; new for {num_classes} classes: {', '.join(new)}" if new else ""), flush=True)
-
 
 
 def load_teacher(path, arch, classes, image_size, device):
@@ -169,7 +163,6 @@ def load_teacher(path, arch, classes, image_size, device):
     return teacher.to(device, memory_format=torch.channels_last)
 
 
-
 def make_strategy(name, args, model, num_classes, teacher, device, steps):
     if name == "ce":
         return S.CrossEntropy()
@@ -188,7 +181,6 @@ def make_strategy(name, args, model, num_classes, teacher, device, steps):
     return S.KnowledgeDistillation(teacher, args.kd_alpha, args.kd_temperature)
 
 
-
 def make_optimizer(args, model, lr):
     """SGD with Nesterov momentum, weight decay on every parameter (the CIFAR and ImageNet ResNet recipes); or
     AdamW without weight decay on biases and normalisation weights (the one-dimensional parameters), as
@@ -200,7 +192,6 @@ def make_optimizer(args, model, lr):
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr)
-
 
 
 def make_scheduler(args, optimizer, steps):
