@@ -106,6 +106,58 @@ def test_non_finite_logits_on_one_rank_stop_every_rank_with_the_same_error(tmp_p
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [want, want]
 
 
+def _train_cli_worker(rank, world, init_file, argv, stop_at, out_dir):
+    """train_imagenet.py's main in one of ``world`` gloo processes (as torchrun starts it); rank 0 gets a
+    SIGTERM after step ``stop_at`` = (epoch, step) when given. Writes the exit code to OUT_DIR/rankR.txt."""
+    import signal
+    from datetime import timedelta
+
+    from pysoftlabel.cli import train as train_cli
+    from pysoftlabel.cli.epoch_log import EpochLog
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    if stop_at is not None:  # rank 0 alone has the epoch log, and so the progress calls
+        EpochLog.progress = lambda self, epoch: (
+            lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == stop_at else None)
+    try:
+        train_cli.main(argv)
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code
+    Path(out_dir, f"rank{rank}.txt").write_text(str(code))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_a_ddp_run_stopped_inside_an_epoch_resumes_exactly(data, tmp_path):
+    """Two gloo processes: a SIGTERM on rank 0 in epoch 2 stops both ranks after the same step (they agree
+    every 10th), the checkpoint holds the OLS statistics of both ranks summed, and the resumed run (which
+    counts them once) ends where the uninterrupted one does."""
+    pytest.importorskip("nvidia.dali", reason="train_imagenet.py needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
+
+    def run(out, *extra, stop_at=None):
+        argv = ["--data", str(data), "--out", str(out), "--strategy", "ols", "--aug", "cutmix", "--epochs", "2",
+                "--batch-size", "2", "--image-size", "16", "--device", "cpu", "--threads", "1", *extra]
+        init = tmp_path / f"init-{out.name}-{len(extra)}"
+        mp.spawn(_train_cli_worker, args=(2, str(init), argv, stop_at, str(tmp_path)), nprocs=2, join=True)
+        return [int((tmp_path / f"rank{rank}.txt").read_text()) for rank in (0, 1)]
+
+    assert run(tmp_path / "whole") == [0, 0]
+    assert run(tmp_path / "parts", stop_at=(1, 3)) == [130, 130]
+    state = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (0, 10)  # 48 images, 2 x 2 a step: 12 steps, stopped at the 10th
+    assert run(tmp_path / "parts", "--resume") == [0, 0]
+    whole, parts = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                    for name in ("whole", "parts"))
+    assert [r["epoch"] for r in parts] == [0, 1]
+    for key in ("val_acc1", "val_nll", "val_ece", "val_brier"):
+        assert parts[1][key] == pytest.approx(whole[1][key], rel=1e-6, abs=1e-7), key
+    tables = [torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["strategy"]["table"]
+              for name in ("whole", "parts")]
+    torch.testing.assert_close(tables[1], tables[0], rtol=1e-6, atol=1e-7)
+    assert tables[0].abs().sum() > 0
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_train_imagenet_under_torchrun(data, tmp_path):
     pytest.importorskip("nvidia.dali", reason="train_imagenet.py needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
