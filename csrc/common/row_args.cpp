@@ -6,6 +6,8 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <cstdio>
+
 #if defined(PSL_WITH_CUDA)
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,11 +19,15 @@
 namespace psl {
 namespace {
 
-// Numbers and shapes in messages are formatted with std::to_string, not iostreams: built with GCC 13
-// against PyTorch 2.11's headers, the module carried its own copy of ostream's numeric insertion, and
-// formatting an integer in an error message crashed there.
+// Numbers and shapes in messages are formatted with std::to_string and snprintf, not iostreams: built with
+// GCC 13 against PyTorch 2.11's headers, the module carried its own copy of ostream's numeric insertion,
+// and formatting an integer in an error message crashed there.
 std::string num(int64_t v) { return std::to_string(v); }
-std::string num(double v) { return std::to_string(v); }
+std::string num(double v) {  // as Python prints it (0.5, 0, 1e-05), not std::to_string's 0.000000
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", v);
+  return text;
+}
 std::string shape(at::IntArrayRef sizes) {
   std::string out = "[";
   for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);

@@ -4,6 +4,7 @@ from torch import Tensor
 
 from .. import reference
 from .._extension import _C, choose_backend
+from .fake_checks import check_fake_args
 
 __all__ = ["calibration_update"]
 
@@ -37,5 +38,5 @@ def calibration_update(logits: Tensor, labels: Tensor, bins: Tensor, sums: Tenso
 if _C is not None:
     @torch.library.register_fake("pysoftlabel::calibration_update")
     def _(logits, labels, ignore_index, bins, sums):
-        torch._check(logits.dim() == 2, lambda: "logits must have shape [N, C]")
+        check_fake_args(logits, labels=labels, bins=bins, sums=sums)
         return None

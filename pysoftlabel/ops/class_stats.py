@@ -4,6 +4,7 @@ from torch import Tensor
 
 from .. import reference
 from .._extension import _C, choose_backend
+from .fake_checks import check_fake_args
 
 __all__ = ["class_stats_update"]
 
@@ -32,5 +33,5 @@ def class_stats_update(logits: Tensor, labels: Tensor, class_sum: Tensor, class_
 if _C is not None:
     @torch.library.register_fake("pysoftlabel::class_stats_update")
     def _(logits, labels, ignore_index, class_sum, class_count):
-        torch._check(logits.dim() == 2, lambda: "logits must have shape [N, C]")
+        check_fake_args(logits, labels=labels, class_sum=class_sum, class_count=class_count)
         return None

@@ -6,6 +6,7 @@ from torch import Tensor
 from .. import reference
 from .._extension import _C, check_backend, choose_backend
 from ..target import SoftTarget
+from .fake_checks import check_fake_args
 
 __all__ = ["soft_cross_entropy", "SoftCrossEntropyLoss"]
 
@@ -308,8 +309,10 @@ if _C is not None:
     def _(logits, labels, labels2, lam, lam_value, smoothing, smoothing_value, table, table_weight,
           table_weight_value, dense, dense_weight, dense_weight_value, dense_logits, temperature, ignore_index,
           reduction, grad_output, compute_grad, class_sum, class_count, calib_bins, calib_sums):
-        torch._check(logits.dim() == 2, lambda: f"logits must have shape [N, C], got {tuple(logits.shape)}")
-        torch._check(labels.shape == (logits.shape[0],), lambda: "labels must have shape [N]")
+        check_fake_args(logits, labels=labels, labels2=labels2, lam=lam, smoothing=smoothing, table=table,
+                        table_weight=table_weight, dense=dense, dense_weight=dense_weight, grad_output=grad_output,
+                        class_sum=class_sum, class_count=class_count, calib_bins=calib_bins, calib_sums=calib_sums)
+        torch._check_value(labels.shape == (logits.shape[0],), lambda: "labels must have shape [N]")
         acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
         loss = logits.new_empty((logits.shape[0],) if reduction == 0 else (), dtype=acc)
         grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
