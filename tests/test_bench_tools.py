@@ -38,6 +38,21 @@ def test_bench_kernels(tmp_path):
     assert out.with_suffix(".md").read_text().count("| float32 | 64x100 |") >= 2
 
 
+def test_sass_loops_counts_every_kernel():
+    """The instructions-per-logit table of docs/benchmarks.md, read from the machine code nvcc makes (no GPU):
+    it depends on source lines of the CUDA kernel that a change could move away from its patterns."""
+    import os
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    if not (Path(cuda_home) / "bin" / "nvcc").exists():
+        pytest.skip(f"needs the CUDA toolkit's nvcc (none in {cuda_home}/bin; set CUDA_HOME)")
+    rows = [line.split(" | ") for line in run_tool("sass_loops.py").splitlines() if line.startswith("| ")][2:]
+    assert [row[0].lstrip("| ") for row in rows] == ["LS fp32", "OLS fp32", "dense fp32", "LS bf16", "OLS bf16",
+                                                     "dense bf16"]
+    for row in rows:
+        grouped, single, gradient = float(row[1].split()[0]), float(row[2]), float(row[3].split()[0])
+        assert 0 < grouped <= single < 100 and 0 < gradient < 100, row
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     pytest.importorskip("nvidia.dali", reason="the data tools need NVIDIA DALI (pip install nvidia-dali-cuda130)")
