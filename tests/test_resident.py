@@ -90,6 +90,17 @@ def test_unreadable_file_is_named(tmp_path):
         ResidentImages(tmp_path, "train")
 
 
+def test_images_of_several_sizes_are_refused_by_name(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "train" / "cls"
+    folder.mkdir(parents=True)
+    for name, size in (("a.png", (32, 32)), ("b.png", (40, 30))):
+        Image.new("RGB", size).save(folder / name)
+    with pytest.raises(ValueError, match=r"^data: images of .*/train differ in size \(30x40, 32x32\); the resident "
+                                         r"path needs one size"):
+        ResidentImages(tmp_path, "train")
+
+
 @pytest.mark.cuda
 def test_gpu_batches_never_wait_for_the_gpu(root, images):
     """Past the epoch's start (one copy of its rows and random numbers) a training epoch on the GPU issues no

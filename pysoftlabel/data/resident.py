@@ -37,10 +37,11 @@ class ResidentImages:
         # Pillow releases the GIL while it decodes: threads make the 60,000 CIFAR-10 files a few seconds.
         with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
             arrays = list(pool.map(_decode, files))
-        sizes = {a.shape for a in arrays}
+        sizes = sorted({a.shape[:2] for a in arrays})
         if len(sizes) != 1:
-            raise ValueError(f"data: images of {Path(root) / split} differ in size ({sorted(sizes)[:3]}); the resident "
-                             "path needs one size (use the DALI pipeline for such data)")
+            shown = ", ".join(f"{h}x{w}" for h, w in sizes[:3]) + (", ..." if len(sizes) > 3 else "")
+            raise ValueError(f"data: images of {self.folder} differ in size ({shown}); the resident path "
+                             "needs one size (use the DALI pipeline for such data)")
         height, width = arrays[0].shape[:2]
         if image_size is not None and (height, width) != (image_size, image_size):
             raise ValueError(f"data: the images of {self.folder} are {height}x{width}, and the resident path takes "
