@@ -209,6 +209,13 @@ def test_bad_layouts_name_the_folder(tmp_path, make, match):
         ImageNetLoader(tmp_path, "train", 4, 16, "cpu", num_threads=1)
 
 
+def test_a_validation_split_without_images_is_named(tmp_path):
+    for name in CLASSES:  # the class folders are there, and empty
+        (tmp_path / "val" / name).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"^data: no images under .*/val$"):
+        ImageNetLoader(tmp_path, "val", 4, 16, "cpu", classes=list(CLASSES), num_threads=1)
+
+
 def test_a_class_holds_the_images_below_it_as_torchvisions_image_folder_lists_them(tmp_path):
     from torchvision.datasets import ImageFolder
     layout = ["a/z.JPEG", "a/images/b.jpg", "a/images/a.png", "a/b.JPEG", "a/images/deeper/c.jpeg", "b/x.PNG",
