@@ -561,24 +561,34 @@ def test_backward_makes_no_n_by_c_tensor(device):
 
 
 @native
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    """A model and the loss in one graph, the statistics accumulating into their state in place: the second
+    call of the compiled step (the cached graph) adds to them as eager does."""
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
     x = torch.randn(10, 8)
     labels = torch.randint(0, 5, (10,))
     table = torch.softmax(torch.randn(5, 5), 1)
 
-    def step(x, labels):
+    def step(x, labels, stats, calib):
         logits = model(x)
-        return psl.soft_cross_entropy(logits, psl.SoftTarget(labels, smoothing=0.1, table=table, table_weight=0.3))
+        return psl.soft_cross_entropy(logits, psl.SoftTarget(labels, smoothing=0.1, table=table, table_weight=0.3),
+                                      stats=stats, calib=calib)
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    loss = compiled(x, labels)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    ref = step(x, labels)
-    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
-    torch.testing.assert_close(loss, ref)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b)
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    states = [(psl.ClassStats(5), psl.CalibrationStats()) for _ in range(2)]
+    for _ in range(2):
+        loss = compiled(x, labels, *states[0])
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        ref = step(x, labels, *states[1])
+        ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+        torch.testing.assert_close(loss, ref)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b)
+    assert states[0][1].count == 20
+    for got, want in zip(states[0], states[1]):
+        for name, value in want.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[name], value, msg=name)
 
 
 @native
