@@ -90,7 +90,8 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     elif torch.is_tensor(target):
         target = SoftTarget(target)
     if not isinstance(target, SoftTarget):
-        raise ValueError(f"target must be a SoftTarget, a label tensor [N] or a probability tensor [N, C], got {type(target).__name__}")
+        raise ValueError("target must be a SoftTarget, a label tensor [N] or a probability tensor [N, C], "
+                         f"got {type(target).__name__}")
     target.check_against(logits)
     for name, state in (("stats", stats), ("calib", calib)):
         if state is not None and state.device != logits.device:
