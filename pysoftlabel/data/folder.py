@@ -107,12 +107,18 @@ def unreadable_image(path):
     return "is neither a JPEG nor a PNG file"
 
 
-def drop_unreadable(files, labels, threads: int = 16):
-    """(files, labels, [(file, reason), ...]): the listing without unreadable images, and what was dropped."""
+def unreadable_images(files, threads: int = 16):
+    """[(file, reason), ...]: the files of ``files`` that :func:`unreadable_image` finds unreadable, in order."""
     with ThreadPoolExecutor(threads) as pool:
         reasons = list(pool.map(unreadable_image, files))
-    keep = [i for i, r in enumerate(reasons) if r is None]
-    dropped = [(f, r) for f, r in zip(files, reasons) if r is not None]
+    return [(f, r) for f, r in zip(files, reasons) if r is not None]
+
+
+def drop_unreadable(files, labels, threads: int = 16):
+    """(files, labels, [(file, reason), ...]): the listing without unreadable images, and what was dropped."""
+    dropped = unreadable_images(files, threads)
+    gone = {f for f, _ in dropped}
+    keep = [i for i, f in enumerate(files) if f not in gone]
     return [files[i] for i in keep], [labels[i] for i in keep], dropped
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .boxes import context_window, load_boxes, object_fraction
-from .folder import check_fills_a_batch, drop_unreadable, scan_image_folder
+from .folder import check_fills_a_batch, drop_unreadable, scan_image_folder, unreadable_images
 from .webdataset import class_names, find_shards, index_paths, parse_class_text, scan_webdataset
 
 __all__ = ["imagenet_pipeline", "ImageNetLoader", "context_crops"]
@@ -187,7 +187,7 @@ class ImageNetLoader:
             message = (f"data: DALI could not read a file of {len(self.files)} in this listing: "
                        f"{next(line for line in after if line)[:500]}")
             if not self.webdataset:
-                _, _, bad = drop_unreadable(self.files, self.files)
+                bad = unreadable_images(self.files)
                 if bad:
                     message += f"; {len(bad)} of its files are unreadable now, e.g. {bad[0][0]} {bad[0][1]}"
             raise ValueError(message) from None
