@@ -143,7 +143,8 @@ class ImageNetLoader:
             files, labels, self.classes = listing or scan_image_folder(root, split, classes)
             self.files, labels, self.skipped = drop_unreadable(files, labels) if check_files else (files, labels, [])
             if boxes is not None and self.skipped:
-                boxes = boxes.select([f not in {s for s, _ in self.skipped} for f in files])
+                skipped = {f for f, _ in self.skipped}  # once, not once per file
+                boxes = boxes.select([f not in skipped for f in files])
             if not self.files:
                 raise ValueError(f"data: none of the {len(files)} images of {root}/{split} can be read")
             self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
