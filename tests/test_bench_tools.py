@@ -3,6 +3,7 @@ short: a tool that fails there costs the lease, so each one's whole path (argume
 JSON it writes) is run here first. No timings are asserted, only that each figure is there and positive."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,6 @@ def test_bench_kernels(tmp_path):
 def test_sass_loops_counts_every_kernel():
     """The instructions-per-logit table of docs/benchmarks.md, read from the machine code nvcc makes (no GPU):
     it depends on source lines of the CUDA kernel that a change could move away from its patterns."""
-    import os
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     if not (Path(cuda_home) / "bin" / "nvcc").exists():
         pytest.skip(f"needs the CUDA toolkit's nvcc (none in {cuda_home}/bin; set CUDA_HOME)")

@@ -62,15 +62,12 @@ def test_soft_cross_entropy_op_names_a_bad_argument(changes, message):
     assert str(raised.value).splitlines()[0] == message
 
 
-@pytest.mark.parametrize("labels, message", [
-    (torch.tensor([0, 1, 7, 2, 3]), "out of range"),
-    (torch.tensor([0, 1, -2, 2, 3]), "out of range"),
-])
-def test_statistics_ops_name_a_bad_label_with_its_row(labels, message):
+@pytest.mark.parametrize("labels", [torch.tensor([0, 1, 7, 2, 3]), torch.tensor([0, 1, -2, 2, 3])])
+def test_statistics_ops_name_a_bad_label_with_its_row(labels):
     logits = torch.randn(N, C)
     for op, state in ((torch.ops.pysoftlabel.class_stats_update, class_state()),
                       (torch.ops.pysoftlabel.calibration_update, calib_state())):
-        with pytest.raises(ValueError, match=rf"{message}.*\(row 2\)"):
+        with pytest.raises(ValueError, match=r"out of range.*\(row 2\)"):
             op(logits, labels, -100, *state.values())
 
 
