@@ -14,3 +14,10 @@ def pytest_collection_modifyitems(config, items):
 def devices():
     """CPU always; CUDA as a param marked `cuda` (skipped without a GPU)."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def calibration_tolerance(dtype):
+    """The calibration sums accumulate in float64 whatever the logits, but each row's confidence, NLL and
+    Brier score is computed in float64 only for float64 logits (else in float32): the tolerance follows the
+    rows' precision, so a float64 error is not hidden under a float32 allowance."""
+    return dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
