@@ -153,6 +153,31 @@ def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path,
     assert parts[1]["val_nll"] == pytest.approx(whole[1]["val_nll"], rel=1e-6)
 
 
+def test_a_second_sigterm_stops_at_once_with_the_last_epochs_checkpoint(data, tmp_path, monkeypatch, capsys):
+    """An impatient second Ctrl-C: no mid-epoch checkpoint, but the last epoch's, which is written in the
+    background while the next epoch trains, is complete on the disk when the run has stopped."""
+    import signal
+
+    def progress(self, epoch):  # two signals inside epoch 1: the second one before any checkpoint of it
+        def twice(step, steps):
+            if (epoch, step) == (1, 2):
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+        return twice
+    with monkeypatch.context() as m:
+        m.setattr(EpochLog, "progress", progress)
+        with pytest.raises(SystemExit) as stopped:
+            run(data, tmp_path / "r", "--strategy", "ols", "--epochs", "3")
+    checkpoint = tmp_path / "r" / "checkpoint.pt"
+    assert stopped.value.code == 130
+    assert f"interrupted: the state is in {checkpoint}; continue with --resume" in capsys.readouterr().err
+    state = torch.load(checkpoint, weights_only=False)
+    assert (state["epoch"], state.get("step", 0)) == (0, 0)  # epoch 0 whole; nothing of epoch 1
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = run(data, tmp_path / "r", "--strategy", "ols", "--epochs", "3", "--resume")
+    assert [r["epoch"] for r in resumed] == [0, 1, 2]
+
+
 def test_a_run_stopped_in_its_teachers_epochs_names_the_teachers_checkpoint_alone(data, tmp_path, monkeypatch,
                                                                                  capsys):
     import signal
