@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 import torch
 
@@ -21,3 +23,15 @@ def calibration_tolerance(dtype):
     Brier score is computed in float64 only for float64 logits (else in float32): the tolerance follows the
     rows' precision, so a float64 error is not hidden under a float32 allowance."""
     return dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+
+
+def sigterm_after(stop_at, times=1):
+    """An ``EpochLog.progress`` that sends this process ``times`` SIGTERMs after training step ``stop_at`` =
+    (epoch, step), as a scheduler's pre-emption (or an impatient second Ctrl-C) would."""
+    def progress(self, epoch):
+        def after_step(step, steps):
+            if (epoch, step) == stop_at:
+                for _ in range(times):
+                    signal.raise_signal(signal.SIGTERM)
+        return after_step
+    return progress

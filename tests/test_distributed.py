@@ -17,6 +17,7 @@ from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.resident import ResidentImages, ResidentLoader
 from pysoftlabel.engine import evaluate, train_one_epoch
 from pysoftlabel.engine.distributed import shutdown_distributed
+from conftest import sigterm_after
 
 BATCH = 8  # per process with two processes; one process takes 2 * BATCH
 
@@ -109,7 +110,6 @@ def test_non_finite_logits_on_one_rank_stop_every_rank_with_the_same_error(tmp_p
 def _train_cli_worker(rank, world, init_file, argv, stop_at, out_dir):
     """train_imagenet.py's main in one of ``world`` gloo processes (as torchrun starts it); rank 0 gets a
     SIGTERM after step ``stop_at`` = (epoch, step) when given. Writes the exit code to OUT_DIR/rankR.txt."""
-    import signal
     from datetime import timedelta
 
     from pysoftlabel.cli import train as train_cli
@@ -118,8 +118,7 @@ def _train_cli_worker(rank, world, init_file, argv, stop_at, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     if stop_at is not None:  # rank 0 alone has the epoch log, and so the progress calls
-        EpochLog.progress = lambda self, epoch: (
-            lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == stop_at else None)
+        EpochLog.progress = sigterm_after(stop_at)
     try:
         train_cli.main(argv)
         code = 0

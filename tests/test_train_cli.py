@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import sigterm_after
+
 pytest.importorskip("nvidia.dali", reason="the data layer needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_webdataset  # noqa: E402
@@ -132,14 +134,10 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(data, tmp
 
 
 def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
-    import signal
     common = ("--strategy", "ols", "--aug", "cutmix", "--epochs", "3")
     whole = run(data, tmp_path / "whole", *common)
-
-    def progress(self, epoch):  # a pre-emption after step 2 of epoch 1 (of 6 steps)
-        return lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == (1, 2) else None
     with monkeypatch.context() as m:
-        m.setattr(EpochLog, "progress", progress)
+        m.setattr(EpochLog, "progress", sigterm_after((1, 2)))  # a pre-emption after step 2 of epoch 1 (of 6)
         with pytest.raises(SystemExit) as stopped:
             run(data, tmp_path / "parts", *common)
     err = capsys.readouterr().err
@@ -156,16 +154,8 @@ def test_sigterm_inside_an_epoch_checkpoints_and_resumes_exactly(data, tmp_path,
 def test_a_second_sigterm_stops_at_once_with_the_last_epochs_checkpoint(data, tmp_path, monkeypatch, capsys):
     """An impatient second Ctrl-C: no mid-epoch checkpoint, but the last epoch's, which is written in the
     background while the next epoch trains, is complete on the disk when the run has stopped."""
-    import signal
-
-    def progress(self, epoch):  # two signals inside epoch 1: the second one before any checkpoint of it
-        def twice(step, steps):
-            if (epoch, step) == (1, 2):
-                signal.raise_signal(signal.SIGTERM)
-                signal.raise_signal(signal.SIGTERM)
-        return twice
-    with monkeypatch.context() as m:
-        m.setattr(EpochLog, "progress", progress)
+    with monkeypatch.context() as m:  # two signals inside epoch 1: the second one before any checkpoint of it
+        m.setattr(EpochLog, "progress", sigterm_after((1, 2), times=2))
         with pytest.raises(SystemExit) as stopped:
             run(data, tmp_path / "r", "--strategy", "ols", "--epochs", "3")
     checkpoint = tmp_path / "r" / "checkpoint.pt"
@@ -180,11 +170,7 @@ def test_a_second_sigterm_stops_at_once_with_the_last_epochs_checkpoint(data, tm
 
 def test_a_run_stopped_in_its_teachers_epochs_names_the_teachers_checkpoint_alone(data, tmp_path, monkeypatch,
                                                                                  capsys):
-    import signal
-
-    def progress(self, epoch):  # SIGTERM in the teacher's second epoch
-        return lambda step, steps: signal.raise_signal(signal.SIGTERM) if (epoch, step) == (1, 1) else None
-    monkeypatch.setattr(EpochLog, "progress", progress)
+    monkeypatch.setattr(EpochLog, "progress", sigterm_after((1, 1)))  # SIGTERM in the teacher's second epoch
     with pytest.raises(SystemExit):
         run(data, tmp_path / "ldl", "--strategy", "ldl")
     teacher = tmp_path / "ldl" / "teacher" / "checkpoint.pt"
