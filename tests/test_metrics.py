@@ -356,6 +356,29 @@ def test_topk_accuracy():
         acc.accuracy(5)  # it was "tuple.index(x): x not in tuple"
 
 
+def test_topk_accuracy_breaks_ties_as_argmax():
+    """Tied logits (frequent in bf16) rank by class index, as torch.argmax and the calibration statistics pick
+    the row's class: top-1 is their accuracy, top-k is a stable sort's; topk's own tie order made val_acc1
+    differ from the report's accuracy of the same logits."""
+    acc = psl.metrics.AccuracyStats(ks=(1, 2)).update(torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0]]),
+                                                      torch.tensor([1, 1]))
+    assert acc.correct.tolist() == [1, 2]  # row 0: class 0 ties and comes first; row 1: label 1 comes first
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(20000, 10, generator=g) * 0.3).bfloat16().float()
+    labels = torch.randint(0, 10, (20000,), generator=g)
+    acc = psl.metrics.AccuracyStats(ks=(1, 3)).update(logits, labels)
+    assert acc.accuracy(1) == (logits.argmax(1) == labels).double().mean().item()
+    assert acc.accuracy(1) == psl.calibration_stats(logits, labels).accuracy
+    stable_order = torch.sort(-logits, dim=1, stable=True).indices
+    assert acc.accuracy(3) == (stable_order[:, :3] == labels[:, None]).any(1).double().mean().item()
+
+
+def test_label_rank_puts_nan_first_as_argmax():
+    logits = torch.tensor([[float("nan"), 1.0, 2.0], [1.0, float("nan"), float("nan")]])
+    assert psl.metrics.accuracy.label_rank(logits, torch.tensor([1, 2])).tolist() == [2, 1]
+    assert psl.metrics.accuracy.label_rank(logits, logits.argmax(1)).tolist() == [0, 0]
+
+
 def test_adaptive_ece_matches_sorting():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(3000, 10, generator=g) * 2
