@@ -51,3 +51,14 @@ def test_installed_script_is_the_same_program(script):
     prog, text = help_text((installed,))
     assert prog == script
     assert text == help_text((sys.executable, "-m", module))[1]
+
+
+@pytest.mark.parametrize("script, arguments, error", [
+    ("psl-train", ["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ("psl-evaluate", [], "the following arguments are required: checkpoint")])
+def test_a_bad_argument_is_one_line(script, arguments, error):
+    """The error alone, not below argparse's usage block of twenty lines; --help has the usage."""
+    _, tool = PROGRAMS[script]
+    done = subprocess.run([sys.executable, tool, *arguments], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"{Path(tool).name}: error: {error}"]

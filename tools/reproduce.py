@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from pysoftlabel.atomic import write_text_atomically, writing_folder
+from pysoftlabel.cli import ArgumentParser
 from pysoftlabel.engine import output_folder
 from pysoftlabel.jsontext import json_text
 from pysoftlabel.metrics import ece_with_interval, reliability_diagrams
@@ -67,7 +68,7 @@ METRICS = [("top-1", "val_acc1"), ("ECE", "val_ece"), ("conf − acc", "confiden
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     p.add_argument("--only", default=None, help="comma-separated subset of the preset's runs, e.g. ce,ls")

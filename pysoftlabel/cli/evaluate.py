@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from pysoftlabel.atomic import write_text_atomically
-from pysoftlabel.cli import program_name
+from pysoftlabel.cli import ArgumentParser
 from pysoftlabel.data.folder import skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
@@ -58,8 +58,7 @@ from pysoftlabel.models import (TIMM_PREFIX, check_model_name, default_weights, 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program_name("pysoftlabel.cli.evaluate"), description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__, "pysoftlabel.cli.evaluate")
     p.add_argument("checkpoints", nargs="+", metavar="checkpoint",
                    help="checkpoint.pt written by tools/train_imagenet.py (or the run's folder holding it), a file "
                         "of saved outputs (.pt, .npz), or a model name with pretrained weights (resnet50, "

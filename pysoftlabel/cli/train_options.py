@@ -16,14 +16,13 @@ when tensorboard is installed.
 Several GPUs or nodes: torchrun --nproc_per_node 8 tools/train_imagenet.py ... (DDP; --batch-size is per
 process; data sharded per rank; strategy statistics and metrics all-reduced). On CPUs torchrun uses gloo.
 """
-import argparse
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from pysoftlabel.cli import program_name
+from pysoftlabel.cli import ArgumentParser
 from pysoftlabel.engine import AMP_CHOICES, output_folder, parse_device, run_checkpoint
 from pysoftlabel.models import check_model_name, default_weights
 
@@ -34,8 +33,7 @@ OPTIMIZERS = {"sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=program_name("pysoftlabel.cli.train"), description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__, "pysoftlabel.cli.train")
     g = p.add_argument_group("Dataset")
     g.add_argument("--data", default=None,
                    help="ImageNet-layout root, ROOT/{train,val}/<class>/<image>, or webdataset shards, "
