@@ -14,7 +14,8 @@ class AccuracyStats(SummedState):
     ranks after every class with a higher logit and every class before it with the same logit, and is in
     the top k when fewer than k classes rank before it (NaN ranks highest, as in argmax). So the top-1
     accuracy is the accuracy of :class:`CalibrationStats` and of the class statistics, bf16 logits'
-    frequent ties included (``topk`` breaks ties in no documented order).
+    frequent ties included (``torch.topk`` does not guarantee an order among tied values: it may vary
+    between calls and devices, its documentation says).
 
     Args:
         ks (tuple of int): the k of each top-k accuracy. Default: (1, 5).
