@@ -321,6 +321,26 @@ def test_a_missing_validation_folder_names_the_ones_there(data, tmp_path, capsys
     assert "has no val/ folder to validate on; --val-split chooses another: test" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("made, given, line", [
+    ("d/train/a", "d/train", "{root}/d/train is one split of the data; give the folder above it, {root}/d, which "
+                             "holds train/"),
+    ("d/train/a", "", "{root} has no train/ folder; {root}/d has one"),  # the folder an archive unpacked into
+    ("d.tar.gz", "d.tar.gz", "{root}/d.tar.gz is a file, not a folder; unpack it and give the folder that holds "
+                             "train/"),
+    (None, "nowhere", "{root}/nowhere does not exist"),
+    ("d/val/a", "d", "{root}/d has no train/ folder (ImageNet layout ROOT/train/<class>/<image>, or shards "
+                     "ROOT/train/*.tar)"),
+])
+def test_a_data_root_without_train_says_where_the_data_is(tmp_path, capsys, made, given, line):
+    if made and made.endswith(".tar.gz"):
+        (tmp_path / made).write_bytes(b"")
+    elif made:
+        (tmp_path / made).mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        parse_args(["--data", str(tmp_path / given)])
+    assert capsys.readouterr().err.splitlines()[-1].endswith("--data: " + line.format(root=tmp_path))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
 def test_cuda_device_without_a_gpu_gives_one_clear_line(capsys):
     with pytest.raises(SystemExit):
@@ -337,7 +357,8 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(data, tmp_pa
     with pytest.raises(SystemExit, match="--out: cannot create .*file/eval"):
         evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), "--out", str(tmp_path / "file" / "eval")])
     capsys.readouterr()
-    for argv, match in ((["--data", str(tmp_path)], f"--data: {tmp_path} has no val/ folder"),
+    for argv, match in ((["--data", str(tmp_path)], f"--data: {tmp_path} has no val/ folder (ImageNet layout "
+                                                     "ROOT/val/<class>/<image>, or shards ROOT/val/*.tar)"),
                         (["--boxes", str(tmp_path / "nowhere")], f"--boxes: {tmp_path / 'nowhere'} does not exist")):
         with pytest.raises(SystemExit):
             evaluate.main([str(tmp_path / "r" / "checkpoint.pt"), *argv])

@@ -45,7 +45,7 @@ import torch
 
 from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.cli import ArgumentParser
-from pysoftlabel.data.folder import skipped_line
+from pysoftlabel.data.folder import missing_split, skipped_line
 from pysoftlabel.data.imagenet import context_crops
 from pysoftlabel.data.loaders import loader_dtype, validation_loader
 from pysoftlabel.engine import (AMP_CHOICES, autocast_dtype, context_confidence, load_checkpoint,
@@ -178,7 +178,7 @@ def data_plan(p, args, run, data, device) -> dict:
     """The data and options of an evaluation: the options given, else the run's (``run``: its args.json)."""
     split = args.val_split or run.get("val_split", "val")
     if not Path(data, split).is_dir():
-        p.error(f"--data: {data} has no {split}/ folder")
+        p.error(f"--data: {missing_split(data, split)}")
     # The run's --boxes go with the run's data; other data bring their own (DATA/boxes).
     boxes = Path(args.boxes or (args.data is None and run.get("boxes")) or Path(data, "boxes"))
     if args.boxes and not boxes.is_dir():

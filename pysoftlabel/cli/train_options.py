@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from pysoftlabel.cli import ArgumentParser
+from pysoftlabel.data.folder import missing_split
 from pysoftlabel.engine import AMP_CHOICES, output_folder, parse_device, run_checkpoint
 from pysoftlabel.models import check_model_name, default_weights
 
@@ -128,7 +129,7 @@ def parse_args(argv=None):
     if args.strategy not in STRATEGIES:
         p.error(f"--strategy: unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if args.data is not None and not Path(args.data, "train").is_dir():
-        p.error(f"--data: {args.data} has no train/ folder (ImageNet layout ROOT/train/<class>/<image>)")
+        p.error(f"--data: {missing_split(args.data, 'train')}")
     if args.data is not None and not Path(args.data, args.val_split).is_dir():
         others = sorted(d.name for d in Path(args.data).iterdir() if d.is_dir() and d.name not in ("train", "boxes"))
         p.error(f"--data: {args.data} has no {args.val_split}/ folder to validate on; "

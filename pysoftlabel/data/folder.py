@@ -6,9 +6,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "class_images", "unreadable_image", "drop_unreadable", "skipped_line",
-           "check_fills_a_batch"]
+           "check_fills_a_batch", "missing_split"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # any case; ImageNet has PNG and CMYK files named .JPEG
+
+
+def missing_split(root, split: str) -> str:
+    """Why ``root`` has no ``split`` folder, for a one-line error, with the folder meant where it can be seen:
+    ``root`` does not exist, is a file (an archive still to unpack), is a split folder itself (its parent is
+    the root), or holds the root one level down (the folder an archive unpacked into)."""
+    root = Path(root)
+    if not root.exists():
+        return f"{root} does not exist"
+    if not root.is_dir():
+        archive = root.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".zip"))
+        return f"{root} is a file, not a folder" + (f"; unpack it and give the folder that holds {split}/"
+                                                    if archive else "")
+    if (root.parent / split).is_dir() and (root.parent / "train").is_dir() and root.parent != root:
+        return f"{root} is one split of the data; give the folder above it, {root.parent}, which holds {split}/"
+    below = sorted(str(d.parent) for d in root.glob(f"*/{split}") if d.is_dir())
+    if below:
+        return f"{root} has no {split}/ folder; {' and '.join(below[:2])} {'has' if len(below) == 1 else 'have'} one"
+    return f"{root} has no {split}/ folder (ImageNet layout ROOT/{split}/<class>/<image>, or shards ROOT/{split}/*.tar)"
 
 
 def scan_image_folder(root, split: str, classes=None, per_class=None):
