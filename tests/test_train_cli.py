@@ -271,7 +271,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
 
 @pytest.mark.parametrize("argv, match", [
     (["--strategy", "nope"], "unknown strategy"),
-    (["--data", "/does/not/exist"], "no train/ folder"),
+    (["--data", "/does/not/exist"], "--data: /does/not/exist does not exist"),
     (["--teacher", "/does/not/exist.pt", "--strategy", "ldl"], "does not exist"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--batch-size", "-3"], "--batch-size must be at least 1"),
