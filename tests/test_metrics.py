@@ -45,7 +45,8 @@ def test_calibration_native_matches_reference(device, dtype):
 @pytest.mark.parametrize("c", [10, 1000, 4099])
 def test_ties_of_the_max_count_as_torch_argmax(device, dtype, c):
     """Logits with many ties: a row is correct when its label is the first index of the max (torch.argmax),
-    in the calibration counts, the top-1 accuracy and the class statistics alike (C = 1000: vectorised kernels; 4099: scalar)."""
+    in the calibration counts, the top-1 accuracy and the class statistics alike (C = 1000: vectorised
+    kernels; 4099: scalar)."""
     g = torch.Generator().manual_seed(c)
     logits = torch.randint(0, 3, (257, c), generator=g).to(device, dtype)
     labels = torch.randint(0, 3, (257,), generator=g).to(device)  # the max, 2, is often at several of 0..2
