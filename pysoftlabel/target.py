@@ -115,13 +115,8 @@ class SoftTarget:
 
     def check_against(self, logits):
         """Shape, dtype and device checks against ``logits`` (no data access, no synchronisation)."""
-        if not torch.is_tensor(logits) or logits.dim() != 2:
-            raise ValueError(f"logits must have shape [N, C], got {_describe(logits)}")
-        if not logits.is_floating_point():
-            raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
+        check_logits(logits)
         n, c = logits.shape
-        if c < 1:
-            raise ValueError("logits must have at least one class (C >= 1)")
         if self.labels.shape[0] != n:
             raise ValueError(f"labels has {self.labels.shape[0]} rows but logits has {n} (shape {tuple(logits.shape)})")
         if self.table is not None and tuple(self.table.shape) != (c, c):
@@ -157,6 +152,19 @@ class SoftTarget:
                  ("table", self.table), ("table_weight", self.table_weight), ("dense", self.dense),
                  ("dense_weight", self.dense_weight))
         return [(k, v) for k, v in parts if isinstance(v, Tensor)]
+
+
+def check_logits(logits):
+    """ValueError unless ``logits`` is a floating-point [N, C] tensor with C >= 1. The loss checks this before
+    its target, so that one sample's scores (F.cross_entropy's unbatched [C] input) are named as the problem."""
+    if not torch.is_tensor(logits) or logits.dim() != 2:
+        one_sample = ("; for one sample's scores use logits[None] and labels[None]"
+                      if torch.is_tensor(logits) and logits.dim() == 1 else "")
+        raise ValueError(f"logits must have shape [N, C], got {_describe(logits)}{one_sample}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
+    if logits.shape[1] < 1:
+        raise ValueError("logits must have at least one class (C >= 1)")
 
 
 def check_label_dtype(labels, name="labels"):

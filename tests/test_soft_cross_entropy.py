@@ -670,6 +670,9 @@ def test_zero_dim_weights_equal_floats(backend):
      "dense"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.randn(4, 5, 2)), "logits"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), reduction="avg"), "reduction"),
+    # F.cross_entropy's unbatched call: the logits are the problem, not the 0-d label
+    (lambda: dict(target=torch.tensor(2), logits=torch.randn(5)),
+     r"^logits must have shape \[N, C\], got a tensor of shape \(5,\); for one sample's scores use logits\[None\]"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.ones(4, 5, dtype=torch.long)),
      "^logits must be floating point, got dtype torch.int64$"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.ones(4, 0)),

@@ -5,7 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from .._extension import _C, check_backend, choose_backend
-from ..target import SoftTarget
+from ..target import SoftTarget, check_logits
 from .fake_checks import check_fake_args
 
 __all__ = ["soft_cross_entropy", "SoftCrossEntropyLoss"]
@@ -85,6 +85,7 @@ def soft_cross_entropy(logits: Tensor, target, reduction: str = "mean", stats=No
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_logits(logits)
     if _is_probabilities(target):
         target = _probability_target(target)
     elif torch.is_tensor(target):
