@@ -4,8 +4,7 @@
     python tools/make_synthetic_dataset.py OUT [--classes 10 --train-per-class 100 --val-per-class 25 --size 64
                                                 --seed 0 --workers 1]
 """
-import argparse
-
+from pysoftlabel.cli import ArgumentParser
 from pysoftlabel.data import make_synthetic_dataset
 
 
@@ -15,7 +14,7 @@ FLAGS = {"num_classes": "--classes", "train_per_class": "--train-per-class", "va
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("out", help="output folder")
     parser.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
     parser.add_argument("--train-per-class", type=int, default=100, help="training images per class (default: 100)")
