@@ -310,9 +310,10 @@ def test_webdataset_shards(data, tmp_path):
     assert torch.equal(torch.cat([b["label"] for b in val]), labels)
     import tarfile
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
-        info = tarfile.TarInfo("x.cls")
-        info.size = 3
-        tar.addfile(info, __import__("io").BytesIO(b"cat"))
+        for name, payload in (("x.jpg", Path(files[0]).read_bytes()), ("x.cls", b"cat")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, __import__("io").BytesIO(payload))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad.tar").rename(tmp_path / "bad" / "bad.tar")
     with pytest.raises(ValueError, match="not a class index"):
@@ -321,6 +322,38 @@ def test_webdataset_shards(data, tmp_path):
         ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=["0", "1"])
     with pytest.raises(ValueError, match=r"^data: boxes need ImageNet-layout folders; .*/train holds webdataset"):
         ImageNetLoader(tmp_path, "train", 6, 16, "cpu", num_threads=1, windows=torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("with_indexes", [True, False])
+def test_webdataset_shards_with_unreadable_images_read_every_other_sample_once(data, tmp_path, with_indexes):
+    """The scan's indexes leave the unreadable images out, and DALI reads what they list: before, one empty
+    image stopped the run ("nvImageCodec failure"). Members named .JPG or .PNG are images too."""
+    import io
+    import tarfile
+    from pysoftlabel.data.webdataset import write_webdataset
+    files, labels, _ = scan_image_folder(data, "val")
+    bad = {0: b"", 8: b"not an image", 15: Path(files[15]).read_bytes()[:200]}  # one of each class
+    copies = []
+    for i, path in enumerate(files):
+        copies.append(tmp_path / "images" / f"{i:02d}.JPEG")
+        copies[-1].parent.mkdir(exist_ok=True)
+        copies[-1].write_bytes(bad.get(i, Path(path).read_bytes()))
+    write_webdataset([str(c) for c in copies], labels, tmp_path / "val", per_shard=4)
+    with tarfile.open(tmp_path / "val" / "upper.tar", "w") as tar:  # as from other tools: capital extensions
+        for name, payload in (("x.JPG", Path(files[1]).read_bytes()), ("x.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    if not with_indexes:
+        for index in (tmp_path / "val").glob("*.idx"):
+            index.unlink()
+    val = ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=list(CLASSES))
+    assert sorted(name.rsplit(": ", 1)[1] for name, _ in val.skipped) == ["000000000.jpg", "000000008.jpg",
+                                                                          "000000015.jpg"]
+    batches = list(val)
+    got = torch.cat([b["label"] for b in batches])
+    assert got.bincount().tolist() == [7 - 1 + 1, 7 - 1, 7 - 1]  # the upper-case sample is class 0
+    assert torch.equal(torch.cat([drawn_labels(b) for b in batches]), got)
 
 
 @pytest.mark.cuda

@@ -22,6 +22,8 @@ from pysoftlabel.cli.epoch_log import EpochLog  # noqa: E402
 from pysoftlabel.cli.train_options import parse_args  # noqa: E402
 from pysoftlabel.cli.train_setup import make_scheduler, make_strategy  # noqa: E402
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
+from pysoftlabel.data.folder import scan_image_folder  # noqa: E402
+from pysoftlabel.data.webdataset import write_webdataset  # noqa: E402
 from pysoftlabel.engine import save_checkpoint  # noqa: E402
 
 
@@ -225,13 +227,20 @@ def test_a_batch_larger_than_the_training_set_gives_one_line(data, tmp_path):
             run(data, tmp_path / "big", "--strategy", "ce", "--batch-size", "64", *path)
 
 
-def test_unreadable_images_are_skipped_and_counted_in_training_and_validation(data, tmp_path, capsys):
-    import shutil
+@pytest.mark.parametrize("layout", ["folders", "shards"])
+def test_unreadable_images_are_skipped_and_counted_in_training_and_validation(data, tmp_path, capsys, layout):
     copy = shutil.copytree(data, tmp_path / "data")
     next((copy / "train").rglob("*.JPEG")).write_bytes(b"")
     next((copy / "val").rglob("*.JPEG")).write_text("not an image")
+    if layout == "shards":  # shards from elsewhere, holding them (make_webdataset.py leaves them out)
+        for split in ("train", "val"):
+            write_webdataset(*scan_image_folder(copy, split)[:2], tmp_path / "wds" / split, per_shard=10)
+        copy = tmp_path / "wds"  # before, DALI stopped the run: "nvImageCodec failure: '#4'"
     records = run(copy, tmp_path / "run", "--strategy", "ce", "--epochs", "1")
     assert records[0]["skipped_images"] == 1 and records[0]["skipped_val_images"] == 1
+    out = capsys.readouterr().out
+    assert "skipping 1 unreadable training images, e.g. " in out and " is empty\n" in out
+    assert "skipping 1 unreadable validation images, e.g. " in out and " is neither a JPEG nor a PNG file\n" in out
     val_images = sum(1 for _ in (data / "val").rglob("*.JPEG"))
     assert json.loads((tmp_path / "run" / "report.json").read_text())["count"] == val_images - 1
     evaluate.main([str(tmp_path / "run" / "checkpoint.pt")])

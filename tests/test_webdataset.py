@@ -1,5 +1,6 @@
 """Writing webdataset shards (tools/make_webdataset.py): whole or not at all, never mixed with an earlier
-conversion, classes named by the training split."""
+conversion, classes named by the training split, unreadable images left out; scanning them: from their index
+or their tar headers alike, unreadable images skipped and counted, bad shards named."""
 import io
 import shutil
 import sys
@@ -9,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from pysoftlabel.data import make_synthetic_dataset
-from pysoftlabel.data import webdataset
-from pysoftlabel.data.webdataset import (class_names, find_shards, index_paths, scan_webdataset,
-                                          write_webdataset)
+from pysoftlabel.data.folder import scan_image_folder
+from pysoftlabel.data.webdataset import class_names, find_shards, scan_webdataset, write_webdataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_webdataset  # noqa: E402
@@ -38,7 +38,9 @@ def test_shards_hold_every_sample_once_and_a_second_conversion_is_refused(data, 
     labels = [i % 3 for i in range(len(files))]
     shards = write_webdataset(files, labels, tmp_path / "train", per_shard=5)
     assert [Path(s).name for s in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    assert scan_webdataset(shards) == (12, 3)
+    scan = scan_webdataset(shards)
+    assert (scan.samples, scan.num_classes, scan.skipped) == (12, 3, ())
+    assert scan.indexes == tuple(s.replace(".tar", ".idx") for s in shards)  # their own, read by DALI
     assert sorted(cls_of(shards).items()) == [(f"{i:09d}", labels[i]) for i in range(12)]
     # Before, shards of 100 were written over shards of 5: shard-000001 and -000002 stayed, read twice.
     with pytest.raises(ValueError, match="train is not empty"):
@@ -53,13 +55,16 @@ def test_each_shard_has_the_index_dalis_wds2idx_writes(data, tmp_path):
     wds2idx = pytest.importorskip("wds2idx", reason="DALI's wds2idx (nvidia-dali) makes the reference index")
     files = sorted(str(p) for p in (data / "train").rglob("*.JPEG"))
     shards = write_webdataset(files, [i % 3 for i in range(len(files))], tmp_path / "train", per_shard=5)
-    assert index_paths(shards) == [s.replace(".tar", ".idx") for s in shards]
+    references = []
     for shard in shards:
-        with wds2idx.IndexCreator(shard, str(tmp_path / "reference.idx"), verbose=False) as creator:
+        references.append(tmp_path / f"{Path(shard).stem}.reference")
+        with wds2idx.IndexCreator(shard, str(references[-1]), verbose=False) as creator:
             creator.create_index()
-        assert Path(shard).with_suffix(".idx").read_text() == (tmp_path / "reference.idx").read_text()
-    Path(shards[1]).with_suffix(".idx").unlink()
-    assert index_paths(shards) is None  # DALI infers them all then
+        assert Path(shard).with_suffix(".idx").read_text() == references[-1].read_text()
+    Path(shards[1]).with_suffix(".idx").unlink()  # a shard from elsewhere: the scan writes its index from the tar
+    scan = scan_webdataset(shards)
+    assert scan.indexes[1] != shards[1].replace(".tar", ".idx")
+    assert Path(scan.indexes[1]).read_text() == references[1].read_text()
 
 
 def test_an_interrupted_conversion_leaves_nothing(data, tmp_path, monkeypatch):
@@ -79,14 +84,21 @@ def test_an_interrupted_conversion_leaves_nothing(data, tmp_path, monkeypatch):
     assert opened and list(tmp_path.iterdir()) == []  # no first shard posing as the whole set
 
 
-def test_class_names_and_the_indexes_spare_reading_the_tars(data, tmp_path):
+def test_class_names_and_the_listing_from_the_indexes_or_the_tar_headers(data, tmp_path):
     make_webdataset.main([str(data), str(tmp_path / "wds"), "--per-shard", "5"])
     classes = sorted(p.name for p in (data / "train").iterdir())
     assert class_names(tmp_path / "wds") == classes
     for split in ("train", "val"):
         shards = find_shards(tmp_path / "wds" / split)
-        # from the indexes and classes.txt, as from reading every tar
-        assert scan_webdataset(shards) == webdataset._scan(tuple(shards)) == (len(cls_of(shards)), 3)
+        indexed = scan_webdataset(shards)
+        assert (indexed.samples, indexed.num_classes) == (len(cls_of(shards)), 3)
+        bare = tmp_path / "bare" / split  # the same shards without their indexes
+        bare.mkdir(parents=True)
+        for shard in shards:
+            shutil.copy(shard, bare)
+        walked = scan_webdataset(find_shards(bare))
+        assert (walked.samples, walked.num_classes, walked.skipped) == (indexed.samples, 3, ())
+        assert [Path(i).read_text() for i in walked.indexes] == [Path(i).read_text() for i in indexed.indexes]
     other = tmp_path / "other"
     shutil.copytree(data, other)
     (other / "train" / classes[0]).rename(other / "train" / "zz_renamed")
@@ -111,6 +123,9 @@ def test_bad_arguments_give_one_line(data, tmp_path, capsys, argv, match):
     assert match in capsys.readouterr().err
 
 
+WHOLE_JPEG = b"\xff\xd8\xff\xe0" + bytes(16) + b"\xff\xd9"  # what the scan's check of each end takes for a JPEG
+
+
 def write_tar(path, members):
     """A tar at ``path`` of ``members``, {name: bytes, or None for a folder}."""
     with tarfile.open(path, "w") as tar:
@@ -127,7 +142,9 @@ def write_tar(path, members):
 @pytest.mark.parametrize("members, match", [
     ({"a.jpg": b"x", "a.cls": b"1", "b.jpg": b"x"}, r"/shard.tar: sample 'b' needs a .jpg and a .cls member$"),
     ({"a.cls": b"1"}, r"/shard.tar: sample 'a' needs a .jpg and a .cls member$"),
-    ({"a.jpg": b"x", "a.cls": b"one"}, r"/shard.tar: a.cls holds b'one', not a class index$"),
+    ({"a.jpg": WHOLE_JPEG, "a.cls": b"one"}, r"/shard.tar: a.cls holds b'one', not a class index$"),
+    ({"a.jpg": b"x", "a.cls": b"7"}, r"^data: no samples in the shards \(.*\) that can be read \(1 skipped, e.g. "
+     r".*/shard.tar: a.jpg is neither a JPEG nor a PNG file\)$"),
     ({}, r"^data: no samples in the shards \("),
     ({"a": None, ".hidden": b"x", "a/.DS_Store": b"x"}, r"^data: no samples in the shards"),  # folders, dot files
     (b"not a tar file" * 100, r"/shard.tar is not a readable tar file \("),
@@ -139,13 +156,19 @@ def test_bad_shards_name_the_shard(tmp_path, members, match):
         scan_webdataset([str(shard)])
 
 
-def test_dot_files_and_folders_in_a_shard_are_not_samples(tmp_path):
-    write_tar(tmp_path / "shard.tar", {"a": None, "a/.DS_Store": b"x", "a/x.JPG": b"x", "a/x.cls": b"4"})
-    assert scan_webdataset([str(tmp_path / "shard.tar")]) == (1, 5)
+def test_dot_files_and_folders_in_a_shard_are_not_samples(data, tmp_path):
+    jpeg = next((data / "train").rglob("*.JPEG")).read_bytes()
+    write_tar(tmp_path / "shard.tar", {"a": None, "a/.DS_Store": b"x", "a/x.JPG": jpeg, "a/x.cls": b"4",
+                                       ".git/y.jpg": jpeg, ".git/y.cls": b"9"})
+    scan = scan_webdataset([str(tmp_path / "shard.tar")])
+    assert (scan.samples, scan.num_classes) == (1, 5)
+    assert Path(scan.indexes[0]).read_text().splitlines()[1].split()[0::4] == ["JPG", "cls"]
 
 
 @pytest.mark.parametrize("index, match", [
-    ("v1.2 1\njpg 0 10 a.jpg\n", r"/shard.tar: sample 'a.jpg' needs a .jpg and a .cls member$"),
+    ("v1.2 1\njpg 0 10 a.jpg\n", r"/shard.tar: sample 'a' needs a .jpg and a .cls member$"),
+    ("v1.2 1\njpg 0 10\n", r"/shard.idx: 'jpg 0 10' is not a sample line \(extension offset size name, for each "
+                            r"member\): write the index again with DALI's wds2idx$"),
     ("v1.2 0\n", r"^data: no samples in the shards"),
 ])
 def test_bad_indexes_name_the_shard(tmp_path, index, match):
@@ -155,3 +178,66 @@ def test_bad_indexes_name_the_shard(tmp_path, index, match):
     (tmp_path / "train" / "shard.idx").write_text(index)
     with pytest.raises(ValueError, match=match):
         scan_webdataset([str(tmp_path / "train" / "shard.tar")])
+
+
+
+def shards_with_bad_images(data, out):
+    """Shards of ``data``'s 12 training images, 5 a shard, three of them unreadable (empty, truncated, not an
+    image), written as shards from elsewhere could hold them; returns (shards, {bad key: reason})."""
+    files, labels, _ = scan_image_folder(data, "train")
+    (out / "images").mkdir(parents=True)
+    copies = [out / "images" / f"{i:02d}.JPEG" for i in range(len(files))]
+    for i, (path, copy) in enumerate(zip(files, copies)):
+        whole = Path(path).read_bytes()
+        copy.write_bytes({1: b"", 2: whole[: len(whole) // 2], 3: b"not an image"}.get(i, whole))
+    shards = write_webdataset([str(c) for c in copies], labels, out / "train", per_shard=5)
+    return shards, {"000000001.jpg": "is empty", "000000002.jpg": "is a truncated JPEG (no end-of-image marker)",
+                    "000000003.jpg": "is neither a JPEG nor a PNG file"}
+
+
+@pytest.mark.parametrize("with_indexes", [True, False])
+def test_unreadable_images_in_shards_are_skipped_and_counted(data, tmp_path, with_indexes):
+    shards, bad = shards_with_bad_images(data, tmp_path)
+    if not with_indexes:
+        for shard in shards:
+            Path(shard).with_suffix(".idx").unlink()
+    scan = scan_webdataset(shards)
+    assert {name.split(": ")[1]: reason for name, reason in scan.skipped} == bad
+    assert all(name.split(": ")[0] in shards for name, _ in scan.skipped)
+    assert (scan.samples, scan.num_classes, scan.shards) == (9, 3, tuple(shards))
+    listed = [line.split()[3] for index in scan.indexes for line in Path(index).read_text().splitlines()[1:]]
+    assert len(listed) == 9 and not set(listed) & set(bad)  # DALI reads the samples the indexes list
+    for shard, index in zip(shards, scan.indexes):  # a shard's own index where it has one and all is readable
+        clean = with_indexes and not any(name.startswith(shard) for name, _ in scan.skipped)
+        assert (index == shard.replace(".tar", ".idx")) == clean
+
+
+def test_a_shard_of_unreadable_images_only_is_left_out_and_a_cut_off_shard_keeps_its_whole_samples(data, tmp_path):
+    jpeg = next((data / "train").rglob("*.JPEG")).read_bytes()
+    write_tar(tmp_path / "a.tar", {"x.jpg": b"", "x.cls": b"0", "y.png": b"\x89PNG\r\n\x1a\n", "y.cls": b"1"})
+    write_tar(tmp_path / "b.tar", {"z.jpg": jpeg, "z.cls": b"2"})
+    scan = scan_webdataset([str(tmp_path / "a.tar"), str(tmp_path / "b.tar")])
+    assert scan.shards == (str(tmp_path / "b.tar"),) and scan.samples == 1 and scan.num_classes == 3  # 0..2
+    assert [reason for _, reason in scan.skipped] == ["is empty", "is a truncated PNG (no IEND chunk)"]
+    # A copy cut off inside its last sample (its image, or its class): that sample is skipped, the others kept.
+    shards = write_webdataset(*scan_image_folder(data, "train")[:2], tmp_path / "whole", per_shard=5)
+    image = Path(shards[-1]).with_suffix(".idx").read_text().splitlines()[-1].split()  # jpg ... cls ...
+    assert image[0] == "jpg" and image[4] == "cls"
+    for cut, member in ((int(image[1]) + 100, image[3]), (int(image[5]), image[7])):
+        copy = shutil.copytree(tmp_path / "whole", tmp_path / f"cut-{cut}")
+        last = copy / Path(shards[-1]).name
+        last.write_bytes(last.read_bytes()[:cut])
+        scan = scan_webdataset(find_shards(copy))
+        assert scan.skipped == ((f"{last}: {member}", "is cut off (the file ends inside it)"),)
+        assert scan.samples == 11
+
+
+def test_make_webdataset_leaves_unreadable_images_out_and_says_so(data, tmp_path, capsys):
+    copy = shutil.copytree(data, tmp_path / "data")
+    broken = sorted((copy / "val").rglob("*.JPEG"))[0]
+    broken.write_bytes(broken.read_bytes()[:100])
+    make_webdataset.main([str(copy), str(tmp_path / "wds"), "--per-shard", "4"])
+    out = capsys.readouterr().out
+    assert f"skipping 1 unreadable val images, e.g. {broken} is a truncated JPEG (no end-of-image marker)\n" in out
+    scan = scan_webdataset(find_shards(tmp_path / "wds" / "val"))
+    assert scan.samples == 5 and scan.skipped == ()

@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """Convert an ImageNet-layout folder into webdataset shards (OUT/{train,val}/shard-NNNNNN.tar, samples in a
 seeded random order, each shard with its DALI index .idx; class indices in the training folder's sorted order,
-named in OUT/classes.txt) for tools/train_imagenet.py --data OUT.
+named in OUT/classes.txt) for tools/train_imagenet.py --data OUT. Unreadable images (empty, truncated, not an
+image) are left out, and said in one line.
 
     python tools/make_webdataset.py /data/imagenet /data/imagenet-wds --per-shard 1000
 """
-import argparse
-
-from pysoftlabel.data.folder import scan_image_folder
+from pysoftlabel.cli import ArgumentParser
+from pysoftlabel.data.folder import drop_unreadable, scan_image_folder, skipped_line
 from pysoftlabel.data.webdataset import write_class_names, write_webdataset
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("root", help="ImageNet-layout root")
     p.add_argument("out", help="output root")
     p.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to convert (default: train val)")
@@ -30,6 +30,9 @@ def main(argv=None):
                 write_class_names(args.out, classes)
             if split not in args.splits:
                 continue
+            files, labels, skipped = drop_unreadable(files, labels)  # DALI would stop at them in training
+            if skipped:
+                print(skipped_line(skipped, f"{split} images"))
             shards = write_webdataset(files, labels, f"{args.out}/{split}", args.per_shard, args.seed)
         except ValueError as error:  # bad layout, --per-shard, an output folder holding shards already
             raise SystemExit(str(error))

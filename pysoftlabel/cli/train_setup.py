@@ -59,6 +59,15 @@ def make_val_loader(args, root, device, classes, rank=0, world=1):
                              num_shards=world)
 
 
+def skipped_facts(train_skipped, val_skipped) -> dict:
+    """The counts of unreadable images left out of training and validation, each said in one line."""
+    if is_main_process():
+        for skipped, what in ((train_skipped, "training images"), (val_skipped, "validation images")):
+            if skipped:
+                print(skipped_line(skipped, what), flush=True)
+    return {"skipped_images": len(train_skipped), "skipped_val_images": len(val_skipped)}
+
+
 def make_loaders(args, root, device, rank, world, strategy_name):
     """(val loader, classes, train loader for an epoch, data facts): the DALI pipeline, or the resident
     small-image path, sharded per rank. The training loader of epoch e is a function of (seed, e), so that a
@@ -78,19 +87,16 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     if find_shards(root / "train"):  # webdataset shards: the loader shuffles the shard order per epoch
         if strategy_name == "als" or args.train_per_class:
             raise ValueError("data: --strategy als and --train-per-class need ImageNet-layout folders, not shards")
-        classes = ImageNetLoader(root, "train", args.batch_size, args.image_size, device, **common).classes
-        return make_val_loader(args, root, device, classes, rank, world), classes, lambda epoch: ImageNetLoader(
+        first = ImageNetLoader(root, "train", args.batch_size, args.image_size, device, **common)
+        val = make_val_loader(args, root, device, first.classes, rank, world)
+        return val, first.classes, lambda epoch: ImageNetLoader(
             root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
-            min_scale=args.min_scale, **common), {}
+            min_scale=args.min_scale, **common), skipped_facts(first.skipped, val.skipped)
     # once: seconds on ImageNet
     files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)
     files, labels, skipped = drop_unreadable(files, labels)
-    if skipped and is_main_process():
-        print(skipped_line(skipped, "training images"), flush=True)
     val = make_val_loader(args, root, device, classes, rank, world)
-    if val.skipped and is_main_process():
-        print(skipped_line(val.skipped, "validation images"), flush=True)
-    facts = {"skipped_images": len(skipped), "skipped_val_images": len(val.skipped)}
+    facts = skipped_facts(skipped, val.skipped)
     boxes = None
     if strategy_name == "als":
         box_root = boxes_root(args, root)

@@ -5,8 +5,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "class_images", "unreadable_image", "drop_unreadable", "skipped_line",
-           "check_fills_a_batch", "missing_split"]
+__all__ = ["IMAGE_SUFFIXES", "scan_image_folder", "class_images", "unreadable_image", "unreadable_region",
+           "drop_unreadable", "skipped_line", "check_fills_a_batch", "missing_split"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # any case; ImageNet has PNG and CMYK files named .JPEG
 
@@ -104,21 +104,32 @@ def check_fills_a_batch(count: int, batch_size: int, num_shards: int, where) -> 
 
 
 def unreadable_image(path):
-    """Why ``path`` cannot be a whole JPEG or PNG image, or None. Reads 8 bytes at each end, so a million
-    files take seconds: an empty file, an unknown format, or a truncated file (no JPEG end-of-image marker
-    near the end, which byte stuffing keeps out of the coded data; no PNG IEND chunk). DALI would stop the
-    whole run at such a file."""
+    """Why ``path`` cannot be a whole JPEG or PNG image, or None (:func:`unreadable_region` of the whole file).
+    Reads 8 bytes at each end, so a million files take seconds. DALI would stop the whole run at such a file."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 1024))
-            tail = f.read()
+            return unreadable_region(f, 0, os.fstat(f.fileno()).st_size)
     except OSError as error:
         return f"cannot be read ({error.strerror})"
+
+
+CUT_OFF = "is cut off (the file ends inside it)"
+
+
+def unreadable_region(f, offset: int, size: int):
+    """Why the ``size`` bytes at ``offset`` of the open binary file ``f`` (a file, or an image inside a tar
+    shard) cannot be a whole JPEG or PNG image, or None: empty, cut off by the end of ``f``, an unknown
+    format, or truncated (no JPEG end-of-image marker near the end, which byte stuffing keeps out of the coded
+    data; no PNG IEND chunk). Reads the first 8 bytes and the last KiB."""
     if size == 0:
         return "is empty"
+    f.seek(offset)
+    head = f.read(8)
+    start = offset + max(0, size - 1024)
+    f.seek(start)
+    tail = f.read(offset + size - start)
+    if len(tail) < offset + size - start:
+        return CUT_OFF
     if head[:3] == b"\xff\xd8\xff":
         return None if b"\xff\xd9" in tail else "is a truncated JPEG (no end-of-image marker)"
     if head == b"\x89PNG\r\n\x1a\n":

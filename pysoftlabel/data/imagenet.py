@@ -9,7 +9,7 @@ import torch
 
 from .boxes import context_window, load_boxes, object_fraction
 from .folder import check_fills_a_batch, drop_unreadable, scan_image_folder, unreadable_images
-from .webdataset import class_names, find_shards, index_paths, parse_class_text, scan_webdataset
+from .webdataset import class_names, find_shards, parse_class_text, scan_webdataset
 
 __all__ = ["imagenet_pipeline", "ImageNetLoader", "context_crops"]
 
@@ -29,9 +29,10 @@ def _dali():
 
 
 def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu, seed, batch_size, num_threads,
-                      device_id, min_scale=0.08, half=False, windows=None, webdataset=False):
+                      device_id, min_scale=0.08, half=False, windows=None, shard_indexes=None):
     """The DALI pipeline over image ``files`` (the second output is the file's index in the listing) or, with
-    ``webdataset``, over tar shards (the second output is the ``.cls`` text, zero-padded).
+    ``shard_indexes`` (DALI's index of each, :class:`~pysoftlabel.data.webdataset.ShardListing`), over
+    webdataset tar shards (the second output is the ``.cls`` text, zero-padded).
 
     Train: random-resized crop (area min_scale-1, ratio 3/4-4/3, decoded region only), horizontal flip,
     normalisation; also outputs the crop window (anchor, shape) and the image's shape for the object
@@ -44,9 +45,9 @@ def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu,
     def pipeline():
         common = dict(random_shuffle=is_training, shard_id=shard_id, num_shards=num_shards, pad_last_batch=True,
                       name="Reader", seed=seed)
-        if webdataset:
-            jpegs, index = fn.readers.webdataset(paths=files, index_paths=index_paths(files),
-                                                 ext=["jpg;jpeg;png", "cls"], missing_component_behavior="error",
+        if shard_indexes is not None:
+            jpegs, index = fn.readers.webdataset(paths=files, index_paths=shard_indexes, ext=["jpg;jpeg;png", "cls"],
+                                                 case_sensitive_extensions=False, missing_component_behavior="error",
                                                  **common)
             index = fn.pad(index, axes=[0], shape=[12], fill_value=0)
         else:
@@ -95,9 +96,10 @@ class ImageNetLoader:
     so that pretrained weights and published evaluations carry over (tests/test_imagenet_loader.py).
 
     Images arrive channels-last (an NCHW view of NHWC memory) in ``dtype``. Evaluation keeps the last
-    partial batch (no sample dropped or repeated); training drops it. Unreadable files (empty, truncated,
-    not an image) are skipped and listed in ``skipped``; a file DALI still cannot decode stops the run with
-    DALI's message, which names it. On a GPU machine images are decoded and augmented on the GPU.
+    partial batch (no sample dropped or repeated); training drops it. Unreadable images (empty, truncated,
+    not an image; files, or a shard's members) are skipped and listed in ``skipped``, as ``(file, reason)``
+    or ``("SHARD: MEMBER", reason)``; one that DALI still cannot decode stops the run with DALI's message.
+    On a GPU machine images are decoded and augmented on the GPU.
 
     Args:
         root (str): dataset root in ImageNet layout. split (str): "train" or "val".
@@ -131,14 +133,17 @@ class ImageNetLoader:
         if self.webdataset:
             if boxes is not None or windows is not None:
                 raise ValueError(f"data: boxes need ImageNet-layout folders; {root}/{split} holds webdataset shards")
-            size, num_classes = scan_webdataset(shards)
-            self.classes = list(classes or class_names(root) or [str(c) for c in range(num_classes)])
-            if num_classes > len(self.classes):
-                raise ValueError(f"data: {root}/{split} has class index {num_classes - 1}, the training set "
+            listing = scan_webdataset(shards)
+            self.skipped, size = list(listing.skipped), listing.samples
+            self.classes = list(classes or class_names(root) or [str(c) for c in range(listing.num_classes)])
+            if listing.num_classes > len(self.classes):
+                raise ValueError(f"data: {root}/{split} has class index {listing.num_classes - 1}, the training set "
                                  f"{len(self.classes)} classes")
             # a new order of the shards each training epoch (seeded), on top of the reader's buffer shuffle
-            self.files = [shards[i] for i in np.random.default_rng(seed).permutation(len(shards))] \
-                if self.training else shards
+            order = np.random.default_rng(seed).permutation(len(listing.shards)) if self.training \
+                else range(len(listing.shards))
+            self.files = [listing.shards[i] for i in order]
+            shard_indexes = [listing.indexes[i] for i in order]
         else:
             files, labels, self.classes = listing or scan_image_folder(root, split, classes)
             self.files, labels, self.skipped = drop_unreadable(files, labels) if check_files else (files, labels, [])
@@ -157,7 +162,7 @@ class ImageNetLoader:
                                       batch_size, num_threads, self.device.index or 0 if gpu else None, min_scale,
                                       half=dtype != torch.float32,
                                       windows=None if windows is None else windows.t().tolist(),
-                                      webdataset=self.webdataset)
+                                      shard_indexes=shard_indexes if self.webdataset else None)
         self.pipe.build()
         policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL
         self.outputs = ["image", "index", "anchor", "crop", "shape"] if self.training else ["image", "index"]

@@ -4,17 +4,24 @@ folders: ``ROOT/{train,val}/*.tar``, read by DALI's webdataset reader through th
 Shards should be written in a shuffled order (:func:`write_webdataset` does): the reader shuffles within a
 buffer, and the loader shuffles the order of the shards each epoch.
 """
+import atexit
 import functools
 import io
+import os
+import shutil
 import tarfile
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..atomic import write_text_atomically, writing_folder
+from .folder import CUT_OFF, IMAGE_SUFFIXES, unreadable_region
 
-__all__ = ["find_shards", "scan_webdataset", "write_webdataset", "index_paths", "class_names", "write_class_names",
+__all__ = ["find_shards", "scan_webdataset", "ShardListing", "write_webdataset", "class_names", "write_class_names",
            "parse_class_text"]
 
 
@@ -41,66 +48,139 @@ def write_class_names(root, classes) -> None:
     write_text_atomically(path, text)  # a cut-off list would renumber the classes
 
 
-def scan_webdataset(shards):
-    """(samples, number of classes) of the shards (remembered per list of shards, since a training run builds
-    a loader every epoch). Where every shard has its DALI index and ``ROOT/classes.txt`` names the classes,
-    from those (a line per sample, no tar read); otherwise from the ``.cls`` members (tar headers are read and
-    the images skipped). Raises ValueError naming the shard for an unreadable tar, a bad class or a sample
-    without an image or class."""
-    shards = tuple(sorted(shards))
-    names = class_names(Path(shards[0]).parent.parent) if shards else None
-    indexes = index_paths(shards)
-    if names is not None and indexes is not None:
-        return _scan_indexes(shards, tuple(indexes)), len(names)
-    return _scan(shards)
+@dataclass(frozen=True)
+class ShardListing:
+    """What :func:`scan_webdataset` found: the shards with readable samples and, for each, the DALI index the
+    reader takes (the shard's own ``.idx``, or one the scan wrote: for a shard without one, or without its
+    unreadable samples); the number of samples to read and of classes (the largest ``.cls`` + 1); and the
+    samples left out, ``("SHARD: MEMBER", reason)``."""
+    shards: tuple
+    indexes: tuple
+    samples: int
+    num_classes: int
+    skipped: tuple
+
+
+def scan_webdataset(shards) -> ShardListing:
+    """Lists the samples of the shards (remembered while the files stay as they are, since a training run
+    builds a loader every epoch). Each sample needs an image (``.jpg``, ``.jpeg`` or ``.png``, any case) and
+    a ``.cls``; members are found from the shard's DALI index (v1.2) where it has one, else from the tar's
+    headers. Each image is checked as files are (:func:`~pysoftlabel.data.folder.unreadable_region`: 8 bytes
+    at each end), so that one empty, truncated or foreign image is skipped and counted instead of stopping
+    DALI. Raises ValueError naming the shard for an unreadable tar, a bad class or a sample without an image
+    or class."""
+    shards = sorted(shards)
+    # remembered while the shards and their indexes stay as they were (a file rewritten has another stamp)
+    return _scan(tuple(shards), tuple((_stamp(s), _stamp(Path(s).with_suffix(".idx"))) for s in shards))
+
+
+def _stamp(path):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 @functools.lru_cache(maxsize=16)
-def _scan_indexes(shards, indexes):
-    samples = 0
-    for shard, index in zip(shards, indexes):
-        lines = Path(index).read_text().splitlines()
-        for line in lines[1:]:
-            fields = line.split()  # extension, offset, size, name: four per member
-            extensions = {e.lower() for e in fields[0::4]}
-            if "cls" not in extensions or not extensions & {"jpg", "jpeg", "png"}:
-                raise ValueError(f"data: {shard}: sample {fields[3] if len(fields) > 3 else line!r} needs a .jpg "
-                                 "and a .cls member")
-        samples += len(lines) - 1
+def _scan(shards, stamps):
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(_scan_shard, shards))
+    kept, indexes, skipped, samples, top, folder = [], [], [], 0, -1, None
+    for shard, (readable, classes, bad, own_index) in zip(shards, found):
+        skipped += [(f"{shard}: {name}", reason) for name, reason in bad]
+        top = max([top, *classes])
+        if not readable:
+            continue
+        if bad or own_index is None:  # DALI reads the samples an index lists, and only those
+            if folder is None:
+                folder = tempfile.mkdtemp(prefix="pysoftlabel-shard-index-")
+                atexit.register(shutil.rmtree, folder, True)
+            own_index = os.path.join(folder, f"{len(kept):06d}-{Path(shard).stem}.idx")
+            Path(own_index).write_text(index_text(readable))
+        kept.append(shard)
+        indexes.append(own_index)
+        samples += len(readable)
     if samples == 0:
-        raise ValueError(f"data: no samples in the shards {shards[:3]}")
+        raise ValueError(f"data: no samples in the shards {shards[:3]}" +
+                         (f" that can be read ({len(skipped)} skipped, e.g. {skipped[0][0]} {skipped[0][1]})"
+                          if skipped else ""))
+    return ShardListing(tuple(kept), tuple(indexes), samples, top + 1, tuple(skipped))
+
+
+def _scan_shard(shard):
+    """(readable samples as index entries, their classes, [(member, reason)] of the unreadable ones, the
+    shard's own index file or None) of one shard."""
+    index = Path(shard).with_suffix(".idx")
+    listed = _index_samples(shard, index) if index.is_file() else None
+    try:
+        with open(shard, "rb") as f:
+            samples = listed if listed is not None else _tar_samples(shard, f)
+            readable, classes, bad = [], [], []
+            for key, members in samples:
+                by_ext = {ext.lower(): (offset, size, name) for ext, offset, size, name in members}
+                image = next((by_ext[s[1:]] for s in IMAGE_SUFFIXES if s[1:] in by_ext), None)
+                if "cls" not in by_ext or image is None:
+                    raise ValueError(f"data: {shard}: sample {key!r} needs a .jpg and a .cls member")
+                reason = unreadable_region(f, *image[:2])
+                if reason is not None:
+                    bad.append((image[2], reason))
+                    continue
+                offset, size, name = by_ext["cls"]
+                f.seek(offset)
+                text = f.read(size)
+                if len(text) < size:  # a copy cut off inside its last sample's class
+                    bad.append((name, CUT_OFF))
+                    continue
+                if not text.strip().isdigit():
+                    raise ValueError(f"data: {shard}: {name} holds {text.strip()[:20]!r}, not a class index")
+                classes.append(int(text))
+                readable.append(members)
+    except OSError as error:
+        raise ValueError(f"data: {shard} cannot be read ({error.strerror})") from None
+    return readable, classes, bad, (str(index) if listed is not None else None)
+
+
+def _sample_key(name: str) -> str:
+    """The sample a member belongs to: its path up to the first dot of its file name (webdataset's rule)."""
+    folder, slash, base = name.rpartition("/")
+    return folder + slash + base.partition(".")[0]
+
+
+def _index_samples(shard, index):
+    """[(key, [(ext, offset, size, name), ...]), ...] from a DALI index of version 1.2 (``wds2idx``'s and
+    :func:`write_webdataset`'s), or None for another version (the tar's headers are read instead)."""
+    lines = Path(index).read_text().splitlines()
+    if not lines or not lines[0].startswith("v1.2"):
+        return None
+    samples = []
+    for line in lines[1:]:
+        fields = line.split()
+        if not fields or len(fields) % 4:
+            raise ValueError(f"data: {index}: {line[:80]!r} is not a sample line (extension offset size name, "
+                             "for each member): write the index again with DALI's wds2idx")
+        members = [(e, int(o), int(n), name) for e, o, n, name in zip(*[iter(fields)] * 4)]
+        samples.append((_sample_key(members[0][3]), members))
     return samples
 
 
-@functools.lru_cache(maxsize=16)
-def _scan(shards):
-    samples, top = 0, -1
-    for shard in shards:
-        keys = {}
-        try:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if not member.isfile() or Path(member.name).name.startswith("."):
-                        continue
-                    key, _, ext = member.name.partition(".")
-                    entry = keys.setdefault(key, {})
-                    if ext == "cls":
-                        text = tar.extractfile(member).read().strip()
-                        if not text.isdigit():
-                            raise ValueError(f"data: {shard}: {member.name} holds {text[:20]!r}, not a class index")
-                        entry["cls"] = int(text)
-                    elif ext.lower() in ("jpg", "jpeg", "png"):
-                        entry["image"] = True
-        except tarfile.TarError as error:
-            raise ValueError(f"data: {shard} is not a readable tar file ({error})") from None
-        for key, entry in keys.items():
-            if "cls" not in entry or "image" not in entry:
-                raise ValueError(f"data: {shard}: sample {key!r} needs a .jpg and a .cls member")
-            top = max(top, entry["cls"])
-        samples += len(keys)
-    if samples == 0:
-        raise ValueError(f"data: no samples in the shards {shards[:3]}")
-    return samples, top + 1
+def _tar_samples(shard, f):
+    """[(key, [(ext, offset, size, name), ...]), ...] from the tar's headers (file members; names starting
+    with a dot, as macOS's ``._`` copies, are not samples), in the tar's order."""
+    samples = {}
+    try:
+        with tarfile.open(fileobj=f) as tar:
+            for member in tar:
+                base = Path(member.name).name
+                if not member.isfile() or base.startswith(".") or any(
+                        part.startswith(".") for part in Path(member.name).parts[:-1]):
+                    continue
+                ext = base.partition(".")[2]
+                samples.setdefault(_sample_key(member.name), []).append((ext, member.offset_data, member.size,
+                                                                         member.name))
+    except tarfile.TarError as error:
+        raise ValueError(f"data: {shard} is not a readable tar file ({error})") from None
+    return list(samples.items())
 
 
 def write_webdataset(files, labels, out_dir, per_shard: int = 1000, seed: int = 0):
@@ -138,12 +218,6 @@ def index_text(samples) -> str:
     headers to find the samples, which it would do at every epoch's new pipeline."""
     lines = [f"v1.2 {len(samples)}"] + [" ".join(f"{e} {o} {n} {name}" for e, o, n, name in s) for s in samples]
     return "\n".join(lines) + "\n"
-
-
-def index_paths(shards):
-    """The ``.idx`` file beside each shard when every shard has one, else None (DALI then infers them)."""
-    paths = [str(Path(shard).with_suffix(".idx")) for shard in shards]
-    return paths if all(Path(path).is_file() for path in paths) else None
 
 
 def parse_class_text(text: torch.Tensor) -> torch.Tensor:
