@@ -146,6 +146,38 @@ def test_context_crops_avoid_every_box(data):
     assert 0 < crops <= 18  # 18 validation images have boxes
 
 
+def test_shards_find_their_boxes_and_context_windows_by_sample_key(data, tmp_path):
+    """ALS on webdataset shards: the samples are named by their files' stems, by which their boxes are found;
+    each training crop's object fraction is its share of white pixels, as from the folders, and the context
+    crops of the validation shards are those of the folders."""
+    from pysoftlabel.data.webdataset import find_shards, scan_webdataset, write_webdataset
+    for split in ("train", "val"):
+        write_webdataset(*scan_image_folder(data, split)[:2], tmp_path / split, per_shard=5)
+    listing = scan_webdataset(find_shards(tmp_path / "train"))
+    keys = [key.decode() for key in listing.keys]
+    assert sorted(keys) == sorted(Path(f).stem for f in scan_image_folder(data, "train")[0])
+    boxes = load_boxes(data / "boxes", keys, listing.labels.tolist(), list(CLASSES))
+    loader = ImageNetLoader(tmp_path, "train", 6, 32, "cpu", classes=list(CLASSES), boxes=boxes, min_scale=0.2,
+                            num_threads=1)
+    fractions = []
+    for batch in loader:
+        assert (drawn_labels(batch) == batch["label"]).all()
+        white = (pixels(batch) > 200).all(dim=-1).float().mean(dim=(1, 2))
+        for fraction, share in zip(batch["object_fraction"].tolist(), white.tolist()):
+            assert fraction == -1 or fraction == pytest.approx(share, abs=0.07)
+            fractions.append(fraction)
+    assert len(fractions) == 24 and fractions.count(-1) == 3  # the first image of each class has no annotation
+    with pytest.raises(ValueError, match=r"^boxes: 23 rows for the 24 samples of the shards$"):
+        ImageNetLoader(tmp_path, "train", 6, 32, "cpu", boxes=boxes.select(range(23)), num_threads=1)
+
+    def crops(root):
+        loader = context_crops(root, "val", data / "boxes", 4, 32, "cpu", list(CLASSES), num_threads=1)
+        images = torch.cat([batch["image"] for batch in loader])
+        return images[images.mean(dim=(1, 2, 3)).argsort()]  # the shards' order is shuffled
+    from_shards = crops(tmp_path)
+    assert len(from_shards) > 0 and torch.equal(from_shards, crops(data))
+
+
 def test_greyscale_cmyk_and_png_named_jpeg_decode_to_rgb(tmp_path):
     (tmp_path / "train" / "x").mkdir(parents=True)
     Image.new("L", (40, 30), 90).save(tmp_path / "train" / "x" / "grey.JPEG")
@@ -320,7 +352,7 @@ def test_webdataset_shards(data, tmp_path):
         ImageNetLoader(tmp_path, "bad", 4, 16, "cpu", num_threads=1)
     with pytest.raises(ValueError, match=r"/val has class index 2, the training set 2 classes$"):
         ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=["0", "1"])
-    with pytest.raises(ValueError, match=r"^data: boxes need ImageNet-layout folders; .*/train holds webdataset"):
+    with pytest.raises(ValueError, match=r"^windows: 1 rows for the 24 samples of the shards$"):
         ImageNetLoader(tmp_path, "train", 6, 16, "cpu", num_threads=1, windows=torch.zeros(1, 4))
 
 
@@ -348,8 +380,7 @@ def test_webdataset_shards_with_unreadable_images_read_every_other_sample_once(d
         for index in (tmp_path / "val").glob("*.idx"):
             index.unlink()
     val = ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=list(CLASSES))
-    assert sorted(name.rsplit(": ", 1)[1] for name, _ in val.skipped) == ["000000000.jpg", "000000008.jpg",
-                                                                          "000000015.jpg"]
+    assert sorted(name.rsplit(": ", 1)[1] for name, _ in val.skipped) == ["00.jpg", "08.jpg", "15.jpg"]
     batches = list(val)
     got = torch.cat([b["label"] for b in batches])
     assert got.bincount().tolist() == [7 - 1 + 1, 7 - 1, 7 - 1]  # the upper-case sample is class 0
@@ -373,9 +404,17 @@ def test_gpu_pipeline_hands_over_cuda_tensors(data, tmp_path):
         assert ((fraction == -1) | ((fraction >= 0) & (fraction <= 1))).all()
     val = ImageNetLoader(data, "val", 4, 32, "cuda", num_threads=1)
     assert sorted(int(i) for batch in val for i in batch["index"]) == list(range(21))
-    from pysoftlabel.data.webdataset import write_webdataset
-    files, labels, _ = scan_image_folder(data, "train")
-    write_webdataset(files, labels, tmp_path / "train", per_shard=5)
+    from pysoftlabel.data.webdataset import find_shards, scan_webdataset, write_webdataset
+    for split in ("train", "val"):
+        write_webdataset(*scan_image_folder(data, split)[:2], tmp_path / split, per_shard=5)
     shards = ImageNetLoader(tmp_path, "train", 6, 16, "cuda", num_threads=1)
     batch = next(iter(shards))
     assert batch["label"].is_cuda and (drawn_labels(batch) == batch["label"].cpu()).all()
+    # ALS on shards: the samples' source_info travels with them, and the context crops' windows are found in
+    # Python (python_function, an unpipelined GPU pipeline)
+    listing = scan_webdataset(find_shards(tmp_path / "train"))
+    boxes = load_boxes(data / "boxes", [k.decode() for k in listing.keys], listing.labels.tolist(), list(CLASSES))
+    batch = next(iter(ImageNetLoader(tmp_path, "train", 6, 16, "cuda", boxes=boxes, num_threads=1)))
+    assert batch["object_fraction"].is_cuda and (batch["object_fraction"] >= -1).all()
+    crops = context_crops(tmp_path, "val", data / "boxes", 4, 32, "cuda", list(CLASSES), num_threads=1)
+    assert all(b["image"].is_cuda for b in crops) and sum(len(b["label"]) for b in crops) == crops.samples > 0

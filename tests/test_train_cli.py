@@ -921,10 +921,20 @@ def test_trains_on_webdataset_shards(data, tmp_path, capsys):
     folder = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     shards = json.loads((tmp_path / "out" / "report.json").read_text())
     assert folder["count"] == shards["count"] and folder["nll"] == pytest.approx(shards["nll"], rel=1e-5)
-    for argv in (("--strategy", "als"), ("--train-per-class", "4")):  # the two that need folders
-        with pytest.raises(SystemExit, match="^data: --strategy als and --train-per-class need ImageNet-layout "
-                                             "folders, not shards$"):
-            run(tmp_path / "wds", tmp_path / "refused", *argv)
+    with pytest.raises(SystemExit, match="^data: --train-per-class needs ImageNet-layout folders, not shards$"):
+        run(tmp_path / "wds", tmp_path / "refused", "--train-per-class", "4")
+    # ALS: the shards' samples are named by the files' stems, which name their boxes (refused before)
+    als = run(tmp_path / "wds", tmp_path / "als", "--strategy", "als", "--epochs", "1", "--boxes", str(data / "boxes"))
+    folders = run(data, tmp_path / "als-folders", "--strategy", "als", "--epochs", "1")
+    assert als[0]["boxes_matched"] == folders[0]["boxes_matched"] > 0
+    assert 0 < als[0]["val_context_conf"] <= 1
+    summaries = []
+    for source in ([], ["--data", str(data)]):  # the shards' context crops are the folders' (counted as crops)
+        capsys.readouterr()
+        evaluate.main([str(tmp_path / "als"), "--boxes", str(data / "boxes"), "--out", str(tmp_path / "e"), *source])
+        summaries.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert summaries[0]["context_crops"] == summaries[1]["context_crops"] > 1
+    assert summaries[0]["context_confidence"] == pytest.approx(summaries[1]["context_confidence"], rel=1e-5)
 
 
 def test_without_dali_the_tools_say_what_to_install_and_resident_data_still_trains(data, tmp_path, monkeypatch,

@@ -11,7 +11,7 @@ import pytest
 
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.folder import scan_image_folder
-from pysoftlabel.data.webdataset import class_names, find_shards, scan_webdataset, write_webdataset
+from pysoftlabel.data.webdataset import class_names, find_shards, sample_keys, scan_webdataset, write_webdataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_webdataset  # noqa: E402
@@ -41,7 +41,7 @@ def test_shards_hold_every_sample_once_and_a_second_conversion_is_refused(data, 
     scan = scan_webdataset(shards)
     assert (scan.samples, scan.num_classes, scan.skipped) == (12, 3, ())
     assert scan.indexes == tuple(s.replace(".tar", ".idx") for s in shards)  # their own, read by DALI
-    assert sorted(cls_of(shards).items()) == [(f"{i:09d}", labels[i]) for i in range(12)]
+    assert sorted(cls_of(shards).items()) == [(Path(f).stem, label) for f, label in zip(files, labels)]
     # Before, shards of 100 were written over shards of 5: shard-000001 and -000002 stayed, read twice.
     with pytest.raises(ValueError, match="train is not empty"):
         write_webdataset(files, labels, tmp_path / "train", per_shard=100)
@@ -49,6 +49,16 @@ def test_shards_hold_every_sample_once_and_a_second_conversion_is_refused(data, 
         Path(s).with_suffix(suffix).name for s in shards for suffix in (".tar", ".idx"))
     with pytest.raises(ValueError, match="per_shard must be at least 1"):
         write_webdataset(files, labels, tmp_path / "other", per_shard=0)
+
+
+@pytest.mark.parametrize("names, keys", [
+    (["/d/a/n01_1.JPEG", "/d/b/n02_7.png"], ["n01_1", "n02_7"]),  # ImageNet's: the stems, which name the boxes
+    (["/d/a/0001.png", "/d/b/0001.png"], ["000000000", "000000001"]),  # a stem twice (CIFAR-style folders)
+    (["/d/a/x.v2.jpg", "/d/b/y.jpg"], ["000000000", "000000001"]),  # a dot would end the key early
+    (["/d/a/my cat.jpg", "/d/b/y.jpg"], ["000000000", "000000001"]),  # DALI's index splits at spaces
+])
+def test_samples_are_named_by_their_files_stems_where_they_can_be(names, keys):
+    assert sample_keys(names) == keys
 
 
 def test_each_shard_has_the_index_dalis_wds2idx_writes(data, tmp_path):
@@ -191,8 +201,8 @@ def shards_with_bad_images(data, out):
         whole = Path(path).read_bytes()
         copy.write_bytes({1: b"", 2: whole[: len(whole) // 2], 3: b"not an image"}.get(i, whole))
     shards = write_webdataset([str(c) for c in copies], labels, out / "train", per_shard=5)
-    return shards, {"000000001.jpg": "is empty", "000000002.jpg": "is a truncated JPEG (no end-of-image marker)",
-                    "000000003.jpg": "is neither a JPEG nor a PNG file"}
+    return shards, {"01.jpg": "is empty", "02.jpg": "is a truncated JPEG (no end-of-image marker)",
+                    "03.jpg": "is neither a JPEG nor a PNG file"}
 
 
 @pytest.mark.parametrize("with_indexes", [True, False])

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Convert an ImageNet-layout folder into webdataset shards (OUT/{train,val}/shard-NNNNNN.tar, samples in a
 seeded random order, each shard with its DALI index .idx; class indices in the training folder's sorted order,
-named in OUT/classes.txt) for tools/train_imagenet.py --data OUT. Unreadable images (empty, truncated, not an
-image) are left out, and said in one line.
+named in OUT/classes.txt) for tools/train_imagenet.py --data OUT. Samples are named by their files' stems
+(ImageNet's n01440764_10026), by which --boxes finds their annotations for --strategy als, or numbered where
+stems repeat or hold a dot or a space. Unreadable images (empty, truncated, not an image) are left out, and
+said in one line.
 
     python tools/make_webdataset.py /data/imagenet /data/imagenet-wds --per-shard 1000
 """

@@ -215,7 +215,7 @@ def evaluate_checkpoint(job, device, out, n_bins) -> tuple:
                             dtype=loader_dtype(device)) if boxes.is_dir() else None
     if context is not None:
         extra.update(context_confidence=context_confidence(model, context, device, job["amp"]),
-                     context_crops=len(context.files))
+                     context_crops=context.samples)
     logits, labels = model_logits(model, val, device, job["amp"])
     summary = write_logits_report(logits, labels, out, extra=extra, n_bins=n_bins,
                                   title=f"{job['checkpoint']} ({job['trained']}): {job['evaluated_on']}")

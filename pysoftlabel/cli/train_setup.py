@@ -68,6 +68,32 @@ def skipped_facts(train_skipped, val_skipped) -> dict:
     return {"skipped_images": len(train_skipped), "skipped_val_images": len(val_skipped)}
 
 
+def als_boxes(args, root, files, labels, classes, device, common, facts):
+    """The boxes of the training images ``files`` (paths, or shard keys) for als, each image's row, with what
+    loading met and the context-only crops of the validation images added to ``facts`` and said; ValueError
+    when there are none, or none of an image's own class."""
+    box_root = boxes_root(args, root)
+    if box_root is None:
+        raise ValueError("--strategy als needs bounding boxes: --boxes ROOT (PASCAL-VOC XML, BOXES/**/<stem>.xml)")
+    boxes = load_boxes(box_root, files, labels, classes)
+    if boxes.matched == 0:
+        raise ValueError(f"--boxes: none of the {len(files)} training images has a box of its class under "
+                         f"{box_root} (BOXES/**/<image stem>.xml); ALS would be label smoothing with --eps "
+                         f"{args.eps} for every image")
+    facts.update(boxes_matched=boxes.matched, boxes_skipped_files=len(boxes.skipped), boxes_repaired=boxes.repaired,
+                 context=context_crops(root, args.val_split, box_root, args.batch_size, args.image_size, device,
+                                       classes, seed=args.seed, **common))
+    if is_main_process():
+        print(f"boxes: {boxes.matched} of {len(files)} training images have a box of their class", flush=True)
+        if boxes.skipped:
+            print(f"boxes: skipped {len(boxes.skipped)} annotation files that cannot be read (their images count "
+                  f"as having no box), e.g. {boxes.skipped[0][1].removeprefix('boxes: ')}", flush=True)
+        if boxes.repaired:
+            print(f"boxes: {boxes.repaired} boxes reached outside their image or had min > max: clipped and put "
+                  f"in order, or dropped when nothing was left, e.g. in {boxes.repaired_example}", flush=True)
+    return boxes
+
+
 def make_loaders(args, root, device, rank, world, strategy_name):
     """(val loader, classes, train loader for an epoch, data facts): the DALI pipeline, or the resident
     small-image path, sharded per rank. The training loader of epoch e is a function of (seed, e), so that a
@@ -85,40 +111,24 @@ def make_loaders(args, root, device, rank, world, strategy_name):
         return val, train_data.classes, train_for_epoch, {}
     common = dict(shard_id=rank, num_shards=world, num_threads=args.threads, dtype=loader_dtype(device))
     if find_shards(root / "train"):  # webdataset shards: the loader shuffles the shard order per epoch
-        if strategy_name == "als" or args.train_per_class:
-            raise ValueError("data: --strategy als and --train-per-class need ImageNet-layout folders, not shards")
+        if args.train_per_class:
+            raise ValueError("data: --train-per-class needs ImageNet-layout folders, not shards")
         first = ImageNetLoader(root, "train", args.batch_size, args.image_size, device, **common)
         val = make_val_loader(args, root, device, first.classes, rank, world)
+        facts = skipped_facts(first.skipped, val.skipped)
+        boxes = None
+        if strategy_name == "als":  # the samples' boxes by key: ImageNet's shards name them by the file stems
+            keys = [key.decode() for key in first.listing.keys]
+            boxes = als_boxes(args, root, keys, first.listing.labels.tolist(), first.classes, device, common, facts)
         return val, first.classes, lambda epoch: ImageNetLoader(
             root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
-            min_scale=args.min_scale, **common), skipped_facts(first.skipped, val.skipped)
+            min_scale=args.min_scale, boxes=boxes, **common), facts
     # once: seconds on ImageNet
     files, labels, classes = scan_image_folder(root, "train", per_class=args.train_per_class)
     files, labels, skipped = drop_unreadable(files, labels)
     val = make_val_loader(args, root, device, classes, rank, world)
     facts = skipped_facts(skipped, val.skipped)
-    boxes = None
-    if strategy_name == "als":
-        box_root = boxes_root(args, root)
-        if box_root is None:
-            raise ValueError("--strategy als needs bounding boxes: --boxes ROOT (PASCAL-VOC XML, BOXES/**/<stem>.xml)")
-        boxes = load_boxes(box_root, files, labels, classes)
-        if boxes.matched == 0:
-            raise ValueError(f"--boxes: none of the {len(files)} training images has a box of its class under "
-                             f"{box_root} (BOXES/**/<image stem>.xml); ALS would be label smoothing with --eps "
-                             f"{args.eps} for every image")
-        facts.update(boxes_matched=boxes.matched, boxes_skipped_files=len(boxes.skipped),
-                     boxes_repaired=boxes.repaired,
-                     context=context_crops(root, args.val_split, box_root, args.batch_size, args.image_size, device,
-                                           classes, seed=args.seed, **common))
-        if is_main_process():
-            print(f"boxes: {boxes.matched} of {len(files)} training images have a box of their class", flush=True)
-            if boxes.skipped:
-                print(f"boxes: skipped {len(boxes.skipped)} annotation files that cannot be read (their images count "
-                      f"as having no box), e.g. {boxes.skipped[0][1].removeprefix('boxes: ')}", flush=True)
-            if boxes.repaired:
-                print(f"boxes: {boxes.repaired} boxes reached outside their image or had min > max: clipped and put "
-                      f"in order, or dropped when nothing was left, e.g. in {boxes.repaired_example}", flush=True)
+    boxes = als_boxes(args, root, files, labels, classes, device, common, facts) if strategy_name == "als" else None
 
     def train_for_epoch(epoch):
         # A global shuffle per epoch (the same on every rank, which then reads its own block): DALI's reader

@@ -21,8 +21,8 @@ import torch
 from ..atomic import write_text_atomically, writing_folder
 from .folder import CUT_OFF, IMAGE_SUFFIXES, unreadable_region
 
-__all__ = ["find_shards", "scan_webdataset", "ShardListing", "write_webdataset", "class_names", "write_class_names",
-           "parse_class_text"]
+__all__ = ["find_shards", "scan_webdataset", "ShardListing", "source_key", "write_webdataset", "sample_keys",
+           "class_names", "write_class_names", "parse_class_text"]
 
 
 def find_shards(folder):
@@ -52,13 +52,45 @@ def write_class_names(root, classes) -> None:
 class ShardListing:
     """What :func:`scan_webdataset` found: the shards with readable samples and, for each, the DALI index the
     reader takes (the shard's own ``.idx``, or one the scan wrote: for a shard without one, or without its
-    unreadable samples); the number of samples to read and of classes (the largest ``.cls`` + 1); and the
-    samples left out, ``("SHARD: MEMBER", reason)``."""
+    unreadable samples); the number of samples to read and of classes (the largest ``.cls`` + 1); the
+    samples left out, ``("SHARD: MEMBER", reason)``; and the key and class of each sample to read, in the
+    indexes' order (bytes and int32 arrays: a few bytes a sample, for the boxes of ALS)."""
     shards: tuple
     indexes: tuple
     samples: int
     num_classes: int
     skipped: tuple
+    keys: np.ndarray
+    labels: np.ndarray
+
+    def rows_of(self, keys) -> np.ndarray:
+        """The row of each of ``keys`` (bytes) in :attr:`keys`; ValueError for a key not listed."""
+        order = self._key_order
+        found = order[np.searchsorted(self.keys, np.asarray(keys, dtype=self.keys.dtype), sorter=order)
+                      .clip(max=len(order) - 1)]
+        missing = self.keys[found] != np.asarray(keys, dtype=self.keys.dtype)
+        if missing.any():
+            raise ValueError(f"data: sample {keys[int(missing.argmax())]!r} is not in the listing of the shards")
+        return found
+
+    @functools.cached_property
+    def _key_order(self):
+        return np.argsort(self.keys, kind="stable")
+
+    def select(self, rows) -> "ShardListing":
+        """The listing of the samples ``rows`` only (in the listing's order), with indexes that list just them."""
+        keep = np.zeros(self.samples, dtype=bool)
+        keep[np.asarray(rows, dtype=np.int64)] = True
+        shards, indexes, start = [], [], 0
+        for shard, index in zip(self.shards, self.indexes):
+            lines = Path(index).read_text().splitlines()[1:]  # a line a sample, in the listing's order
+            chosen = [line for line, kept in zip(lines, keep[start:start + len(lines)]) if kept]
+            start += len(lines)
+            if chosen:
+                shards.append(shard)
+                indexes.append(_write_index(chosen, shard, len(indexes)))
+        return ShardListing(tuple(shards), tuple(indexes), int(keep.sum()), self.num_classes, self.skipped,
+                            self.keys[keep], self.labels[keep])
 
 
 def scan_webdataset(shards) -> ShardListing:
@@ -86,18 +118,16 @@ def _stamp(path):
 def _scan(shards, stamps):
     with ThreadPoolExecutor(8) as pool:
         found = list(pool.map(_scan_shard, shards))
-    kept, indexes, skipped, samples, top, folder = [], [], [], 0, -1, None
+    kept, indexes, skipped, samples, top, keys, labels = [], [], [], 0, -1, [], []
     for shard, (readable, classes, bad, own_index) in zip(shards, found):
         skipped += [(f"{shard}: {name}", reason) for name, reason in bad]
         top = max([top, *classes])
         if not readable:
             continue
+        keys += [_sample_key(members[0][3]).encode() for members in readable]
+        labels += classes
         if bad or own_index is None:  # DALI reads the samples an index lists, and only those
-            if folder is None:
-                folder = tempfile.mkdtemp(prefix="pysoftlabel-shard-index-")
-                atexit.register(shutil.rmtree, folder, True)
-            own_index = os.path.join(folder, f"{len(kept):06d}-{Path(shard).stem}.idx")
-            Path(own_index).write_text(index_text(readable))
+            own_index = _write_index(index_lines(readable), shard, len(kept))
         kept.append(shard)
         indexes.append(own_index)
         samples += len(readable)
@@ -105,7 +135,24 @@ def _scan(shards, stamps):
         raise ValueError(f"data: no samples in the shards {shards[:3]}" +
                          (f" that can be read ({len(skipped)} skipped, e.g. {skipped[0][0]} {skipped[0][1]})"
                           if skipped else ""))
-    return ShardListing(tuple(kept), tuple(indexes), samples, top + 1, tuple(skipped))
+    return ShardListing(tuple(kept), tuple(indexes), samples, top + 1, tuple(skipped), np.array(keys),
+                        np.array(labels, dtype=np.int32))
+
+
+def _write_index(lines, shard, position) -> str:
+    """Writes an index of ``lines`` (:func:`index_lines`) for ``shard`` into this process's folder of indexes,
+    removed at exit; returns its path."""
+    global _INDEX_FOLDER
+    if _INDEX_FOLDER is None:
+        _INDEX_FOLDER = tempfile.mkdtemp(prefix="pysoftlabel-shard-index-")
+        atexit.register(shutil.rmtree, _INDEX_FOLDER, True)
+    path = tempfile.mkstemp(suffix=f"-{position:06d}-{Path(shard).stem}.idx", dir=_INDEX_FOLDER)
+    os.close(path[0])
+    Path(path[1]).write_text(index_text(lines))
+    return path[1]
+
+
+_INDEX_FOLDER = None
 
 
 def _scan_shard(shard):
@@ -139,6 +186,13 @@ def _scan_shard(shard):
     except OSError as error:
         raise ValueError(f"data: {shard} cannot be read ({error.strerror})") from None
     return readable, classes, bad, (str(index) if listed is not None else None)
+
+
+def source_key(source) -> bytes:
+    """The key of a sample from its DALI ``source_info`` (``SHARD:OFFSET:MEMBER``, bytes or a uint8 array,
+    zero-padded or not), as in :attr:`ShardListing.keys`."""
+    member = bytes(source).rstrip(b"\0").rsplit(b":", 1)[-1].decode()
+    return _sample_key(member).encode()
 
 
 def _sample_key(name: str) -> str:
@@ -185,14 +239,15 @@ def _tar_samples(shard, f):
 
 def write_webdataset(files, labels, out_dir, per_shard: int = 1000, seed: int = 0):
     """Writes images ``files`` with class indices ``labels`` as shards ``out_dir/shard-NNNNNN.tar`` in a
-    random order (seeded), each with its DALI index ``shard-NNNNNN.idx``; returns the shard paths.
+    random order (seeded), each with its DALI index ``shard-NNNNNN.idx``, the samples named by
+    :func:`sample_keys`; returns the shard paths.
     ``out_dir`` must be new or empty (the shards of an earlier conversion would otherwise stay beside the new
     ones, their samples read twice); it appears only once every shard is written."""
     if per_shard < 1:
         raise ValueError(f"per_shard must be at least 1, got {per_shard}")
     if len(files) != len(labels):
         raise ValueError(f"files and labels must have the same length, got {len(files)} and {len(labels)}")
-    out_dir = Path(out_dir)
+    out_dir, keys = Path(out_dir), sample_keys(files)
     order = np.random.default_rng(seed).permutation(len(files))
     names = [f"shard-{start // per_shard:06d}" for start in range(0, len(order), per_shard)]
     with writing_folder(out_dir) as partial:
@@ -202,22 +257,39 @@ def write_webdataset(files, labels, out_dir, per_shard: int = 1000, seed: int = 
                 for i in order[start:start + per_shard]:
                     index.append([])
                     for ext, data in (("jpg", Path(files[i]).read_bytes()), ("cls", str(labels[i]).encode())):
-                        info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                        info = tarfile.TarInfo(f"{keys[i]}.{ext}")
                         info.size = len(data)
                         # the data follow the member's header block(s) where tar.offset stands now
                         offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
                         tar.addfile(info, io.BytesIO(data))
                         index[-1].append((ext, offset, info.size, info.name))
-            (partial / f"{name}.idx").write_text(index_text(index))
+            (partial / f"{name}.idx").write_text(index_text(index_lines(index)))
     return [str(out_dir / f"{name}.tar") for name in names]
 
 
-def index_text(samples) -> str:
-    """DALI's webdataset index (version 1.2, as its ``wds2idx`` writes): the sample count, then a line per sample
-    of ``extension offset size name`` for each of its members. With it, DALI's reader does not walk every tar's
-    headers to find the samples, which it would do at every epoch's new pipeline."""
-    lines = [f"v1.2 {len(samples)}"] + [" ".join(f"{e} {o} {n} {name}" for e, o, n, name in s) for s in samples]
-    return "\n".join(lines) + "\n"
+def sample_keys(files) -> list:
+    """The key of each file's sample in the shards: the file's stem (ImageNet's ``n01440764_10026``, by which
+    its boxes are found), or, where two files share a stem or a stem holds a dot or a space (a webdataset key
+    ends at the first dot of the name, and DALI's index is split at spaces), the file's position,
+    ``000000123``."""
+    stems = [Path(f).stem for f in files]
+    if len(set(stems)) == len(stems) and all(stem and "." not in stem and not any(c.isspace() for c in stem)
+                                              for stem in stems):
+        return stems
+    return [f"{i:09d}" for i in range(len(files))]
+
+
+def index_lines(samples) -> list:
+    """The lines of DALI's webdataset index (version 1.2, as its ``wds2idx`` writes) after the first, which
+    counts them: a line per sample of ``extension offset size name`` for each of its members. With an index,
+    DALI's reader does not walk every tar's headers to find the samples, which it would do at every epoch's
+    new pipeline."""
+    return [" ".join(f"{e} {o} {n} {name}" for e, o, n, name in members) for members in samples]
+
+
+def index_text(lines) -> str:
+    """The index file of :func:`index_lines`: their count, then them."""
+    return "\n".join([f"v1.2 {len(lines)}", *lines]) + "\n"
 
 
 def parse_class_text(text: torch.Tensor) -> torch.Tensor:
