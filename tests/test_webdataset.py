@@ -251,3 +251,19 @@ def test_make_webdataset_leaves_unreadable_images_out_and_says_so(data, tmp_path
     assert f"skipping 1 unreadable val images, e.g. {broken} is a truncated JPEG (no end-of-image marker)\n" in out
     scan = scan_webdataset(find_shards(tmp_path / "wds" / "val"))
     assert scan.samples == 5 and scan.skipped == ()
+
+
+def test_rows_by_key_and_a_selection_with_its_own_indexes(data, tmp_path):
+    shards = write_webdataset(*scan_image_folder(data, "train")[:2], tmp_path / "train", per_shard=5)
+    listing = scan_webdataset(shards)
+    keys = list(listing.keys)
+    assert listing.rows_of(keys[::-1]).tolist() == list(range(12))[::-1]
+    for unknown in (keys[0] + b"x", b"zz"):  # a longer key is not taken for the listed one it starts with
+        with pytest.raises(ValueError, match=r"^data: sample b'.*' is not in the listing of the shards$"):
+            listing.rows_of([unknown])
+    chosen = listing.select([1, 7, 11])
+    assert chosen.samples == 3 and list(chosen.keys) == [keys[1], keys[7], keys[11]]
+    assert chosen.labels.tolist() == [listing.labels[i] for i in (1, 7, 11)]
+    listed = [line.split()[3] for index in chosen.indexes for line in Path(index).read_text().splitlines()[1:]]
+    assert [name.split(".")[0].encode() for name in listed] == list(chosen.keys)
+    assert set(chosen.shards) <= set(listing.shards) and not set(chosen.indexes) & set(listing.indexes)

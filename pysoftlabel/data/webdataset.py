@@ -65,10 +65,9 @@ class ShardListing:
 
     def rows_of(self, keys) -> np.ndarray:
         """The row of each of ``keys`` (bytes) in :attr:`keys`; ValueError for a key not listed."""
-        order = self._key_order
-        found = order[np.searchsorted(self.keys, np.asarray(keys, dtype=self.keys.dtype), sorter=order)
-                      .clip(max=len(order) - 1)]
-        missing = self.keys[found] != np.asarray(keys, dtype=self.keys.dtype)
+        order, query = self._key_order, np.asarray(keys, dtype=bytes)  # not cut to the listing's key width
+        found = order[np.searchsorted(self.keys, query, sorter=order).clip(max=len(order) - 1)]
+        missing = self.keys[found] != query
         if missing.any():
             raise ValueError(f"data: sample {keys[int(missing.argmax())]!r} is not in the listing of the shards")
         return found
