@@ -1,4 +1,6 @@
+import io
 import signal
+import tarfile
 
 import pytest
 import torch
@@ -35,3 +37,16 @@ def sigterm_after(stop_at, times=1):
                     signal.raise_signal(signal.SIGTERM)
         return after_step
     return progress
+
+
+def write_tar(path, members):
+    """A tar at ``path`` of ``members``, {name: bytes, or None for a folder}: shards as other tools write them."""
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            if payload is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))

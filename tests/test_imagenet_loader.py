@@ -8,6 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_tar
+
 pytest.importorskip("nvidia.dali", reason="the data layer needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
 
 from pysoftlabel.data.boxes import load_boxes  # noqa: E402
@@ -340,14 +342,8 @@ def test_webdataset_shards(data, tmp_path):
         index.unlink()
     val = ImageNetLoader(tmp_path, "val", 4, 16, "cpu", num_threads=1, classes=train.classes)
     assert torch.equal(torch.cat([b["label"] for b in val]), labels)
-    import tarfile
-    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
-        for name, payload in (("x.jpg", Path(files[0]).read_bytes()), ("x.cls", b"cat")):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, __import__("io").BytesIO(payload))
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad.tar").rename(tmp_path / "bad" / "bad.tar")
+    write_tar(tmp_path / "bad" / "bad.tar", {"x.jpg": Path(files[0]).read_bytes(), "x.cls": b"cat"})
     with pytest.raises(ValueError, match="not a class index"):
         ImageNetLoader(tmp_path, "bad", 4, 16, "cpu", num_threads=1)
     with pytest.raises(ValueError, match=r"/val has class index 2, the training set 2 classes$"):
@@ -360,8 +356,6 @@ def test_webdataset_shards(data, tmp_path):
 def test_webdataset_shards_with_unreadable_images_read_every_other_sample_once(data, tmp_path, with_indexes):
     """The scan's indexes leave the unreadable images out, and DALI reads what they list: before, one empty
     image stopped the run ("nvImageCodec failure"). Members named .JPG or .PNG are images too."""
-    import io
-    import tarfile
     from pysoftlabel.data.webdataset import write_webdataset
     files, labels, _ = scan_image_folder(data, "val")
     bad = {0: b"", 8: b"not an image", 15: Path(files[15]).read_bytes()[:200]}  # one of each class
@@ -371,11 +365,8 @@ def test_webdataset_shards_with_unreadable_images_read_every_other_sample_once(d
         copies[-1].parent.mkdir(exist_ok=True)
         copies[-1].write_bytes(bad.get(i, Path(path).read_bytes()))
     write_webdataset([str(c) for c in copies], labels, tmp_path / "val", per_shard=4)
-    with tarfile.open(tmp_path / "val" / "upper.tar", "w") as tar:  # as from other tools: capital extensions
-        for name, payload in (("x.JPG", Path(files[1]).read_bytes()), ("x.cls", b"0")):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
+    # as from other tools: capital extensions
+    write_tar(tmp_path / "val" / "upper.tar", {"x.JPG": Path(files[1]).read_bytes(), "x.cls": b"0"})
     if not with_indexes:
         for index in (tmp_path / "val").glob("*.idx"):
             index.unlink()

@@ -1,7 +1,6 @@
 """Writing webdataset shards (tools/make_webdataset.py): whole or not at all, never mixed with an earlier
 conversion, classes named by the training split, unreadable images left out; scanning them: from their index
 or their tar headers alike, unreadable images skipped and counted, bad shards named."""
-import io
 import shutil
 import sys
 import tarfile
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_tar
 from pysoftlabel.data import make_synthetic_dataset
 from pysoftlabel.data.folder import scan_image_folder
 from pysoftlabel.data.webdataset import class_names, find_shards, sample_keys, scan_webdataset, write_webdataset
@@ -134,19 +134,6 @@ def test_bad_arguments_give_one_line(data, tmp_path, capsys, argv, match):
 
 
 WHOLE_JPEG = b"\xff\xd8\xff\xe0" + bytes(16) + b"\xff\xd9"  # what the scan's check of each end takes for a JPEG
-
-
-def write_tar(path, members):
-    """A tar at ``path`` of ``members``, {name: bytes, or None for a folder}."""
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            if payload is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
 
 
 @pytest.mark.parametrize("members, match", [

@@ -144,7 +144,7 @@ class ImageNetLoader:
         self.training, self.dtype, self.device = split == "train", dtype, torch.device(device)
         shards = find_shards(Path(root) / split) if listing is None else []
         self.webdataset, self.skipped = bool(shards) or isinstance(listing, ShardListing), []
-        source_length, shard_windows = None, None
+        source_length, shard_indexes = None, None
         if self.webdataset:
             listing = listing or scan_webdataset(shards)
             for name, rows in (("boxes", None if boxes is None else boxes.boxes), ("windows", windows)):
@@ -152,8 +152,7 @@ class ImageNetLoader:
                     raise ValueError(f"{name}: {len(rows)} rows for the {listing.samples} samples of the shards")
             if boxes is not None and self.training:  # each sample's source names it, and so its boxes' row
                 source_length = max(len(shard.encode()) for shard in listing.shards) + listing.keys.itemsize + 64
-            if windows is not None:
-                shard_windows = _window_by_source(listing, windows)
+            pipeline_windows = None if windows is None else _window_by_source(listing, windows)
             self.listing, self.skipped, size = listing, list(listing.skipped), listing.samples
             self.classes = list(classes or class_names(root) or [str(c) for c in range(listing.num_classes)])
             if listing.num_classes > len(self.classes):
@@ -174,6 +173,7 @@ class ImageNetLoader:
                 raise ValueError(f"data: none of the {len(files)} images of {root}/{split} can be read")
             self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
             size = len(self.files)
+            pipeline_windows = None if windows is None else windows.t().tolist()  # looked up by file index
         self.samples = size
         if self.training:
             check_fills_a_batch(size, batch_size, num_shards, Path(root) / split)
@@ -182,9 +182,7 @@ class ImageNetLoader:
         self.pipe = imagenet_pipeline(self.files, image_size, self.training, shard_id, num_shards, gpu, seed,
                                       batch_size, num_threads, self.device.index or 0 if gpu else None, min_scale,
                                       half=dtype != torch.float32,
-                                      windows=shard_windows if self.webdataset else
-                                      None if windows is None else windows.t().tolist(),
-                                      shard_indexes=shard_indexes if self.webdataset else None,
+                                      windows=pipeline_windows, shard_indexes=shard_indexes,
                                       source_length=source_length)
         self.pipe.build()
         policy = LastBatchPolicy.DROP if self.training else LastBatchPolicy.PARTIAL

@@ -87,7 +87,7 @@ class ShardListing:
             start += len(lines)
             if chosen:
                 shards.append(shard)
-                indexes.append(_write_index(chosen, shard, len(indexes)))
+                indexes.append(_write_index(chosen, shard))
         return ShardListing(tuple(shards), tuple(indexes), int(keep.sum()), self.num_classes, self.skipped,
                             self.keys[keep], self.labels[keep])
 
@@ -126,7 +126,7 @@ def _scan(shards, stamps):
         keys += [_sample_key(members[0][3]).encode() for members in readable]
         labels += classes
         if bad or own_index is None:  # DALI reads the samples an index lists, and only those
-            own_index = _write_index(index_lines(readable), shard, len(kept))
+            own_index = _write_index(index_lines(readable), shard)
         kept.append(shard)
         indexes.append(own_index)
         samples += len(readable)
@@ -138,20 +138,20 @@ def _scan(shards, stamps):
                         np.array(labels, dtype=np.int32))
 
 
-def _write_index(lines, shard, position) -> str:
-    """Writes an index of ``lines`` (:func:`index_lines`) for ``shard`` into this process's folder of indexes,
-    removed at exit; returns its path."""
+_INDEX_FOLDER = None  # this process's indexes of shards, made on first use and removed at exit
+
+
+def _write_index(lines, shard) -> str:
+    """Writes an index of ``lines`` (:func:`index_lines`) for ``shard`` into this process's folder of indexes
+    (a new file each time); returns its path."""
     global _INDEX_FOLDER
     if _INDEX_FOLDER is None:
         _INDEX_FOLDER = tempfile.mkdtemp(prefix="pysoftlabel-shard-index-")
         atexit.register(shutil.rmtree, _INDEX_FOLDER, True)
-    path = tempfile.mkstemp(suffix=f"-{position:06d}-{Path(shard).stem}.idx", dir=_INDEX_FOLDER)
-    os.close(path[0])
-    Path(path[1]).write_text(index_text(lines))
-    return path[1]
-
-
-_INDEX_FOLDER = None
+    handle, path = tempfile.mkstemp(suffix=f"-{Path(shard).stem}.idx", dir=_INDEX_FOLDER)
+    os.close(handle)
+    Path(path).write_text(index_text(lines))
+    return path
 
 
 def _scan_shard(shard):
@@ -224,11 +224,9 @@ def _tar_samples(shard, f):
     try:
         with tarfile.open(fileobj=f) as tar:
             for member in tar:
-                base = Path(member.name).name
-                if not member.isfile() or base.startswith(".") or any(
-                        part.startswith(".") for part in Path(member.name).parts[:-1]):
+                if not member.isfile() or any(part.startswith(".") for part in Path(member.name).parts):
                     continue
-                ext = base.partition(".")[2]
+                ext = Path(member.name).name.partition(".")[2]
                 samples.setdefault(_sample_key(member.name), []).append((ext, member.offset_data, member.size,
                                                                          member.name))
     except tarfile.TarError as error:
