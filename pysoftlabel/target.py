@@ -32,9 +32,9 @@ class SoftTarget:
         lam (float or Tensor[N], optional): weight of ``labels`` against ``labels2``, in [0, 1]; required
             with ``labels2``. Default: None.
         table (Tensor[C, C], optional): class table ``S``, row c the target of class c (OLS). Default: None.
-        table_weight (float or Tensor[N]): weight ``a`` of the class table. Default: 0.
+        table_weight (float or Tensor[N]): weight ``a`` of the class table; nonzero with ``table``. Default: 0.
         dense (Tensor[N, C], optional): per-sample probabilities, or logits if ``dense_logits``. Default: None.
-        dense_weight (float or Tensor[N]): weight ``d`` of ``dense``. Default: 0.
+        dense_weight (float or Tensor[N]): weight ``d`` of ``dense``; nonzero with ``dense``. Default: 0.
         dense_logits (bool): ``dense`` holds logits; the target uses ``softmax(dense / temperature)``.
             Default: False.
         temperature (float): temperature of ``dense`` logits (only with ``dense_logits``). Default: 1.
@@ -96,6 +96,9 @@ class SoftTarget:
         if self.table is not None:
             if not torch.is_tensor(self.table) or self.table.dim() != 2 or self.table.shape[0] != self.table.shape[1]:
                 raise ValueError(f"table must be a square [C, C] tensor, got {_describe(self.table)}")
+            if not _nonzero(self.table_weight):  # it would be ignored: hard CE where a table was meant
+                raise ValueError("table is given but table_weight is 0, so it would have no effect; "
+                                 "give table_weight, the table's share of the target")
         elif _nonzero(self.table_weight):
             raise ValueError("table_weight is nonzero but no table is given")
         if self.dense is not None:
@@ -103,6 +106,9 @@ class SoftTarget:
                 raise ValueError(f"dense must have shape [N, C] with N = {n}, got {_describe(self.dense)}")
             if not self.dense.is_floating_point():
                 raise ValueError(f"dense must be floating point, got dtype {self.dense.dtype}")
+            if not _nonzero(self.dense_weight):
+                raise ValueError("dense is given but dense_weight is 0, so it would have no effect; "
+                                 "give dense_weight, the dense target's share (1.0 for it alone)")
         elif _nonzero(self.dense_weight):
             raise ValueError("dense_weight is nonzero but no dense target is given")
         elif self.dense_logits:

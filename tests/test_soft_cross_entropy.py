@@ -118,7 +118,7 @@ def test_matches_torch_probability_targets(device):
 
 @native
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2, 1.0])  # at 1 the probabilities take no part
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction):
     """SoftCrossEntropyLoss against nn.CrossEntropyLoss for label tensors (ignore_index rows included) and
@@ -718,6 +718,9 @@ def test_bad_input_raises_value_error(backend, case, match):
     (dict(dense=torch.ones(4, 5, dtype=torch.long), dense_weight=0.5),
      "^dense must be floating point, got dtype torch.int64$"),
     (dict(dense_weight=0.5), "^dense_weight is nonzero but no dense target is given$"),
+    # A dense target or table with no weight was silently left out: hard CE where a teacher was meant.
+    (dict(dense=torch.rand(4, 5).softmax(1)), "^dense is given but dense_weight is 0, so it would have no effect"),
+    (dict(table=torch.rand(5, 5)), "^table is given but table_weight is 0, so it would have no effect"),
 ])
 def test_soft_target_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):

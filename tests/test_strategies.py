@@ -73,6 +73,18 @@ def test_ols_epochs_follow_the_official_semantics():
     torch.testing.assert_close(other.table, ols.table)
 
 
+def test_ols_with_alpha_one_is_hard_cross_entropy():
+    """alpha = 1 puts all weight on the label: the table takes no part (a table of weight 0 is refused by
+    SoftTarget), and the statistics are still gathered."""
+    ols = S.OnlineLabelSmoothing(3, alpha=1.0, init="uniform")
+    b = {"image": None, "label": torch.tensor([0, 1, 2])}
+    torch.testing.assert_close(target_distribution(ols.targets(b), 3), F.one_hot(b["label"], 3).float())
+    logits = torch.eye(3)
+    loss = psl.soft_cross_entropy(logits, ols.targets(b), stats=ols.stats)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, b["label"]))
+    assert ols.stats.count.tolist() == [1, 1, 1]
+
+
 def test_ols_freezes_confident_rows():
     ols = S.OnlineLabelSmoothing(2, freeze_at=0.88, init="uniform")
     logits = torch.tensor([[5.0, 0.0], [0.0, 1.0]])

@@ -147,7 +147,10 @@ def _is_probabilities(target) -> bool:
 def _probability_target(probs: Tensor, smoothing: float = 0.0) -> SoftTarget:
     """The target of class probabilities [N, C], F.cross_entropy's other kind, smoothed as there:
     ``(1 - s) p + s / C``. Each row's most likely class stands for its label (in ``stats`` and ``calib``)."""
-    return SoftTarget(probs.detach().argmax(1), smoothing=smoothing, dense=probs, dense_weight=1.0 - smoothing)
+    labels = probs.detach().argmax(1)
+    if smoothing == 1.0:  # the target is uniform: the probabilities take no part
+        return SoftTarget(labels, smoothing=1.0)
+    return SoftTarget(labels, smoothing=smoothing, dense=probs, dense_weight=1.0 - smoothing)
 
 
 class SoftCrossEntropyLoss(torch.nn.Module):

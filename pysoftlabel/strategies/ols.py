@@ -45,6 +45,8 @@ class OnlineLabelSmoothing(Strategy):
 
     def targets(self, batch, model=None):
         self._check_batch(batch)
+        if self.alpha == 1.0:  # all weight on the hard label: the table takes no part
+            return hard_target(batch)
         return hard_target(batch, table=self.table, table_weight=1.0 - self.alpha)
 
     def end_epoch(self):
