@@ -15,6 +15,8 @@ import pysoftlabel as psl
 from conftest import calibration_tolerance, devices
 from targets import PARTS, random_target
 
+from pysoftlabel.ops.soft_cross_entropy import _REDUCTIONS, _spec
+
 native = pytest.mark.skipif(not psl.extension_info()["cpu"], reason="extension not built")
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 1e-5), torch.float16: (2e-3, 2e-3),
        torch.bfloat16: (1.5e-2, 1.5e-2)}
@@ -591,6 +593,70 @@ def test_torch_compile_fullgraph(backend):
             torch.testing.assert_close(got.state_dict()[name], value, msg=name)
 
 
+def _call_op(logits, target, reduction, dense=None):
+    """torch.ops.pysoftlabel.soft_cross_entropy called as a torch.export graph calls it: the op itself
+    (``dense`` in place of the target's, which _spec detaches)."""
+    spec = list(_spec(target, logits))
+    if dense is not None:
+        spec[9] = dense
+    return torch.ops.pysoftlabel.soft_cross_entropy(logits, *spec, _REDUCTIONS.index(reduction), None, False,
+                                                   None, None, None, None)[0]
+
+
+@native
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_the_op_called_directly_has_the_gradient(device, reduction):
+    """The op itself is differentiable (its C++ Autograd kernel): its loss had no gradient before, with only a
+    warning from PyTorch, so that a graph from torch.export trained nothing."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(9, 13, generator=g, dtype=torch.float64).to(device)
+    target = random_target(9, 13, PARTS, device, g, torch.float64)
+    x = logits.clone().requires_grad_(True)
+    loss = _call_op(x, target, reduction)
+    weight = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=device).reshape(loss.shape)
+    (grad,) = torch.autograd.grad((loss * weight).sum(), x)
+    want_loss, want_grad = loss_and_grad(logits, target, reduction, "reference")
+    torch.testing.assert_close(loss.detach(), want_loss)
+    torch.testing.assert_close(grad, want_grad)
+    torch.autograd.gradcheck(lambda z: _call_op(z, target, reduction), (x,))
+    with pytest.raises(RuntimeError, match="called directly has no second derivative"):
+        (grad,) = torch.autograd.grad(_call_op(x, target, reduction).sum(), x, create_graph=True)
+        torch.autograd.grad(grad.sum(), x)
+    dense = target.dense.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="differentiates the logits only, but dense requires grad"):
+        _call_op(x, target, reduction, dense=dense)
+
+
+@native
+def test_an_exported_program_trains_as_the_module():
+    """torch.export writes the op itself into its graph: the exported module's gradients are the eager
+    module's."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    loss_fn = psl.SoftCrossEntropyLoss(smoothing=0.1)
+
+    class WithLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, y):
+            return loss_fn(self.model(x), y)
+
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    exported = torch.export.export(WithLoss(), (x, y)).module()
+    assert any("pysoftlabel.soft_cross_entropy" in str(node.target) for node in exported.graph.nodes)
+    WithLoss()(x, y).backward()
+    want = {f"model.{name}": param.grad.clone() for name, param in model.named_parameters()}
+    model.zero_grad(set_to_none=True)  # the exported module may hold the same parameters
+    exported(x, y).backward()
+    for name, grad in want.items():
+        got = exported.get_parameter(name).grad
+        assert got is not None, f"{name} has no gradient"
+        torch.testing.assert_close(got, grad, msg=name)
+
+
 @native
 def test_opcheck():
     logits = torch.randn(5, 7)
@@ -742,6 +808,8 @@ import torch
 import pysoftlabel as psl
 sys.path.insert(0, {tests!r})
 from targets import PARTS, random_target
+
+from pysoftlabel.ops.soft_cross_entropy import _REDUCTIONS, _spec
 from conftest import calibration_tolerance
 from test_soft_cross_entropy import check_fused_statistics, check_parity
 for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):

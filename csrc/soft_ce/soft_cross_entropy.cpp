@@ -1,6 +1,6 @@
 // pysoftlabel::soft_cross_entropy: schema and the host function registered for CPU and CUDA.
-// The Python layer (pysoftlabel/ops/soft_cross_entropy.py) owns autograd, the fake kernel and the
-// user-facing API; this op is the per-row primitive it calls.
+// The Python layer (pysoftlabel/ops/soft_cross_entropy.py) owns the autograd of the user-facing API and
+// the fake kernel; this op is the per-row primitive it calls (autograd.cpp: its gradient when called directly).
 #include <ATen/core/Reduction.h>
 #include <torch/library.h>
 
