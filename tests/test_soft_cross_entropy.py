@@ -140,7 +140,13 @@ def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction
         torch.testing.assert_close(torch.autograd.grad(got.sum(), logits)[0],
                                    torch.autograd.grad(want.sum(), logits)[0], atol=1e-6, rtol=1e-5)
     soft = psl.SoftTarget(labels.clamp(min=0), smoothing=0.3)
-    torch.testing.assert_close(ours(logits, soft), psl.soft_cross_entropy(logits, soft, reduction=reduction))
+    plain = psl.SoftCrossEntropyLoss(reduction=reduction)
+    torch.testing.assert_close(plain(logits, soft), psl.soft_cross_entropy(logits, soft, reduction=reduction))
+    if smoothing:  # the module's smoothing was silently left out of a SoftTarget
+        with pytest.raises(ValueError, match=rf"^this SoftCrossEntropyLoss has smoothing={smoothing}, "):
+            ours(logits, soft)
+    with pytest.raises(ValueError, match="ignore_index=-1, which a SoftTarget .ignore_index=-100. would leave out"):
+        psl.SoftCrossEntropyLoss(ignore_index=-1)(logits, soft)
     with pytest.raises(ValueError, match="smoothing"):
         psl.SoftCrossEntropyLoss(smoothing=1.5)
     with pytest.raises(ValueError, match="not both"):

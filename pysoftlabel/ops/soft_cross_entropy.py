@@ -160,7 +160,8 @@ class SoftCrossEntropyLoss(torch.nn.Module):
     ``forward(logits, target, stats=None, calib=None)``: ``target`` a label tensor [N], a floating-point
     tensor of class probabilities [N, C], or a :class:`~pysoftlabel.SoftTarget` (taken as it is).
     ``smoothing`` applies to the first two as in ``F.cross_entropy``: labels get ``s / C`` on every class and
-    ``1 - s`` more on their own, probabilities become ``(1 - s) p + s / C``.
+    ``1 - s`` more on their own, probabilities become ``(1 - s) p + s / C``. A SoftTarget carries its own
+    smoothing and ignore_index, so a module made with others refuses it rather than leave them out.
 
     Args:
         smoothing (float): label smoothing ``s`` in [0, 1] (timm's name). Default: 0.
@@ -191,6 +192,11 @@ class SoftCrossEntropyLoss(torch.nn.Module):
             target = _probability_target(target, self.smoothing)
         elif torch.is_tensor(target):
             target = SoftTarget(target, smoothing=self.smoothing, ignore_index=self.ignore_index)
+        elif isinstance(target, SoftTarget) and (self.smoothing or self.ignore_index != target.ignore_index):
+            raise ValueError(f"this SoftCrossEntropyLoss has smoothing={self.smoothing}, "
+                             f"ignore_index={self.ignore_index}, which a SoftTarget (ignore_index="
+                             f"{target.ignore_index}) would leave out: give them to the SoftTarget, "
+                             "and make the module with the defaults")
         return soft_cross_entropy(logits, target, self.reduction, stats=stats, calib=calib, backend=self.backend)
 
     def extra_repr(self) -> str:
