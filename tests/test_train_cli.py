@@ -303,6 +303,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--boxes", "/does/not/exist"], "--boxes: /does/not/exist does not exist"),
     (["--strategy", "als", "--resident"], "--strategy als needs the DALI pipeline's crop windows: drop --resident"),
+    (["--epochs", "10", "--milestones", "5"], "--milestones: the cosine schedule has none; add --schedule multistep"),
 ])
 def test_bad_arguments_give_one_clear_line(argv, match, capsys):
     with pytest.raises(SystemExit):
@@ -837,6 +838,16 @@ def test_fp16_scales_the_loss_and_resumes_the_scaler(data, tmp_path, capsys):
     # the growth tracker counts steps since the last overflow (2 epochs of 6 steps, none overflowed):
     # restored, it goes on from the first invocation
     assert scaler[0] == scaler[1] and scaler[0]["_growth_tracker"] == 12
+
+
+def test_another_strategys_options_are_noted_as_ignored(capsys):
+    """A strategy option given to a strategy that does not use it is named on stderr, not refused (one script
+    may loop over the strategies with the same options); an option at its default value is not named."""
+    parse_args(["--strategy", "ce", "--ols-alpha", "0.3", "--eps", "0.2", "--als-eps", "0.1", "0.9"])
+    note = "note: --strategy ce ignores --eps (ls, als), --als-eps (als), --ols-alpha (ols)\n"
+    assert capsys.readouterr().err == note
+    parse_args(["--strategy", "ls", "--eps", "0.2", "--ols-alpha", "0.5", "--kd-temperature", "3"])
+    assert capsys.readouterr().err == ""
 
 
 def test_ols_fine_grained_recipe_options_reach_the_strategy():

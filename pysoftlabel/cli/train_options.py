@@ -28,6 +28,11 @@ from pysoftlabel.engine import AMP_CHOICES, output_folder, parse_device, run_che
 from pysoftlabel.models import check_model_name, default_weights
 
 STRATEGIES = ("ce", "ls", "ols", "als", "ldl", "online-ldl", "kd")
+# The strategies that use each strategy option. Given to another strategy an option is ignored, which a note
+# says: not an error, so that one script may loop over the strategies with the same options.
+STRATEGY_OPTIONS = {"eps": ("ls", "als"), "als_eps": ("als",), "boxes": ("als",), "ols_alpha": ("ols",),
+                    "ols_init": ("ols",), "ols_freeze_at": ("ols",), "kd_alpha": ("kd",), "kd_temperature": ("kd",),
+                    "ema_decay": ("online-ldl",), "online_weight": ("online-ldl",)}
 # Each optimiser's defaults of the options left out (learning rate per 64 images).
 OPTIMIZERS = {"sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
               "adamw": {"lr": 6.25e-5, "weight_decay": 0.05}}
@@ -153,8 +158,14 @@ def parse_args(argv=None):
         p.error("--cutout: only the --resident path (small same-size images) applies Cutout; add --resident or drop it")
     if args.min_scale is not None and args.resident:
         p.error("--min-scale: the --resident path crops with 4-pixel padding, not a random-resized crop; drop it")
+    if args.milestones is not None and args.schedule != "multistep":
+        p.error(f"--milestones: the {args.schedule} schedule has none; add --schedule multistep or drop them")
     if args.min_scale is None:
         args.min_scale = 0.08 if args.data is not None else 0.35
+    ignored = [f"--{name.replace('_', '-')} ({', '.join(users)})" for name, users in STRATEGY_OPTIONS.items()
+               if args.strategy not in users and getattr(args, name) != p.get_default(name)]
+    if ignored:
+        print(f"note: --strategy {args.strategy} ignores {', '.join(ignored)}", file=sys.stderr)
     return args
 
 
