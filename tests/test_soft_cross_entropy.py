@@ -147,6 +147,8 @@ def test_module_is_a_drop_in_for_cross_entropy_loss(device, smoothing, reduction
             ours(logits, soft)
     with pytest.raises(ValueError, match="ignore_index=-1, which a SoftTarget .ignore_index=-100. would leave out"):
         psl.SoftCrossEntropyLoss(ignore_index=-1)(logits, soft)
+    own = dataclasses.replace(soft, ignore_index=-1)  # the module's default leaves the target's own
+    torch.testing.assert_close(plain(logits, own), psl.soft_cross_entropy(logits, own, reduction=reduction))
     with pytest.raises(ValueError, match="smoothing"):
         psl.SoftCrossEntropyLoss(smoothing=1.5)
     with pytest.raises(ValueError, match="not both"):

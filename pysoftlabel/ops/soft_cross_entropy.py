@@ -192,7 +192,8 @@ class SoftCrossEntropyLoss(torch.nn.Module):
             target = _probability_target(target, self.smoothing)
         elif torch.is_tensor(target):
             target = SoftTarget(target, smoothing=self.smoothing, ignore_index=self.ignore_index)
-        elif isinstance(target, SoftTarget) and (self.smoothing or self.ignore_index != target.ignore_index):
+        elif isinstance(target, SoftTarget) and (self.smoothing or
+                                                 self.ignore_index not in (-100, target.ignore_index)):
             raise ValueError(f"this SoftCrossEntropyLoss has smoothing={self.smoothing}, "
                              f"ignore_index={self.ignore_index}, which a SoftTarget (ignore_index="
                              f"{target.ignore_index}) would leave out: give them to the SoftTarget, "
