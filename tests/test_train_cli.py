@@ -682,6 +682,9 @@ def test_evaluate_reports_outputs_saved_from_any_model_beside_a_checkpoint(data,
     with pytest.raises(SystemExit):  # nothing would take them
         evaluate.main(inputs[:2] + ["--data", str(data), "--image-size", "32"])
     assert "--data, --image-size: the data options apply to checkpoints" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # it wrote nothing
+        evaluate.main(inputs[:2] + ["--save-logits"])
+    assert "--save-logits: these are saved outputs already; it keeps a checkpoint's" in capsys.readouterr().err
 
 
 def test_evaluate_takes_the_number_of_bins(tmp_path, capsys):

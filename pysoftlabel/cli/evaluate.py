@@ -99,6 +99,8 @@ def main(argv=None):
     if data_options and all("logits" in job for job in jobs):
         p.error(f"{', '.join(data_options)}: the data options apply to checkpoints; saved outputs carry their "
                 "own labels")
+    if args.save_logits and all("logits" in job for job in jobs):
+        p.error("--save-logits: these are saved outputs already; it keeps a checkpoint's")
     several = len(jobs) > 1
     try:
         out = output_folder(args.out or ("comparison" if several else jobs[0]["default_out"]))
