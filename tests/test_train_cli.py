@@ -853,6 +853,15 @@ def test_another_strategys_options_are_noted_as_ignored(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_note_is_written_once_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    parse_args(["--strategy", "ce", "--ols-alpha", "0.3"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    parse_args(["--strategy", "ce", "--ols-alpha", "0.3"])
+    assert capsys.readouterr().err == "note: --strategy ce ignores --ols-alpha (ols)\n"
+
+
 def test_ols_fine_grained_recipe_options_reach_the_strategy():
     args = parse_args(["--strategy", "ols", "--ols-init", "uniform", "--ols-freeze-at", "0.88"])
     strategy = make_strategy("ols", args, None, 4, None, torch.device("cpu"), steps=10)

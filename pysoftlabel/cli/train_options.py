@@ -165,8 +165,14 @@ def parse_args(argv=None):
     ignored = [f"--{name.replace('_', '-')} ({', '.join(users)})" for name, users in STRATEGY_OPTIONS.items()
                if args.strategy not in users and getattr(args, name) != p.get_default(name)]
     if ignored:
-        print(f"note: --strategy {args.strategy} ignores {', '.join(ignored)}", file=sys.stderr)
+        note(f"--strategy {args.strategy} ignores {', '.join(ignored)}")
     return args
+
+
+def note(text):
+    """A note on stderr, once per run: by the first process under torchrun, whose every process parses."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {text}", file=sys.stderr)
 
 
 def check_values(p, args):
@@ -222,8 +228,8 @@ def check_values(p, args):
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out and --overwrite starts it again: give one of them")
     if device.type == "cpu" and args.amp == "fp16":
-        print("note: --amp fp16 on the CPU has no fast convolution kernels (a ResNet-20 step is 100x slower "
-              "than bf16 or off here): use it to test fp16 loss scaling, not to train", file=sys.stderr)
+        note("--amp fp16 on the CPU has no fast convolution kernels (a ResNet-20 step is 100x slower than bf16 "
+             "or off here): use it to test fp16 loss scaling, not to train")
 
 
 # The options that shape a run's trajectory: a --resume with any of them changed would not continue the run
