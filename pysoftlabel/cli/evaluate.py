@@ -96,10 +96,11 @@ def main(argv=None):
         p.error(str(error))
     jobs = [plan(p, args, checkpoint, device) for checkpoint in args.checkpoints]  # every one checked first
     data_options = [f"--{name.replace('_', '-')}" for name in DATA_OPTIONS if getattr(args, name) is not None]
-    if data_options and all("logits" in job for job in jobs):
+    outputs_only = all("logits" in job for job in jobs)
+    if data_options and outputs_only:
         p.error(f"{', '.join(data_options)}: the data options apply to checkpoints; saved outputs carry their "
                 "own labels")
-    if args.save_logits and all("logits" in job for job in jobs):
+    if args.save_logits and outputs_only:
         p.error("--save-logits: these are saved outputs already; it keeps a checkpoint's")
     several = len(jobs) > 1
     try:
