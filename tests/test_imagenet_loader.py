@@ -130,6 +130,46 @@ def test_dtypes_determinism_and_sharding(data):
     assert sorted(seen) == list(range(21))
 
 
+@pytest.fixture(scope="module")
+def many_per_class(tmp_path_factory):
+    """4 classes of 1500 tiny images: a class-sorted listing much longer than DALI's 1024-file shuffle buffer."""
+    root = tmp_path_factory.mktemp("many_per_class")
+    for label in range(4):
+        (root / "train" / f"c{label}").mkdir(parents=True)
+        for i in range(1500):
+            Image.fromarray(np.full((8, 8, 3), 60 * label, np.uint8)).save(root / "train" / f"c{label}" / f"{i}.jpg")
+    return root
+
+
+def test_training_reads_the_whole_listing_in_a_new_order_each_epoch_and_seed(many_per_class):
+    # DALI's random_shuffle draws from a buffer of the next 1024 files of one fixed order, the same for every
+    # seed: on this listing two seeds' (or two epochs') positions of the files correlated by 0.76, and on
+    # ImageNet's 1.28M files nearly the same batches would come every epoch.
+    listing = scan_image_folder(many_per_class, "train")
+
+    def epochs(seed, count, shard=0, num_shards=1):
+        loader = ImageNetLoader(many_per_class, "train", 100, 8, "cpu", shard_id=shard, num_shards=num_shards,
+                                seed=seed, listing=listing, num_threads=1)
+        orders = [torch.cat([batch["index"] for batch in loader]) for _ in range(count)]  # the same loader again
+        for order in orders:
+            assert len(order.unique()) == len(order) == 6000 // num_shards  # no file twice in an epoch
+        return orders
+
+    def correlation(first, second):  # of the files' positions in the two orders
+        return float(np.corrcoef(first.argsort(), second.argsort())[0, 1])
+
+    first, second = epochs(seed=1, count=2)
+    assert abs(correlation(first, second)) < 0.1  # about 0.013 apart by chance
+    assert abs(correlation(first, epochs(seed=2, count=1)[0])) < 0.1
+    assert torch.equal(first, epochs(seed=1, count=1)[0])
+    labels = torch.tensor(listing[1])
+    assert labels[first[:100]].unique().tolist() == [0, 1, 2, 3]  # the first batch: the four classes
+    # Two shards: their blocks of one order each epoch, the whole listing between them.
+    shards = [epochs(seed=1, count=2, shard=shard, num_shards=2) for shard in range(2)]
+    for epoch in range(2):
+        assert sorted(torch.cat([orders[epoch] for orders in shards]).tolist()) == list(range(6000))
+
+
 def test_a_training_set_smaller_than_a_batch_is_named(data):
     # 24 training images: DALI would stop with a message about its reader ("no data in the pipeline")
     with pytest.raises(ValueError, match=r"train has 24 training images \(8 per process over 3\), fewer than one "

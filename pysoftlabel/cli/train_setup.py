@@ -131,13 +131,10 @@ def make_loaders(args, root, device, rank, world, strategy_name):
     boxes = als_boxes(args, root, files, labels, classes, device, common, facts) if strategy_name == "als" else None
 
     def train_for_epoch(epoch):
-        # A global shuffle per epoch (the same on every rank, which then reads its own block): DALI's reader
-        # shuffles only within its prefetch buffer, which on a class-sorted listing gives few-class batches.
-        order = np.random.default_rng([args.seed, epoch]).permutation(len(files))
-        listing = ([files[i] for i in order], [labels[i] for i in order], classes)
+        # the loader's order of the listing and its crops are a function of its seed
         return ImageNetLoader(root, "train", args.batch_size, args.image_size, device, seed=args.seed * 1000 + epoch,
-                              min_scale=args.min_scale, listing=listing, check_files=False,
-                              boxes=None if boxes is None else boxes.select(order), **common)
+                              min_scale=args.min_scale, listing=(files, labels, classes), check_files=False,
+                              boxes=boxes, **common)
     return val, classes, train_for_epoch, facts
 
 

@@ -34,7 +34,8 @@ def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu,
     ``shard_indexes`` (DALI's index of each, :class:`~pysoftlabel.data.webdataset.ShardListing`), over
     webdataset tar shards (the second output is the ``.cls`` text, zero-padded).
 
-    Train: random-resized crop (area min_scale-1, ratio 3/4-4/3, decoded region only), horizontal flip,
+    Train: files in a new order of the whole listing each epoch (by ``seed``), shards' samples shuffled in
+    DALI's buffer; random-resized crop (area min_scale-1, ratio 3/4-4/3, decoded region only), horizontal flip,
     normalisation; also outputs the crop window (anchor, shape) and the image's shape for the object
     fraction, and with ``source_length`` each sample's ``source_info`` (``SHARD:OFFSET:MEMBER`` for shards)
     zero-padded to that length, by which the loader finds a shard sample's boxes. Val: resize the shorter
@@ -48,15 +49,19 @@ def imagenet_pipeline(files, image_size, is_training, shard_id, num_shards, gpu,
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed, **unpipelined)
     def pipeline():
-        common = dict(random_shuffle=is_training, shard_id=shard_id, num_shards=num_shards, pad_last_batch=True,
-                      name="Reader", seed=seed)
+        common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader", seed=seed)
         if shard_indexes is not None:
+            # A container's samples are read in their stored order: shuffled within a buffer of them.
             jpegs, index = fn.readers.webdataset(paths=files, index_paths=shard_indexes, ext=["jpg;jpeg;png", "cls"],
                                                  case_sensitive_extensions=False, missing_component_behavior="error",
-                                                 **common)
+                                                 random_shuffle=is_training, **common)
             index = fn.pad(index, axes=[0], shape=[12], fill_value=0)
         else:
-            jpegs, index = fn.readers.file(files=files, labels=list(range(len(files))), **common)
+            # Files in a new order of the whole listing each epoch, by the seed, the same on every shard (which
+            # reads its own block of it). random_shuffle would draw from a buffer of the next 1024 files of one
+            # fixed order, the same for every seed and epoch: on ImageNet nearly the same batches every epoch.
+            shuffle = dict(shuffle_after_epoch=True, shuffle_after_epoch_seed=seed) if is_training else {}
+            jpegs, index = fn.readers.file(files=files, labels=list(range(len(files))), **shuffle, **common)
         decoder = "mixed" if gpu else "cpu"
         extra = ()
         if is_training:
@@ -108,7 +113,9 @@ class ImageNetLoader:
 
     ``files`` are the image files, or the shards; ``samples`` counts the images to read.
     Images arrive channels-last (an NCHW view of NHWC memory) in ``dtype``. Evaluation keeps the last
-    partial batch (no sample dropped or repeated); training drops it. Unreadable images (empty, truncated,
+    partial batch (no sample dropped or repeated); training drops it, and reads the files in a new order of
+    the whole listing each epoch, a function of ``seed`` (the shards' blocks of one order), or the shards in
+    a seeded order. Unreadable images (empty, truncated,
     not an image; files, or a shard's members) are skipped and listed in ``skipped``, as ``(file, reason)``
     or ``("SHARD: MEMBER", reason)``; one that DALI still cannot decode stops the run with DALI's message.
     On a GPU machine images are decoded and augmented on the GPU.
