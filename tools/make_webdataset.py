@@ -38,7 +38,8 @@ def main(argv=None):
             shards = write_webdataset(files, labels, f"{args.out}/{split}", args.per_shard, args.seed)
         except ValueError as error:  # bad layout, --per-shard, an output folder holding shards already
             raise SystemExit(str(error))
-        print(f"{split}: {len(files)} images in {len(shards)} shards under {args.out}/{split}")
+        print(f"{split}: {len(files)} images in {len(shards)} shard{'s' if len(shards) != 1 else ''} under "
+              f"{args.out}/{split}")
 
 
 if __name__ == "__main__":
