@@ -86,6 +86,17 @@ def test_records_of_another_recipe_are_refused_in_one_line(tmp_path, capsys):
     assert "ldl/seed1 was trained with no --cutout; this table's recipe has --cutout 8" in capsys.readouterr().err
 
 
+def test_a_table_of_no_finished_run_is_refused_in_one_line(tmp_path, capsys):
+    # a mistyped --records (or seeds not trained yet) would write a table of dashes and an empty provenance
+    common = ["--preset", "cifar10-cpu", "--records", str(tmp_path / "records"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(common + ["--only", "ce,ls", "--table-only"])
+    assert capsys.readouterr().err.endswith(
+        f"error: --table-only: {tmp_path / 'records'} holds no finished run of ce, ls for seeds [0]: train them "
+        "first (the same command without --table-only), or give --records\n")
+    assert reproduce.parse_args(common + ["--only", "ce,ls"]).runs == ["ce", "ls"]  # to be trained: fine
+
+
 def run_like_train_imagenet(folder):
     """A command that answers SIGINT / SIGTERM as train_imagenet.py does (finish the step, checkpoint, exit
     130), writing folder/ready when it runs and folder/signals (how many it got) when it stops."""

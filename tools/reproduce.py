@@ -99,6 +99,9 @@ def parse_args(argv=None):
         check_records_recipe(args)
     except ValueError as error:
         p.error(str(error))
+    if args.table_only and not any(finished(args, run, seed) for run in args.runs for seed in args.seeds):
+        p.error(f"--table-only: {args.records} holds no finished run of {', '.join(args.runs)} for seeds "
+                f"{args.seeds}: train them first (the same command without --table-only), or give --records")
     return args
 
 
