@@ -150,7 +150,12 @@ def test_training_reads_the_whole_listing_in_a_new_order_each_epoch_and_seed(man
     def epochs(seed, count, shard=0, num_shards=1):
         loader = ImageNetLoader(many_per_class, "train", 100, 8, "cpu", shard_id=shard, num_shards=num_shards,
                                 seed=seed, listing=listing, num_threads=1)
-        orders = [torch.cat([batch["index"] for batch in loader]) for _ in range(count)]  # the same loader again
+        orders = []
+        for _ in range(count):  # the same loader again
+            batches = list(loader)
+            for batch in batches:  # each image with its own label: grey level 60 x label
+                assert torch.equal((pixels(batch).mean(dim=(1, 2, 3)) / 60).round().long(), batch["label"])
+            orders.append(torch.cat([batch["index"] for batch in batches]))
         for order in orders:
             assert len(order.unique()) == len(order) == 6000 // num_shards  # no file twice in an epoch
         return orders
