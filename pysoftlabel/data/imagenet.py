@@ -114,10 +114,10 @@ class ImageNetLoader:
     ``files`` are the image files, or the shards; ``samples`` counts the images to read.
     Images arrive channels-last (an NCHW view of NHWC memory) in ``dtype``. Evaluation keeps the last
     partial batch (no sample dropped or repeated); training drops it, and reads the files in a new order of
-    the whole listing each epoch, a function of ``seed`` (the shards' blocks of one order), or the shards in
-    a seeded order. Unreadable images (empty, truncated,
-    not an image; files, or a shard's members) are skipped and listed in ``skipped``, as ``(file, reason)``
-    or ``("SHARD: MEMBER", reason)``; one that DALI still cannot decode stops the run with DALI's message.
+    the whole listing each epoch, a function of ``seed`` (each DDP rank its block of one order), or
+    webdataset shards in a seeded order. Unreadable images (empty, truncated, not an image; files, or a
+    shard's members) are skipped and listed in ``skipped``, as ``(file, reason)`` or ``("SHARD: MEMBER",
+    reason)``; one that DALI still cannot decode stops the run with DALI's message.
     On a GPU machine images are decoded and augmented on the GPU.
 
     Args:
