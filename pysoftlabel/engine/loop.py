@@ -1,5 +1,6 @@
 """One training epoch and one evaluation pass."""
 import time
+import warnings
 
 import torch
 
@@ -125,7 +126,11 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
             optimizer.step()
         strategy.after_step(model)
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():
+                # The schedule moves on with every step, a step the scaler skipped too (an fp16 overflow,
+                # counted in train_nonfinite_steps): PyTorch warns of that when it is the first step.
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                scheduler.step()
         finite = torch.isfinite(loss.detach())
         nonfinite += ~finite
         total_loss += torch.where(finite, loss.detach(), 0.0) * len(batch["label"])
