@@ -75,11 +75,23 @@ def test_shards_cover_the_set_once(images):
     assert len(torch.unique(together, dim=0)) == len(torch.unique(images.images.flatten(1), dim=0))
 
 
-def test_cutout_zeroes_a_square(images):
+def test_cutout_zeroes_a_square_of_its_side(images):
+    """Cutout as DeVries & Taylor's code: a square of side 8 (not 9) centred at a random pixel, clipped where it
+    reaches past the image; nothing else changes."""
     loader = ResidentLoader(images, 30, training=True, pad=0, flip=False, cutout=8, seed=3)
+    original = images.images[loader._rows()].float()
     x = denormalise(next(iter(loader))["image"]).round()
-    zero = (x == 0).all(1)  # [b, h, w]
-    assert (zero.flatten(1).sum(1) >= 16).all()  # at least a corner quarter of the 9x9 square
+    cut = (x != original).any(1)  # [b, h, w]
+    assert ((x == 0) | ~cut[:, None]).all()
+    whole = 0
+    for mask in cut:
+        ys, xs = mask.nonzero(as_tuple=True)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        assert y1 - y0 <= 8 and x1 - x0 <= 8 and mask[y0:y1, x0:x1].sum() == (y1 - y0) * (x1 - x0)
+        if 0 < y0 and y1 < 32 and 0 < x0 and x1 < 32:  # clear of the edges: the whole square
+            assert (y1 - y0, x1 - x0) == (8, 8)
+            whole += 1
+    assert whole >= 5
 
 
 def test_unreadable_file_is_named(tmp_path):

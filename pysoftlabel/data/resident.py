@@ -120,10 +120,10 @@ class ResidentLoader:
             images = padded[batch, :, ys, xs].permute(0, 3, 1, 2)  # [b, h, w, 3] -> [b, 3, h, w]
         if self.flip:
             images = torch.where(draws["flip"][:, None, None, None], images.flip(3), images)
-        if self.cutout:
-            ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
-            inside = ((ys[None, :, None] - draws["cy"][:, None, None]).abs() <= self.cutout // 2) & \
-                     ((xs[None, None, :] - draws["cx"][:, None, None]).abs() <= self.cutout // 2)
+        if self.cutout:  # DeVries & Taylor's square: side cutout from (cy, cx) - cutout // 2, clipped to the image
+            ys = torch.arange(h, device=device)[None, :, None] - (draws["cy"] - self.cutout // 2)[:, None, None]
+            xs = torch.arange(w, device=device)[None, None, :] - (draws["cx"] - self.cutout // 2)[:, None, None]
+            inside = (ys >= 0) & (ys < self.cutout) & (xs >= 0) & (xs < self.cutout)
             images = images * ~inside[:, None]
         return images
 
