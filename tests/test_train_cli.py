@@ -293,7 +293,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--cutout", "8"], "--cutout: only the --resident path"),
     (["--resident", "--min-scale", "0.5"], "--min-scale: the --resident path crops with 4-pixel padding"),
     (["--epochs", "10", "--milestones", "5", "10"], "--milestones must be epochs in [1, --epochs 10)"),
-    (["--strategy", "kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),  # before its teacher is trained
+    (["--strategy", "kd", "--kd-alpha", "-1"], "--kd-alpha must be finite and at least 0"),  # before the teacher
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
     (["--device", "gpu"], "is not a device"),

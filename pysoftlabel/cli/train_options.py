@@ -84,7 +84,8 @@ def parse_args(argv=None):
     g.add_argument("--ols-freeze-at", type=float, default=None,
                    help="keep an OLS table row once its largest value reaches this (the official fine-grained "
                         "recipe: 0.88) (default: never)")
-    g.add_argument("--kd-alpha", type=float, default=0.1, help="KD weight (default: 0.1)")
+    g.add_argument("--kd-alpha", type=float, default=0.1,
+                   help="weight of the distillation term (alpha T^2 KL) beside the hard CE's 1 (default: 0.1)")
     g.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature (default: 3)")
     g.add_argument("--ema-decay", type=float, default=None,
                    help="online-ldl EMA decay per step (default: 1 - 2 / steps per epoch: a half-epoch horizon)")
@@ -199,7 +200,7 @@ def check_values(p, args):
         ("als_eps", 0 <= args.als_eps[0] <= args.als_eps[1] <= 1, "MIN <= MAX within [0, 1]"),
         ("ols_alpha", 0 <= args.ols_alpha <= 1, "in [0, 1]"),
         ("ols_freeze_at", optional(args.ols_freeze_at, lambda v: 0 < v <= 1), "in (0, 1]"),
-        ("kd_alpha", 0 <= args.kd_alpha <= 1, "in [0, 1]"),
+        ("kd_alpha", 0 <= args.kd_alpha < float("inf"), "finite and at least 0"),
         ("kd_temperature", args.kd_temperature > 0, "positive"),
         ("ema_decay", optional(args.ema_decay, lambda v: 0 < v < 1), "in (0, 1)"),
         ("online_weight", 0 <= args.online_weight <= 1, "in [0, 1]"),

@@ -10,23 +10,24 @@ __all__ = ["KnowledgeDistillation"]
 
 
 class KnowledgeDistillation(Strategy):
-    r"""loss = (1 - alpha) CE(z, y) + alpha T^2 KL(softmax(t / T) || softmax(z / T)), KL averaged over the batch.
+    r"""loss = CE(z, y) + alpha T^2 KL(softmax(t / T) || softmax(z / T)), KL averaged over the batch.
 
-    Both terms go through the fused operator: the KL term is the soft cross-entropy of z / T against the
-    teacher's softmax(t / T) minus the teacher's entropy (a constant for the student, subtracted so that
-    the reported loss is the KL itself).
+    The hard cross-entropy at full weight plus the distillation term; T^2 keeps that term's gradients at the
+    scale of the hard term's whatever T is (Hinton et al.). Both terms go through the fused operator: the KL
+    term is the soft cross-entropy of z / T against the teacher's softmax(t / T) minus the teacher's entropy
+    (a constant for the student, subtracted so that the reported loss holds the KL itself).
 
     Args:
         teacher (nn.Module): trained teacher; eval mode, no gradient.
-        alpha (float): weight of the distillation term. Default: 0.1.
+        alpha (float): weight of the distillation term, at least 0. Default: 0.1.
         temperature (float): T. Default: 3.
     """
 
     name = "kd"
 
     def __init__(self, teacher: torch.nn.Module, alpha: float = 0.1, temperature: float = 3.0):
-        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
-            raise ValueError(f"need alpha in [0, 1] and temperature > 0, got {alpha}, {temperature}")
+        if not 0.0 <= alpha < float("inf") or not 0.0 < temperature < float("inf"):
+            raise ValueError(f"need alpha >= 0 and temperature > 0 (finite), got {alpha}, {temperature}")
         self.teacher = teacher.eval().requires_grad_(False)
         self.alpha, self.temperature = float(alpha), float(temperature)
 
@@ -44,4 +45,4 @@ class KnowledgeDistillation(Strategy):
         hard = soft_cross_entropy(logits, self.targets(batch), stats=self.stats, calib=calib)
         soft = soft_cross_entropy(logits / t, SoftTarget(batch["label"], dense=teacher_logits, dense_logits=True,
                                                          dense_weight=1.0, temperature=t))
-        return (1 - self.alpha) * hard + self.alpha * t * t * (soft - entropy)
+        return hard + self.alpha * t * t * (soft - entropy)
