@@ -294,6 +294,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--resident", "--min-scale", "0.5"], "--min-scale: the --resident path crops with 4-pixel padding"),
     (["--epochs", "10", "--milestones", "5", "10"], "--milestones must be epochs in [1, --epochs 10)"),
     (["--strategy", "kd", "--kd-alpha", "-1"], "--kd-alpha must be finite and at least 0"),  # before the teacher
+    (["--strategy", "kd", "--kd-temperature", "inf"], "--kd-temperature must be positive and finite"),
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
     (["--device", "gpu"], "is not a device"),
