@@ -75,6 +75,18 @@ def _any_nonfinite(nonfinite, step, device, final=False):
     return bool(all_reduce_(nonfinite.clone(), torch.distributed.ReduceOp.MAX) > 0)
 
 
+def _schedule_step(scheduler, first):
+    """``scheduler.step()``. The schedule moves on with every step, a step the fp16 scaler skipped too (counted
+    in train_nonfinite_steps); PyTorch warns of a skipped step only at a scheduler's first step, which can only
+    be a call's ``first``, so that step alone (not every step: the filter is process-wide) silences it."""
+    if not first:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        scheduler.step()
+
+
 def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, scaler=None, mix=None,
                     amp_dtype=None, progress=None, start_step=0, stop=None):
     """Trains one epoch over ``loader``'s batches (dicts with ``image`` and ``label``, or (images, labels)
@@ -126,11 +138,7 @@ def train_one_epoch(model, loader, strategy, optimizer, device, scheduler=None, 
             optimizer.step()
         strategy.after_step(model)
         if scheduler is not None:
-            with warnings.catch_warnings():
-                # The schedule moves on with every step, a step the scaler skipped too (an fp16 overflow,
-                # counted in train_nonfinite_steps): PyTorch warns of that when it is the first step.
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                scheduler.step()
+            _schedule_step(scheduler, first=step == start_step)
         finite = torch.isfinite(loss.detach())
         nonfinite += ~finite
         total_loss += torch.where(finite, loss.detach(), 0.0) * len(batch["label"])
