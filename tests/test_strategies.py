@@ -107,6 +107,32 @@ def test_als_smoothing_from_object_fraction():
     torch.testing.assert_close(t[1], 0.3 * F.one_hot(torch.tensor(1), 4).float() + 0.7 / 4)
     with pytest.raises(ValueError, match="object_fraction"):
         als.targets({"label": b["label"]})
+    with pytest.raises(ValueError, match="^als: a mixed batch needs 'object_fraction2'"):
+        als.targets({**b, "label2": b["label"].flip(0), "lam": 0.5})
+
+
+@pytest.mark.parametrize("mix", [S.Mixup, S.CutMix, S.RICAP])
+def test_als_under_mixing_mixes_the_als_targets_of_the_images(mix):
+    """A mixed sample's target is the mix, weighted as its labels, of the ALS targets of the images it is
+    made of, each smoothed by its own object fraction: the partners' fractions travel with their labels."""
+    n = c = 8  # label = index of the image: a label names its source image
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 12, 16).clone()
+    fraction = torch.tensor([1.0, 0.3, 0.0, -1.0, 0.5, 0.9, 0.2, -1.0])
+    als = S.AdaptiveLabelSmoothing(eps_min=0.05, eps_max=0.9, eps_no_box=0.1)
+    eps = als.smoothing(fraction)
+    b = mix(seed=3)({"image": images, "label": torch.arange(n), "object_fraction": fraction})
+    pairs = [(b["lam"], b["label"]), (1 - b["lam"], b["label2"])]
+    if "ricap" in b:
+        first, second = b["ricap"]
+        pairs = [(first * w, y) for w, y in pairs] + [((1 - first) * second["lam"], second["label"]),
+                                                      ((1 - first) * (1 - second["lam"]), second["label2"])]
+    assert sum(w for w, _ in pairs) == pytest.approx(1.0) and any(0 < w < 1 for w, _ in pairs)
+    want_target = sum(w * ((1 - eps[y, None]) * F.one_hot(y, c) + eps[y, None] / c) for w, y in pairs)
+    logits = torch.randn(n, c, requires_grad=True)
+    ours = S.mixed_loss(als, logits, b)
+    want = -(want_target * F.log_softmax(logits, 1)).sum(1).mean()
+    torch.testing.assert_close(ours, want)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(want, logits)[0])
 
 
 def test_ldl_uses_the_teacher_on_the_mixed_image_and_ignores_mixed_labels():
@@ -274,7 +300,7 @@ def test_every_strategy_trains_through_the_fused_kernels(monkeypatch):
     def linear():  # a teacher of its own for each strategy: each freezes the one it is given
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     model = linear()
-    b = {**S.Mixup(seed=2)(batch()), "object_fraction": torch.tensor([0.5, -1.0, 0.2, 1.0, 0.0, 0.7])}
+    b = S.Mixup(seed=2)({**batch(), "object_fraction": torch.tensor([0.5, -1.0, 0.2, 1.0, 0.0, 0.7])})
     for strategy in (S.CrossEntropy(), S.LabelSmoothing(), S.OnlineLabelSmoothing(4), S.AdaptiveLabelSmoothing(),
                      S.LabelDistribution(linear()), S.OnlineLabelDistribution(model, warmup_epochs=0),
                      S.KnowledgeDistillation(linear())):

@@ -3,10 +3,12 @@
 No official code exists; this is our reading of the paper: the smoothing of a training sample is
 1 minus the fraction of its random crop covered by the boxes of its label, clamped to [eps_min, eps_max];
 a crop with no object gets eps_max, a crop filled by the object eps_min, and an image without box
-annotations the fixed ``eps_no_box``.
+annotations the fixed ``eps_no_box``. Under mixing augmentation a sample's target is the mix, weighted as
+its labels, of the ALS targets of its images, each smoothed by its own crop's fraction.
 """
 import torch
 
+from ..target import SoftTarget
 from .base import Strategy, hard_target
 
 __all__ = ["AdaptiveLabelSmoothing"]
@@ -39,4 +41,17 @@ class AdaptiveLabelSmoothing(Strategy):
         self._check_batch(batch)
         if "object_fraction" not in batch:
             raise ValueError("als: the batch needs 'object_fraction' (load the data with --boxes)")
-        return hard_target(batch, smoothing=self.smoothing(batch["object_fraction"]))
+        eps = self.smoothing(batch["object_fraction"])
+        if batch.get("label2") is None:
+            return hard_target(batch, smoothing=eps)
+        if "object_fraction2" not in batch:
+            raise ValueError("als: a mixed batch needs 'object_fraction2', the object fractions of the 'label2' "
+                             "images (pysoftlabel's Mixup, CutMix and RICAP add it)")
+        # lam * ALS(y, eps) + (1 - lam) * ALS(y2, eps2) in the operator's form: smoothing
+        # s = lam eps + (1 - lam) eps2 and, of the 1 - s left to the labels, lam (1 - eps) to y.
+        eps2 = self.smoothing(batch["object_fraction2"])
+        lam = torch.as_tensor(batch["lam"], dtype=eps.dtype, device=eps.device)
+        smoothing = lam * eps + (1.0 - lam) * eps2
+        hard = 1.0 - smoothing
+        lam_hard = torch.where(hard > 0, lam * (1.0 - eps) / hard.clamp_min(1e-12), lam).clamp(0.0, 1.0)
+        return SoftTarget(batch["label"], smoothing=smoothing, labels2=batch["label2"], lam=lam_hard)

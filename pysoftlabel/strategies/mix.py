@@ -4,7 +4,8 @@ partner labels (``label2``) and the weight of the first label (``lam``) for the 
 Mixup: Zhang et al. 2018, arXiv:1710.09412. CutMix: Yun et al. 2019, arXiv:1905.04899. RICAP: Takahashi
 et al. 2018, arXiv:1811.09030. One lam per batch, partners by a random permutation; randomness from a numpy
 Generator and a torch Generator seeded by ``seed`` (no global state), so a resumed run can restore them
-from ``state_dict()``.
+from ``state_dict()``. A batch's ``object_fraction`` (ALS) travels with the labels: the partners' as
+``object_fraction2``.
 """
 import numpy as np
 import torch
@@ -43,6 +44,15 @@ class _Mix:
         perm = torch.randperm(n, generator=self.generator)
         return perm.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else perm
 
+    @staticmethod
+    def _partner_fractions(batch, first, second):
+        """ALS's object fractions of the images whose labels are ``label`` / ``label2`` (rows ``first`` /
+        ``second`` of the batch; None: the sample itself); nothing for a batch without them."""
+        fraction = batch.get("object_fraction")
+        if fraction is None:
+            return {}
+        return {"object_fraction": fraction if first is None else fraction[first], "object_fraction2": fraction[second]}
+
     def _images_and_labels(self, batch):
         images, labels = batch.get("image"), batch.get("label")
         if not torch.is_tensor(images) or images.dim() != 4 or not torch.is_tensor(labels) \
@@ -77,7 +87,8 @@ class Mixup(_Mix):
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = self._partners(len(labels), labels.device)
         mixed = images * lam + images[perm] * (1.0 - lam)
-        return {**batch, "image": mixed, "label2": labels[perm], "lam": lam}
+        return {**batch, "image": mixed, "label2": labels[perm], "lam": lam,
+                **self._partner_fractions(batch, None, perm)}
 
 
 class CutMix(_Mix):
@@ -108,7 +119,8 @@ class CutMix(_Mix):
         mixed = images.clone()
         mixed[..., top:bottom, left:right] = images[perm][..., top:bottom, left:right]
         lam = 1.0 - (bottom - top) * (right - left) / (height * width)
-        return {**batch, "image": mixed, "label2": labels[perm], "lam": lam}
+        return {**batch, "image": mixed, "label2": labels[perm], "lam": lam,
+                **self._partner_fractions(batch, None, perm)}
 
 
 class RICAP(_Mix):
@@ -133,14 +145,17 @@ class RICAP(_Mix):
         w = int(round(width * self.rng.beta(self.alpha, self.alpha)))
         h = int(round(height * self.rng.beta(self.alpha, self.alpha)))
         out = torch.empty_like(images)
-        parts = []
+        parts, perms = [], []
         for k, (top, left, ph, pw) in enumerate(((0, 0, h, w), (0, w, h, width - w), (h, 0, height - h, w),
                                                  (h, w, height - h, width - w))):
             perm = torch.arange(n, device=labels.device) if k == 0 else self._partners(n, labels.device)
             y, x = int(self.rng.integers(height - ph + 1)), int(self.rng.integers(width - pw + 1))
             out[..., top:top + ph, left:left + pw] = images[perm][..., y:y + ph, x:x + pw]
             parts.append((labels[perm], ph * pw / (height * width)))
+            perms.append(None if k == 0 else perm)
         (y1, w1), (y2, w2), (y3, w3), (y4, w4) = parts
         first = w1 + w2
+        second = {"label": y3, "label2": y4, "lam": w3 / (w3 + w4) if w3 + w4 > 0 else 1.0,
+                  **self._partner_fractions(batch, perms[2], perms[3])}
         return {**batch, "image": out, "label2": y2, "lam": w1 / first if first > 0 else 1.0,
-                "ricap": (first, {"label": y3, "label2": y4, "lam": w3 / (w3 + w4) if w3 + w4 > 0 else 1.0})}
+                **self._partner_fractions(batch, None, perms[1]), "ricap": (first, second)}
