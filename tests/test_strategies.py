@@ -237,6 +237,36 @@ def test_ricap_patches_weights_and_loss():
     torch.testing.assert_close(S.mixed_loss(ldl, logits, r), ldl.loss(logits, r))  # labels unused: one pass
 
 
+class CountingLinear(torch.nn.Module):
+    """A linear model that counts its forwards."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.linear, self.calls = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, c)), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("make", [S.KnowledgeDistillation, lambda m: S.OnlineLabelDistribution(m, warmup_epochs=0)])
+def test_ricap_runs_a_teachers_forward_once(make):
+    """RICAP's two passes share the teacher's (or the average's) forward of the images; the loss is the one of
+    two separate passes, and nothing is held after the step."""
+    n, c = 16, 4
+    r = S.RICAP(seed=1)(batch(n=n, c=c))
+    first, second = r["ricap"]
+    strategy, logits = make(CountingLinear(c)), torch.randn(n, c)
+    frozen = getattr(strategy, "teacher", None) or strategy.ema
+    separate = (first * strategy.loss(logits, {k: v for k, v in r.items() if k != "ricap"})
+                + (1 - first) * strategy.loss(logits, {**r, **second}))
+    frozen.calls = 0
+    torch.testing.assert_close(S.mixed_loss(strategy, logits, r), separate)
+    assert frozen.calls == 1 and strategy._forwards is None
+    S.mixed_loss(strategy, logits, r)
+    assert frozen.calls == 2  # the next step's forward is its own
+
+
 def test_ricap_gathers_calibration_once_and_class_statistics_per_pair():
     """Under RICAP's two passes, training calibration counts each row once, against its first label; OLS's
     class statistics count the rows classified as the first label of either pair."""

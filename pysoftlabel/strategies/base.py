@@ -1,4 +1,6 @@
 """The lifecycle every soft-label strategy follows (DESIGN.md, "Layers")."""
+import contextlib
+
 import torch
 
 from ..metrics.state import SummedState
@@ -34,6 +36,7 @@ class Strategy:
     name = "base"
     stats = None
     label_free = False
+    _forwards = None  # {id(module): (images, outputs)} inside reusing_forwards()
 
     def targets(self, batch, model=None) -> SoftTarget:
         raise NotImplementedError
@@ -41,6 +44,29 @@ class Strategy:
     def loss(self, logits, batch, model=None, calib=None):
         """The training loss of ``logits`` for ``batch``; gathers ``self.stats`` and ``calib`` in the same pass."""
         return soft_cross_entropy(logits, self.targets(batch, model), stats=self.stats, calib=calib)
+
+    def frozen_forward(self, module, images):
+        """``module(images)`` without a graph: a teacher's or an average's forward. Inside
+        :meth:`reusing_forwards` the same module on the same images runs once."""
+        if self._forwards is not None:
+            images_and_outputs = self._forwards.get(id(module))
+            if images_and_outputs is not None and images_and_outputs[0] is images:
+                return images_and_outputs[1]
+        with torch.no_grad():
+            outputs = module(images)
+        if self._forwards is not None:
+            self._forwards[id(module)] = (images, outputs)
+        return outputs
+
+    @contextlib.contextmanager
+    def reusing_forwards(self):
+        """Several losses of one batch (RICAP's two passes) share the frozen forwards of its images; nothing
+        is held after the block."""
+        self._forwards = {}
+        try:
+            yield self
+        finally:
+            self._forwards = None
 
     def after_step(self, model=None):
         pass

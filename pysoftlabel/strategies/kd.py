@@ -38,8 +38,8 @@ class KnowledgeDistillation(Strategy):
 
     def loss(self, logits, batch, model=None, calib=None):
         t = self.temperature
+        teacher_logits = self.frozen_forward(self.teacher, batch["image"]).float()
         with torch.no_grad():
-            teacher_logits = self.teacher(batch["image"]).float()
             log_p = torch.log_softmax(teacher_logits / t, dim=1)
             entropy = -(log_p.exp() * log_p).sum(dim=1).mean()
         hard = soft_cross_entropy(logits, self.targets(batch), stats=self.stats, calib=calib)

@@ -39,8 +39,7 @@ class LabelDistribution(Strategy):
 
     def targets(self, batch, model=None):
         self._check_batch(batch)
-        with torch.no_grad():
-            teacher_logits = self.teacher(batch["image"])
+        teacher_logits = self.frozen_forward(self.teacher, batch["image"])
         return SoftTarget(batch["label"], dense=teacher_logits, dense_logits=True, dense_weight=1.0,
                           temperature=self.temperature)
 
@@ -78,8 +77,7 @@ class OnlineLabelDistribution(Strategy):
         w = self.current_weight()
         if w == 0.0:
             return hard_target(batch)
-        with torch.no_grad():
-            ema_logits = self.ema(batch["image"])
+        ema_logits = self.frozen_forward(self.ema, batch["image"])
         return hard_target(batch, dense=ema_logits, dense_logits=True, dense_weight=w)
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ def mixed_loss(strategy, logits, batch, model=None, calib=None):
     """``strategy.loss`` of a batch, mixed or not. A RICAP batch has four labels; the target of every strategy
     is linear in the hard labels, so its loss is the weighted sum of the losses of two two-label batches
     (two fused passes: training calibration is gathered against the first label, in the first pass; class
-    statistics in both, against each pair's first label).
+    statistics in both, against each pair's first label; a teacher's forward in one).
     A strategy whose target ignores the labels (``label_free``, LDL) needs one pass."""
     if "ricap" not in batch:
         return strategy.loss(logits, batch, model, calib=calib)
@@ -25,8 +25,9 @@ def mixed_loss(strategy, logits, batch, model=None, calib=None):
     first = {k: v for k, v in batch.items() if k != "ricap"}
     if strategy.label_free:
         return strategy.loss(logits, first, model, calib=calib)
-    return (weight * strategy.loss(logits, first, model, calib=calib)
-            + (1.0 - weight) * strategy.loss(logits, {**first, **second}, model))
+    with strategy.reusing_forwards():  # a teacher's or an average's forward of the images runs once
+        return (weight * strategy.loss(logits, first, model, calib=calib)
+                + (1.0 - weight) * strategy.loss(logits, {**first, **second}, model))
 
 
 class _Mix:
