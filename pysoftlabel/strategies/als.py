@@ -49,8 +49,7 @@ class AdaptiveLabelSmoothing(Strategy):
                              "images (pysoftlabel's Mixup, CutMix and RICAP add it)")
         # lam * ALS(y, eps) + (1 - lam) * ALS(y2, eps2) in the operator's form: smoothing
         # s = lam eps + (1 - lam) eps2 and, of the 1 - s left to the labels, lam (1 - eps) to y.
-        eps2 = self.smoothing(batch["object_fraction2"])
-        lam = torch.as_tensor(batch["lam"], dtype=eps.dtype, device=eps.device)
+        eps2, lam = self.smoothing(batch["object_fraction2"]), batch["lam"]  # a float stays one: no copy to the GPU
         smoothing = lam * eps + (1.0 - lam) * eps2
         hard = 1.0 - smoothing
         lam_hard = torch.where(hard > 0, lam * (1.0 - eps) / hard.clamp_min(1e-12), lam).clamp(0.0, 1.0)
