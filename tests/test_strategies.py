@@ -196,7 +196,7 @@ def test_mixing_names_a_batch_it_cannot_mix(mix, bad):
 
 @pytest.mark.cuda
 def test_mixing_on_the_gpu_matches_the_cpu_without_waiting_for_it():
-    b = batch(n=8)
+    b = {**batch(n=8), "object_fraction": torch.linspace(-1, 1, 8)}  # ALS's travel with the labels
     on_gpu = {k: v.cuda() for k, v in b.items()}
     for make in (S.Mixup, S.CutMix, S.RICAP):
         want = make(seed=5)(b)
@@ -207,6 +207,7 @@ def test_mixing_on_the_gpu_matches_the_cpu_without_waiting_for_it():
             torch.cuda.set_sync_debug_mode("default")
         torch.testing.assert_close(got["image"].cpu(), want["image"])
         assert torch.equal(got["label2"].cpu(), want["label2"]) and got["lam"] == want["lam"]
+        assert torch.equal(got["object_fraction2"].cpu(), want["object_fraction2"])
 
 
 def test_ricap_patches_weights_and_loss():
