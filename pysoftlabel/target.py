@@ -164,9 +164,11 @@ def check_logits(logits):
     """ValueError unless ``logits`` is a floating-point [N, C] tensor with C >= 1. The loss checks this before
     its target, so that one sample's scores (F.cross_entropy's unbatched [C] input) are named as the problem."""
     if not torch.is_tensor(logits) or logits.dim() != 2:
-        one_sample = ("; for one sample's scores use logits[None] and labels[None]"
-                      if torch.is_tensor(logits) and logits.dim() == 1 else "")
-        raise ValueError(f"logits must have shape [N, C], got {_describe(logits)}{one_sample}")
+        dims = logits.dim() if torch.is_tensor(logits) else 0
+        hint = ("; for one sample's scores use logits[None] and labels[None]" if dims == 1 else
+                "; for F.cross_entropy's [N, C, d1, ...] form use logits.movedim(1, -1).flatten(0, -2) and "
+                "labels.flatten()" if dims > 2 else "")
+        raise ValueError(f"logits must have shape [N, C], got {_describe(logits)}{hint}")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
     if logits.shape[1] < 1:

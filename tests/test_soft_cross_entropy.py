@@ -742,7 +742,9 @@ def test_zero_dim_weights_equal_floats(backend):
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2]))), "labels"),
     (lambda: dict(target=psl.SoftTarget(torch.tensor([0, 1, 2, 3]), dense=torch.rand(4, 6), dense_weight=0.1)),
      "dense"),
-    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.randn(4, 5, 2)), "logits"),
+    (lambda: dict(target=torch.tensor([0, 1, 2, 3]), logits=torch.randn(4, 5, 2)),
+     r"^logits must have shape \[N, C\], got a tensor of shape \(4, 5, 2\); for F.cross_entropy's \[N, C, d1, \.\.\.\] "
+     r"form use logits.movedim\(1, -1\).flatten\(0, -2\) and labels.flatten\(\)$"),
     (lambda: dict(target=torch.tensor([0, 1, 2, 3]), reduction="avg"), "reduction"),
     # F.cross_entropy's unbatched call: the logits are the problem, not the 0-d label
     (lambda: dict(target=torch.tensor(2), logits=torch.randn(5)),
