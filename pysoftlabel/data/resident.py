@@ -59,7 +59,7 @@ class ResidentLoader:
 
     Training: a fresh permutation per epoch (a torch Generator seeded by ``seed`` and the epoch, so a
     resumed run sees the same batches), random crop after ``pad`` pixels of zero padding, flip, Cutout of
-    side ``cutout`` (0: none); the last partial batch is dropped. Evaluation: in order, every row once.
+    side ``cutout`` (0: none) filled with the mean colour; the last partial batch is dropped. Evaluation: in order, every row once.
     ``shard_id`` / ``num_shards`` split the rows between DDP ranks.
     """
 
@@ -124,7 +124,8 @@ class ResidentLoader:
             ys = torch.arange(h, device=device)[None, :, None] - (draws["cy"] - self.cutout // 2)[:, None, None]
             xs = torch.arange(w, device=device)[None, None, :] - (draws["cx"] - self.cutout // 2)[:, None, None]
             inside = (ys >= 0) & (ys < self.cutout) & (xs >= 0) & (xs < self.cutout)
-            images = images * ~inside[:, None]
+            # the mean colour, 0 once normalised: their code cuts the normalised image
+            images = torch.where(inside[:, None], self.mean, images)
         return images
 
     def __iter__(self):
