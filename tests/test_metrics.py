@@ -386,7 +386,7 @@ def test_adaptive_ece_matches_sorting():
     conf, pred = p.max(1)
     order = conf.argsort()
     exact = 0.0
-    for chunk in order.chunk(15):  # equal-mass bins by sorting, as Nixon et al.
+    for chunk in order.chunk(15):  # equal-mass bins by sorting, as Mukhoti et al.
         exact += abs((pred[chunk] == labels[chunk]).double().sum().item() - conf[chunk].sum().item())
     exact /= 3000
     got = psl.metrics.AdaptiveCalibrationStats(15).update(logits, labels).ece

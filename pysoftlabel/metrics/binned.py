@@ -9,8 +9,9 @@ __all__ = ["AdaptiveCalibrationStats", "ClasswiseCalibrationStats"]
 
 
 class AdaptiveCalibrationStats(SummedState):
-    r"""Adaptive (equal-mass) ECE: bins hold equal numbers of rows instead of equal confidence widths
-    (Nixon et al. 2019, "Measuring Calibration in Deep Learning", arXiv:1904.01685).
+    r"""Adaptive (equal-mass) ECE of the top label: bins hold equal numbers of rows instead of equal confidence
+    widths (AdaECE, Mukhoti et al. 2020, arXiv:2002.09437; the binning of Nixon et al. 2019, arXiv:1904.01685,
+    whose ACE also averages over every class).
 
     Streaming: rows go into a fine histogram of ``resolution`` equal-width confidence cells (count,
     confidence sum, correct count); :attr:`ece` groups consecutive cells into ``n_bins`` bins of about
