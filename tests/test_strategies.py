@@ -321,9 +321,11 @@ def test_to_moves_what_each_strategy_holds():
 
 
 @pytest.mark.skipif(not psl.extension_info()["cpu"], reason="extension not built")
-def test_every_strategy_trains_through_the_fused_kernels(monkeypatch):
-    """No strategy hands the loss a target that requires grad (a teacher's logits with a graph, say), which
-    would send it to the reference formula: the training loss and its gradient come from the kernels."""
+@pytest.mark.parametrize("mix", [None, S.Mixup, S.CutMix, S.RICAP])
+def test_every_strategy_trains_through_the_fused_kernels(monkeypatch, mix):
+    """Every strategy under every mixing augmentation: no strategy hands the loss a target that requires grad
+    (a teacher's logits with a graph, say), which would send it to the reference formula: the training loss
+    and its gradient come from the kernels, finite."""
     def no_reference(*args, **kwargs):
         raise AssertionError("the loss took the reference formula")
     monkeypatch.setattr(psl.reference, "soft_cross_entropy", no_reference)
@@ -331,9 +333,12 @@ def test_every_strategy_trains_through_the_fused_kernels(monkeypatch):
     def linear():  # a teacher of its own for each strategy: each freezes the one it is given
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     model = linear()
-    b = S.Mixup(seed=2)({**batch(), "object_fraction": torch.tensor([0.5, -1.0, 0.2, 1.0, 0.0, 0.7])})
+    b = {**batch(), "object_fraction": torch.tensor([0.5, -1.0, 0.2, 1.0, 0.0, 0.7])}
+    b = mix(seed=2)(b) if mix is not None else b
     for strategy in (S.CrossEntropy(), S.LabelSmoothing(), S.OnlineLabelSmoothing(4), S.AdaptiveLabelSmoothing(),
                      S.LabelDistribution(linear()), S.OnlineLabelDistribution(model, warmup_epochs=0),
                      S.KnowledgeDistillation(linear())):
-        logits = model(b["image"])
-        strategy.loss(logits, b, model).backward()
+        model.zero_grad()
+        loss = S.mixed_loss(strategy, model(b["image"]), b, model)
+        loss.backward()
+        assert loss.isfinite() and all(p.grad.isfinite().all() for p in model.parameters()), strategy.name
