@@ -521,6 +521,23 @@ def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 18
 
 
+def test_compile_takes_a_teachers_forward_too(data, tmp_path, monkeypatch):
+    """--compile compiles the student and, for ldl and kd, the frozen teacher, whose forward is a good part of
+    each step; the run trains with both compiled."""
+    run(data, tmp_path / "t", "--strategy", "ce", "--epochs", "1")
+    compiled, real_compile = [], torch.compile
+
+    def recording_compile(module, *args, **kwargs):
+        compiled.append(module)
+        return real_compile(module, *args, **kwargs)
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    records = run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "t"), "--compile",
+                  "--epochs", "1")
+    assert len(records) == 1 and records[0]["train_nonfinite_steps"] == 0
+    frozen = sorted(not any(p.requires_grad for p in m.parameters()) for m in compiled)
+    assert frozen == [False, True]  # the student, and the teacher
+
+
 def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):
     pytest.importorskip("timm", reason="timm models are optional (pip install timm)")
     run(data, tmp_path / "t", "--strategy", "ls", "--arch", "timm/resnet10t", "--stop-after", "1")
