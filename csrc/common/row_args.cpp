@@ -28,6 +28,24 @@ std::string num(double v) {  // as Python prints it (0.5, 0, 1e-05), not std::to
   std::snprintf(text, sizeof text, "%g", v);
   return text;
 }
+
+#if defined(PSL_WITH_CUDA)
+// A launch's error. On a GPU the kernels were not built for, every launch fails with CUDA's bare "no kernel
+// image is available": say which architectures the build has and how to build for this GPU instead.
+void check_launch(cudaError_t error) {
+  if (error == cudaErrorNoKernelImageForDevice || error == cudaErrorInvalidDeviceFunction) {
+    cudaDeviceProp gpu{};
+    C10_CUDA_CHECK(cudaGetDeviceProperties(&gpu, c10::cuda::current_device()));
+    const std::string arch = num(int64_t{gpu.major}) + "." + num(int64_t{gpu.minor});
+    const char* built = PSL_CUDA_ARCHS[0] != '\0' ? PSL_CUDA_ARCHS : "other architectures";
+    TORCH_CHECK(false, "pysoftlabel's CUDA kernels were built for ", built, ", not for this GPU (", gpu.name,
+                ", compute capability ", arch, "): build them for it with TORCH_CUDA_ARCH_LIST=\"", arch,
+                "\" pip install --no-build-isolation . (or pass backend=\"reference\")");
+  }
+  C10_CUDA_CHECK(error);
+}
+#endif
+
 std::string shape(at::IntArrayRef sizes) {
   std::string out = "[";
   for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
@@ -203,7 +221,7 @@ RowOutputs run_rows(const RowArgs& a) {
     }
 #if defined(PSL_WITH_CUDA)
     if (logits.is_cuda()) {
-      C10_CUDA_CHECK(run_rows_cuda<scalar_t>(job, c10::cuda::getCurrentCUDAStream()));
+      check_launch(run_rows_cuda<scalar_t>(job, c10::cuda::getCurrentCUDAStream()));
       return;
     }
 #endif
@@ -229,8 +247,8 @@ void scale_rows(at::Tensor& grad, const at::Tensor& factor) {
     const bool per_row = f.numel() != 1;
 #if defined(PSL_WITH_CUDA)
     if (grad.is_cuda()) {
-      C10_CUDA_CHECK(scale_rows_cuda<scalar_t>(grad.data_ptr<scalar_t>(), N, C, f.data_ptr<acc_t>(), per_row,
-                                               c10::cuda::getCurrentCUDAStream()));
+      check_launch(scale_rows_cuda<scalar_t>(grad.data_ptr<scalar_t>(), N, C, f.data_ptr<acc_t>(), per_row,
+                                             c10::cuda::getCurrentCUDAStream()));
       return;
     }
 #endif
