@@ -268,6 +268,28 @@ def test_ricap_runs_a_teachers_forward_once(make):
     assert frozen.calls == 2  # the next step's forward is its own
 
 
+def test_compiled_forwards_follow_the_average_and_leave_the_state_plain():
+    """compile_forwards() runs the frozen models' forwards compiled: the average's, updated in place after each
+    step, gives the eager module's outputs, and the strategy's state keeps the module's own names."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    online = S.OnlineLabelDistribution(model, decay=0.5, warmup_epochs=0)
+    graphs = []
+
+    def backend(graph, example_inputs):  # records what dynamo compiled, runs it as it is
+        graphs.append(graph)
+        return graph.forward
+    assert online.compile_forwards(backend=backend) is online and online.frozen_models() == (online.ema,)
+    b = batch()
+    for _ in range(3):
+        with torch.no_grad():
+            model[1].weight.add_(1.0)
+        online.after_step(model)
+        torch.testing.assert_close(online.frozen_forward(online.ema, b["image"]), online.ema(b["image"]))
+    assert len(graphs) == 1  # compiled once, run three times
+    assert set(online.state_dict()["ema"]) == {"1.weight", "1.bias"}
+    assert S.CrossEntropy().compile_forwards().frozen_models() == ()
+
+
 def test_ricap_gathers_calibration_once_and_class_statistics_per_pair():
     """Under RICAP's two passes, training calibration counts each row once, against its first label; OLS's
     class statistics count the rows classified as the first label of either pair."""

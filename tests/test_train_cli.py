@@ -521,9 +521,11 @@ def test_a_compiled_run_resumes_and_its_checkpoint_is_the_plain_models(data, tmp
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 18
 
 
-def test_compile_takes_a_teachers_forward_too(data, tmp_path, monkeypatch):
-    """--compile compiles the student and, for ldl and kd, the frozen teacher, whose forward is a good part of
-    each step; the run trains with both compiled."""
+@pytest.mark.parametrize("strategy", ["ldl", "online-ldl"])
+def test_compile_takes_a_teachers_or_averages_forward_too(data, tmp_path, monkeypatch, strategy):
+    """--compile compiles the student and the frozen model whose forward is a good part of each step: ldl's
+    (and kd's) teacher, online-ldl's average of the student; the run trains and resumes with them compiled,
+    its checkpoint holding the plain modules' weights."""
     run(data, tmp_path / "t", "--strategy", "ce", "--epochs", "1")
     compiled, real_compile = [], torch.compile
 
@@ -531,11 +533,14 @@ def test_compile_takes_a_teachers_forward_too(data, tmp_path, monkeypatch):
         compiled.append(module)
         return real_compile(module, *args, **kwargs)
     monkeypatch.setattr(torch, "compile", recording_compile)
-    records = run(data, tmp_path / "s", "--strategy", "ldl", "--teacher", str(tmp_path / "t"), "--compile",
-                  "--epochs", "1")
-    assert len(records) == 1 and records[0]["train_nonfinite_steps"] == 0
+    options = ["--strategy", strategy, "--compile"] + (["--teacher", str(tmp_path / "t")] if strategy == "ldl" else [])
+    run(data, tmp_path / "s", *options, "--stop-after", "1")
+    records = run(data, tmp_path / "s", *options, "--resume")
+    assert [r["epoch"] for r in records] == [0, 1]
     frozen = sorted(not any(p.requires_grad for p in m.parameters()) for m in compiled)
-    assert frozen == [False, True]  # the student, and the teacher
+    assert frozen == [False, False, True, True]  # the student and the frozen model, in each of the two calls
+    state = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["strategy"]
+    assert not any("_orig_mod" in key for key in state.get("ema", {}))
 
 
 def test_a_timm_model_trains_resumes_and_is_evaluated(data, tmp_path, capsys):

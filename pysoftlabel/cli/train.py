@@ -34,8 +34,6 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
     context = facts.pop("context", None)
     num_classes = len(classes)
     teacher = None if teacher_path is None else load_teacher(teacher_path, args.arch, classes, args.image_size, device)
-    if teacher is not None and args.compile:  # its forward is a good part of each step: an inference graph too
-        teacher = torch.compile(teacher)
     model = create_model(args.arch, num_classes, args.image_size).to(device, memory_format=torch.channels_last)
     ckpt_path = out / "checkpoint.pt"
     resuming = args.resume and ckpt_path.exists()
@@ -43,6 +41,8 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
         start_from_pretrained(model, args, num_classes)
     steps_per_epoch = len(train_for_epoch(0))
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps_per_epoch)
+    if args.compile:
+        strategy.compile_forwards()
     mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
            "ricap": S.RICAP(seed=args.seed)}[args.aug]
     lr = args.lr * args.batch_size * world / 64

@@ -115,7 +115,8 @@ def parse_args(argv=None):
     g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="autocast dtype of the forward passes; fp16 adds gradient scaling (default: auto, bf16 on "
                         "cuda, off on cpu)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (and an ldl or kd teacher)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model, and the forwards of an ldl or kd teacher or online-ldl's average")
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g.add_argument("--out", default=None, help="run folder (default: runs/<strategy>)")
     g.add_argument("--resume", action="store_true",

@@ -37,6 +37,7 @@ class Strategy:
     stats = None
     label_free = False
     _forwards = None  # {id(module): (images, outputs)} inside reusing_forwards()
+    _compiled = None  # {id(module): its torch.compile wrapper} after compile_forwards()
 
     def targets(self, batch, model=None) -> SoftTarget:
         raise NotImplementedError
@@ -53,10 +54,22 @@ class Strategy:
             if images_and_outputs is not None and images_and_outputs[0] is images:
                 return images_and_outputs[1]
         with torch.no_grad():
-            outputs = module(images)
+            outputs = (self._compiled or {}).get(id(module), module)(images)
         if self._forwards is not None:
             self._forwards[id(module)] = (images, outputs)
         return outputs
+
+    def frozen_models(self):
+        """The models whose forwards the strategy runs beside the student's (a teacher, an average of the
+        student)."""
+        return ()
+
+    def compile_forwards(self, **options):
+        """Runs the forwards of :meth:`frozen_models` through ``torch.compile(model, **options)`` (a good part of
+        each step for a teacher as large as the student); the models themselves, their weights and the
+        strategy's state stay as they are."""
+        self._compiled = {id(model): torch.compile(model, **options) for model in self.frozen_models()}
+        return self
 
     @contextlib.contextmanager
     def reusing_forwards(self):

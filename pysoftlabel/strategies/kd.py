@@ -31,6 +31,9 @@ class KnowledgeDistillation(Strategy):
         self.teacher = teacher.eval().requires_grad_(False)
         self.alpha, self.temperature = float(alpha), float(temperature)
 
+    def frozen_models(self):
+        return (self.teacher,)
+
     def targets(self, batch, model=None):
         """The hard part of the loss (the distillation part needs the student's temperature: see ``loss``)."""
         self._check_batch(batch)
