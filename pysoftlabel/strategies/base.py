@@ -30,7 +30,9 @@ class Strategy:
     after the optimiser step; ``end_epoch()`` at the end of each training epoch; ``state_dict()`` /
     ``load_state_dict()`` for checkpoints; ``all_reduce()`` before ``end_epoch()`` under DDP.
     ``stats`` is a :class:`~pysoftlabel.ClassStats` to pass to the loss (or None); ``label_free``
-    strategies' targets do not depend on the hard labels.
+    strategies' targets do not depend on the hard labels. A strategy that runs models beside the student (a
+    teacher, an average) names them in ``frozen_models()`` and runs them through ``frozen_forward()``, which
+    ``compile_forwards()`` compiles and ``reusing_forwards()`` shares between the losses of one batch.
     """
 
     name = "base"
