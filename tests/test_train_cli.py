@@ -297,6 +297,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--strategy", "kd", "--kd-temperature", "inf"], "--kd-temperature must be positive and finite"),
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
+    (["--strategy", "online-ldl", "--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
     (["--device", "gpu"], "is not a device"),
     (["--device", "mps"], "--device mps: the tools train and evaluate on cpu or cuda"),
     (["--arch", "resnet9000"], "--arch: unknown model 'resnet9000'"),  # before ldl's teacher is trained

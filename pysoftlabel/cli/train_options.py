@@ -203,7 +203,7 @@ def check_values(p, args):
         ("ols_freeze_at", optional(args.ols_freeze_at, lambda v: 0 < v <= 1), "in (0, 1]"),
         ("kd_alpha", 0 <= args.kd_alpha < float("inf"), "finite and at least 0"),
         ("kd_temperature", 0 < args.kd_temperature < float("inf"), "positive and finite"),
-        ("ema_decay", optional(args.ema_decay, lambda v: 0 < v < 1), "in (0, 1)"),
+        ("ema_decay", optional(args.ema_decay, lambda v: 0 <= v < 1), "in [0, 1)"),  # as the strategy's
         ("online_weight", 0 <= args.online_weight <= 1, "in [0, 1]"),
         ("stop_after", optional(args.stop_after, lambda v: v >= 1), "at least 1"),
     ]
