@@ -649,6 +649,9 @@ def test_evaluate_compares_several_checkpoints(data, tmp_path, capsys):
         assert row["ece_minus_first"] == pytest.approx(row["ece"] - rows[0]["ece"], abs=1e-6)
         assert row["ece_minus_first_ci95_low"] <= row["ece_minus_first"] <= row["ece_minus_first_ci95_high"]
     assert f"| {rows[2]['accuracy']:.4f} |" in table[8]
+    # The data have boxes: ALS's context-only confidence of every model, in the table too.
+    assert table[4].endswith("| context-only confidence |")
+    assert all(table[6 + i].endswith(f"| {row['context_confidence']:.4f} |") for i, row in enumerate(rows))
     if (tmp_path / "a" / "ce" / "reliability.png").exists():  # matplotlib installed
         assert (tmp_path / "cmp" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     # A run's folder stands for its checkpoint.

@@ -361,6 +361,10 @@ def write_comparison(out, labels, jobs, summaries, outputs=(), n_bins=15):
     if any("ece_minus_first" in row for row in rows):  # rows on other data keep "–"
         rows[0]["ece_difference"] = "reference"
         columns.insert(3, (f"ECE − {rows[0]['run']}'s, paired", "ece_difference"))
+    if any("context_confidence" in row for row in rows):  # given boxes: ALS's measure, beside the others
+        columns.append(("context-only confidence", "context_confidence"))
+        for row in rows:
+            row.setdefault("context_confidence", "–")  # saved outputs have no images to crop
     lines = [f"# Calibration of {len(rows)} models", "", f"ECE and MCE over {n_bins} equal-width confidence bins.", ""]
     if len({row["data"] for row in rows}) > 1:
         lines += ["Not all evaluated on the same data: compare with care (the data column).", ""]
