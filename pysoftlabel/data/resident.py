@@ -59,8 +59,8 @@ class ResidentLoader:
 
     Training: a fresh permutation per epoch (a torch Generator seeded by ``seed`` and the epoch, so a
     resumed run sees the same batches), random crop after ``pad`` pixels of zero padding, flip, Cutout of
-    side ``cutout`` (0: none) filled with the mean colour; the last partial batch is dropped. Evaluation: in order, every row once.
-    ``shard_id`` / ``num_shards`` split the rows between DDP ranks.
+    side ``cutout`` (0: none) filled with the mean colour; the last partial batch is dropped. Evaluation: in
+    order, every row once. ``shard_id`` / ``num_shards`` split the rows between DDP ranks.
     """
 
     def __init__(self, data: ResidentImages, batch_size, training, pad=4, flip=True, cutout=0, seed=0,
