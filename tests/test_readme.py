@@ -19,7 +19,7 @@ def names(tmp_path):
     torch.manual_seed(0)
     num_classes, device = 10, "cpu"
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
-    images, labels = torch.randn(64, 32), torch.randint(0, num_classes, (64,))
+    images, labels = torch.randn(64, 3, 4, 4), torch.randint(0, num_classes, (64,))  # 4-d: the mixers' images
     root = tmp_path / "data"
     return {"torch": torch, "psl": psl, "model": model, "images": images, "labels": labels,
             "logits": torch.randn(64, num_classes),

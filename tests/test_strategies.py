@@ -259,8 +259,8 @@ def test_ricap_runs_a_teachers_forward_once(make):
     first, second = r["ricap"]
     strategy, logits = make(CountingLinear(c)), torch.randn(n, c)
     frozen = getattr(strategy, "teacher", None) or strategy.ema
-    separate = (first * strategy.loss(logits, {k: v for k, v in r.items() if k != "ricap"})
-                + (1 - first) * strategy.loss(logits, {**r, **second}))
+    pair = {k: v for k, v in r.items() if k != "ricap"}
+    separate = first * strategy.loss(logits, pair) + (1 - first) * strategy.loss(logits, {**pair, **second})
     frozen.calls = 0
     torch.testing.assert_close(S.mixed_loss(strategy, logits, r), separate)
     assert frozen.calls == 1 and strategy._forwards is None
@@ -288,6 +288,16 @@ def test_compiled_forwards_follow_the_average_and_leave_the_state_plain():
     assert len(graphs) == 1  # compiled once, run three times
     assert set(online.state_dict()["ema"]) == {"1.weight", "1.bias"}
     assert S.CrossEntropy().compile_forwards().frozen_models() == ()
+
+
+@pytest.mark.parametrize("make", [S.CrossEntropy, S.LabelSmoothing, lambda: S.OnlineLabelSmoothing(4)])
+def test_a_ricap_batch_given_to_loss_names_mixed_loss(make):
+    """strategy.loss of a RICAP batch would train on two of its four labels without a word: it names
+    mixed_loss instead."""
+    r = S.RICAP(seed=1)(batch())
+    with pytest.raises(ValueError, match=r"a RICAP batch holds four labels, two in 'ricap': its loss is "
+                                         r"pysoftlabel\.strategies\.mixed_loss"):
+        make().loss(torch.randn(6, 4), r)
 
 
 def test_ricap_gathers_calibration_once_and_class_statistics_per_pair():

@@ -113,3 +113,6 @@ class Strategy:
     def _check_batch(self, batch):
         if "label" not in batch or not torch.is_tensor(batch["label"]):
             raise ValueError(f"{self.name}: the batch needs a 'label' tensor, got keys {sorted(batch)}")
+        if "ricap" in batch and not self.label_free:  # its loss alone would leave out two of the four labels
+            raise ValueError(f"{self.name}: a RICAP batch holds four labels, two in 'ricap': its loss is "
+                             "pysoftlabel.strategies.mixed_loss(strategy, logits, batch, model, calib)")
