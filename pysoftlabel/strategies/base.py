@@ -62,9 +62,9 @@ class Strategy:
         return outputs
 
     def frozen_models(self):
-        """The models whose forwards the strategy runs beside the student's (a teacher, an average of the
-        student)."""
-        return ()
+        """The models whose forwards the strategy runs beside the student's: the modules it holds (a teacher,
+        an average of the student), as :meth:`to` finds them."""
+        return tuple(value for value in vars(self).values() if isinstance(value, torch.nn.Module))
 
     def compile_forwards(self, **options):
         """Runs the forwards of :meth:`frozen_models` through ``torch.compile(model, **options)`` (a good part of

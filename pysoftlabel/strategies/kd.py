@@ -31,9 +31,6 @@ class KnowledgeDistillation(Strategy):
         self.teacher = teacher.eval().requires_grad_(False)
         self.alpha, self.temperature = float(alpha), float(temperature)
 
-    def frozen_models(self):
-        return (self.teacher,)
-
     def targets(self, batch, model=None):
         """The hard part of the loss (the distillation part needs the student's temperature: see ``loss``)."""
         self._check_batch(batch)
@@ -41,11 +38,12 @@ class KnowledgeDistillation(Strategy):
 
     def loss(self, logits, batch, model=None, calib=None):
         t = self.temperature
+        target = self.targets(batch)  # checks the batch before the teacher runs on it
         teacher_logits = self.frozen_forward(self.teacher, batch["image"]).float()
         with torch.no_grad():
             log_p = torch.log_softmax(teacher_logits / t, dim=1)
             entropy = -(log_p.exp() * log_p).sum(dim=1).mean()
-        hard = soft_cross_entropy(logits, self.targets(batch), stats=self.stats, calib=calib)
+        hard = soft_cross_entropy(logits, target, stats=self.stats, calib=calib)
         soft = soft_cross_entropy(logits / t, SoftTarget(batch["label"], dense=teacher_logits, dense_logits=True,
                                                          dense_weight=1.0, temperature=t))
         return hard + self.alpha * t * t * (soft - entropy)

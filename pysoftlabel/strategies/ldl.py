@@ -37,9 +37,6 @@ class LabelDistribution(Strategy):
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature = float(temperature)
 
-    def frozen_models(self):
-        return (self.teacher,)
-
     def targets(self, batch, model=None):
         self._check_batch(batch)
         teacher_logits = self.frozen_forward(self.teacher, batch["image"])
@@ -69,9 +66,6 @@ class OnlineLabelDistribution(Strategy):
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.weight, self.warmup_epochs = float(decay), float(weight), int(warmup_epochs)
         self.epoch = 0
-
-    def frozen_models(self):
-        return (self.ema,)
 
     def current_weight(self) -> float:
         if self.warmup_epochs == 0:
