@@ -20,7 +20,7 @@ from pysoftlabel.cli import evaluate  # noqa: E402
 from pysoftlabel.cli import train as train_cli  # noqa: E402
 from pysoftlabel.cli.epoch_log import EpochLog  # noqa: E402
 from pysoftlabel.cli.train_options import parse_args  # noqa: E402
-from pysoftlabel.cli.train_setup import make_scheduler, make_strategy  # noqa: E402
+from pysoftlabel.cli.train_setup import make_mix, make_scheduler, make_strategy  # noqa: E402
 from pysoftlabel.data import make_synthetic_dataset  # noqa: E402
 from pysoftlabel.data.folder import scan_image_folder  # noqa: E402
 from pysoftlabel.data.webdataset import write_webdataset  # noqa: E402
@@ -260,6 +260,9 @@ def test_resume_with_other_options_names_them(data, tmp_path):
                                          r"0.1 0.5, --epochs 4, --lr 0.2\."):
         run(data, out, "--resume", "--strategy", "ce", "--epochs", "4", "--lr", "0.2", "--resident", "--image-size",
             "32", "--als-eps", "0.1", "0.5")
+    with pytest.raises(SystemExit, match=r"written by a run with --aug none, no --mix-alpha; this run has --aug "
+                                         r"cutmix, --mix-alpha 0.5\."):
+        run(data, out, "--resume", "--strategy", "ce", "--aug", "cutmix", "--mix-alpha", "0.5")
     assert json.loads((out / "args.json").read_text())["epochs"] == 2  # a refused resume leaves the run's record
     run(data, out, "--resume", "--strategy", "ce")  # the same options go on
 
@@ -298,6 +301,7 @@ def test_resume_from_a_damaged_checkpoint_stops_before_any_training(data, tmp_pa
     (["--als-eps", "0.5", "0.2"], "--als-eps must be MIN <= MAX"),
     (["--ols-freeze-at", "0"], "--ols-freeze-at must be in (0, 1]"),
     (["--strategy", "online-ldl", "--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+    (["--aug", "mixup", "--mix-alpha", "0"], "--mix-alpha must be positive and finite, got 0.0"),
     (["--device", "gpu"], "is not a device"),
     (["--device", "mps"], "--device mps: the tools train and evaluate on cpu or cuda"),
     (["--arch", "resnet9000"], "--arch: unknown model 'resnet9000'"),  # before ldl's teacher is trained
@@ -890,6 +894,15 @@ def test_a_note_is_written_once_under_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     parse_args(["--strategy", "ce", "--ols-alpha", "0.3"])
     assert capsys.readouterr().err == "note: --strategy ce ignores --ols-alpha (ols)\n"
+
+
+@pytest.mark.parametrize("aug, default", [("mixup", 1.0), ("cutmix", 1.0), ("ricap", 0.3)])
+def test_mix_alpha_reaches_the_mixer_and_defaults_to_the_papers(aug, default, capsys):
+    assert make_mix(parse_args(["--aug", aug])).alpha == default
+    assert make_mix(parse_args(["--aug", aug, "--mix-alpha", "0.2"])).alpha == 0.2
+    args = parse_args(["--mix-alpha", "0.2"])  # a table's recipe gives it to its runs without --aug too
+    assert make_mix(args) is None and args.mix_alpha is None
+    assert capsys.readouterr().err == "note: --aug none ignores --mix-alpha\n"
 
 
 def test_ols_fine_grained_recipe_options_reach_the_strategy():

@@ -7,12 +7,11 @@ import time
 
 import torch
 
-from pysoftlabel import strategies as S
 from pysoftlabel.atomic import write_text_atomically
 from pysoftlabel.cli.epoch_log import EpochLog
 from pysoftlabel.cli.train_options import check_same_run, parse_args, recipe
-from pysoftlabel.cli.train_setup import (data_root, load_teacher, make_loaders, make_optimizer, make_scheduler,
-                                         make_strategy, make_val_loader, rng_states, seed_everything,
+from pysoftlabel.cli.train_setup import (data_root, load_teacher, make_loaders, make_mix, make_optimizer,
+                                         make_scheduler, make_strategy, make_val_loader, rng_states, seed_everything,
                                          start_from_pretrained)
 from pysoftlabel.engine import (CheckpointWriter, Diverged, autocast_dtype, context_confidence, evaluate,
                                 check_checkpoint, load_checkpoint, recipe_name, train_one_epoch,
@@ -43,8 +42,7 @@ def train(args, strategy_name, out, device, rank=0, world=1, teacher_path=None, 
     strategy = make_strategy(strategy_name, args, model, num_classes, teacher, device, steps_per_epoch)
     if args.compile:
         strategy.compile_forwards()
-    mix = {"none": None, "mixup": S.Mixup(seed=args.seed), "cutmix": S.CutMix(seed=args.seed),
-           "ricap": S.RICAP(seed=args.seed)}[args.aug]
+    mix = make_mix(args)
     lr = args.lr * args.batch_size * world / 64
     optimizer = make_optimizer(args, model, lr)
     scheduler = make_scheduler(args, optimizer, steps_per_epoch)

@@ -93,6 +93,10 @@ def parse_args(argv=None):
                    help="online-ldl weight of the EMA distribution, reached linearly at the last epoch (default: 0.8)")
     g.add_argument("--aug", default="none", choices=("none", "mixup", "cutmix", "ricap"),
                    help="mixing augmentation (default: none)")
+    g.add_argument("--mix-alpha", type=float, default=None,
+                   help="--aug's Beta(a, a): of the mixing weight for mixup and cutmix, of the boundary point for "
+                        "ricap (default: the papers' 1 for mixup and cutmix, 0.3 for ricap; DeiT's ImageNet recipe "
+                        "takes 0.8 for mixup)")
     g = p.add_argument_group("Optimiser and schedule")
     g.add_argument("--epochs", type=int, default=12, help="epochs (default: 12)")
     g.add_argument("--optimizer", default="sgd", choices=tuple(OPTIMIZERS),
@@ -160,6 +164,9 @@ def parse_args(argv=None):
         p.error("--cutout: only the --resident path (small same-size images) applies Cutout; add --resident or drop it")
     if args.min_scale is not None and args.resident:
         p.error("--min-scale: the --resident path crops with 4-pixel padding, not a random-resized crop; drop it")
+    if args.mix_alpha is not None and args.aug == "none":  # a note, as for a strategy's options: a table's
+        note("--aug none ignores --mix-alpha")              # recipe (tools/reproduce.py) gives it to every run
+        args.mix_alpha = None
     if args.milestones is not None and args.schedule != "multistep":
         p.error(f"--milestones: the {args.schedule} schedule has none; add --schedule multistep or drop them")
     if args.min_scale is None:
@@ -205,6 +212,7 @@ def check_values(p, args):
         ("kd_temperature", 0 < args.kd_temperature < float("inf"), "positive and finite"),
         ("ema_decay", optional(args.ema_decay, lambda v: 0 <= v < 1), "in [0, 1)"),  # as the strategy's
         ("online_weight", 0 <= args.online_weight <= 1, "in [0, 1]"),
+        ("mix_alpha", optional(args.mix_alpha, lambda v: 0 < v < float("inf")), "positive and finite"),
         ("stop_after", optional(args.stop_after, lambda v: v >= 1), "at least 1"),
     ]
     for name, ok, expected in checks:
@@ -240,7 +248,7 @@ def check_values(p, args):
 RECIPE = ("epochs", "batch_size", "image_size", "min_scale", "train_per_class", "resident", "cutout", "val_split",
           "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "milestones", "seed", "amp",
           "eps", "als_eps", "ols_alpha", "ols_init", "ols_freeze_at", "kd_alpha", "kd_temperature", "ema_decay",
-          "online_weight")
+          "online_weight", "mix_alpha")
 
 
 def recipe(args) -> dict:
@@ -263,7 +271,7 @@ def _options(values, keys):
     """'--arch resnet20, 10 classes (a, b, c, ...)': the options ``keys`` of ``values``, as the user gave them."""
     def one(key, value):
         flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
+        if isinstance(value, bool) or value is None:  # None: the option was not given (its default)
             return flag if value else f"no {flag}"
         if key != "classes":
             return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"

@@ -194,6 +194,14 @@ def make_strategy(name, args, model, num_classes, teacher, device, steps):
     return S.KnowledgeDistillation(teacher, args.kd_alpha, args.kd_temperature)
 
 
+def make_mix(args):
+    """The --aug mixer (None for none), with --mix-alpha as its Beta parameter where given, else the paper's."""
+    if args.aug == "none":
+        return None
+    mixer = {"mixup": S.Mixup, "cutmix": S.CutMix, "ricap": S.RICAP}[args.aug]
+    return mixer(seed=args.seed) if args.mix_alpha is None else mixer(args.mix_alpha, seed=args.seed)
+
+
 def make_optimizer(args, model, lr):
     """SGD with Nesterov momentum, weight decay on every parameter (the CIFAR and ImageNet ResNet recipes); or
     AdamW without weight decay on biases and normalisation weights (the one-dimensional parameters), as
