@@ -17,9 +17,9 @@ PROGRAMS = {"psl-train": ("pysoftlabel.cli.train", "tools/train_imagenet.py"),
 @functools.cache  # each program's help is compared twice: start each once
 def help_text(command):
     """``command --help``'s program name, and the rest of the text with the name taken out (a wide terminal:
-    the usage on one line)."""
+    the usage on one line, whatever the name's length)."""
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env=os.environ | {"COLUMNS": "1000"})
+                          env=os.environ | {"COLUMNS": "100000"})
     assert done.returncode == 0, done.stderr
     usage, _, rest = done.stdout.partition("\n")
     prog = usage.removeprefix("usage: ").partition(" [-h]")[0]
